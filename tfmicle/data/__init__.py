@@ -1,0 +1,1 @@
+"""Data: the record schema (records), augmentations (augment) and tf.data pipelines (pipeline)."""
