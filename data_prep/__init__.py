@@ -1,0 +1,6 @@
+"""data_prep: raw medical image datasets -> case-grouped TFRecords (DESIGN.md schema v1).
+
+``python -m data_prep --help``; the library entry point is :func:`data_prep.convert.convert`.
+This package's top level imports nothing heavy: worker processes import it.
+"""
+FORMATS = ("csv", "folders", "ham10000", "isic2019", "isic2020", "chexpert")

@@ -1,0 +1,85 @@
+"""What a case is before it becomes a record, and turning one into encoded images.
+
+Plain data and no TensorFlow: these objects travel to worker processes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from data_prep.images import ImageError, ImageOptions, load_image
+
+UNLABELED = -1
+
+
+@dataclass
+class ImageRef:
+    path: str                   # file to read ('' when the manifest could not locate it)
+    image_id: str               # source image id / relative path, written to image/id
+    view: str = ""
+    missing: str = ""           # reason, when known missing at manifest time
+
+
+@dataclass
+class CaseSpec:
+    case_id: str
+    patient_id: str
+    images: list[ImageRef] = field(default_factory=list)
+    label_class: int = UNLABELED
+    label_multi: list[float] | None = None
+    source_split: str | None = None
+
+    @property
+    def labeled(self) -> bool:
+        if self.label_multi is not None:
+            return any(not math.isnan(v) for v in self.label_multi)
+        return self.label_class >= 0
+
+
+@dataclass
+class Skip:
+    """One line of skipped.csv."""
+    path: str
+    reason: str
+    image_id: str = ""
+    case_id: str = ""
+
+    def as_row(self) -> list[str]:
+        return [self.path, self.reason, self.image_id, self.case_id]
+
+
+SKIPPED_COLUMNS = ["path", "reason", "image_id", "case_id"]
+
+
+@dataclass
+class CaseResult:
+    """The encoded images of a case that survived, and the ones that did not."""
+    images: list[bytes]
+    image_ids: list[str]
+    views: list[str]
+    skipped: list[Skip]
+
+
+def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
+    images, ids, views, skipped = [], [], [], []
+    for ref in case.images:
+        if ref.missing:
+            skipped.append(Skip(ref.path or ref.image_id, ref.missing, ref.image_id, case.case_id))
+            continue
+        try:
+            enc = load_image(ref.path, options)
+        except ImageError as e:
+            skipped.append(Skip(ref.path, str(e), ref.image_id, case.case_id))
+            continue
+        images.append(enc.data)
+        ids.append(ref.image_id)
+        views.append(ref.view)
+    if not any(views):
+        views = []
+    return CaseResult(images, ids, views, skipped)
+
+
+def process_chunk(chunk: list[tuple[int, CaseSpec]], options: ImageOptions
+                  ) -> list[tuple[int, CaseResult]]:
+    """Worker entry point: a chunk of (plan index, case)."""
+    return [(i, process_case(c, options)) for i, c in chunk]

@@ -1,0 +1,155 @@
+"""The conversion: manifest -> plan -> runner -> shards, subsets, skipped.csv, dataset.json."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from data_prep.errors import StrictError, UserError
+from data_prep.formats import FormatOptions, Manifest, read_manifest
+from data_prep.images import ImageOptions
+from data_prep.local_runner import Progress, RunResult, run_local
+from data_prep.plan import Plan, make_plan
+from data_prep.splits import (DEFAULT_LABEL_FRACTIONS, DEFAULT_SPLIT_FRACTIONS,
+                              validate_label_fractions, validate_split_fractions)
+from data_prep.summary import make_subsets, skip_reasons, skipped_csv, split_stats
+from data_prep import writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConvertConfig:
+    format: str
+    input: str
+    out: str
+    format_options: FormatOptions = field(default_factory=FormatOptions)
+    split_fractions: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLIT_FRACTIONS))
+    split_seed: int = 0
+    label_fractions: Sequence[float] = DEFAULT_LABEL_FRACTIONS
+    subset_splits: Sequence[str] = ("train",)
+    image_options: ImageOptions = field(default_factory=ImageOptions)
+    shard_mb: float = 256.0
+    workers: int = 0                    # 0: all cores
+    runner: str = "local"               # "local" | "beam"
+    beam_args: Sequence[str] = ()
+    overwrite: bool = False
+    strict: bool = False
+
+
+def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
+    """Runs the whole conversion and returns the dataset.json content.
+
+    Raises UserError for bad input (StrictError under --strict when something would be
+    skipped). The output folder is only changed when the run succeeds.
+    """
+    t0 = time.time()
+    fractions = validate_split_fractions(cfg.split_fractions)
+    label_fractions = validate_label_fractions(cfg.label_fractions)
+    if cfg.runner not in ("local", "beam"):
+        raise UserError(f"--runner {cfg.runner!r}: use local or beam")
+    writer.check_out_dir(cfg.out, cfg.overwrite)
+    opts = cfg.format_options
+    opts.exclude = tuple(opts.exclude) + (os.path.abspath(cfg.out),)
+    manifest = read_manifest(cfg.format, cfg.input, opts)
+    if cfg.strict and manifest.skipped:
+        s = manifest.skipped[0]
+        raise StrictError(f"--strict: {s.path or s.image_id}: {s.reason}")
+    if not manifest.cases:
+        raise UserError(f"--input {cfg.input}: no usable case found "
+                        f"({len(manifest.skipped)} rows skipped)")
+    plan = make_plan(manifest, fractions, cfg.split_seed, cfg.shard_mb)
+    for name, sp in plan.splits.items():
+        log.info("split %s: %d cases, %d shard(s)", name, len(sp.cases),
+                 sp.num_shards if sp.cases else 0)
+
+    created_out = not os.path.exists(cfg.out)
+    staging = writer.make_staging(cfg.out)
+    try:
+        if cfg.runner == "beam":
+            from data_prep.beam_runner import run_beam
+            result = run_beam(plan, staging, cfg.image_options, list(cfg.beam_args))
+            if cfg.strict and result.skipped:
+                s = result.skipped[0]
+                raise StrictError(f"--strict: {s.path or s.image_id}: {s.reason}")
+        else:
+            result = run_local(plan, staging, cfg.image_options, cfg.workers, cfg.strict,
+                               progress)
+        info = finish(cfg, manifest, plan, result, staging, fractions, label_fractions)
+        writer.publish(staging, cfg.out)
+    except BaseException:
+        writer.discard(staging)
+        if created_out and os.path.isdir(cfg.out) and not os.listdir(cfg.out):
+            os.rmdir(cfg.out)
+        raise
+    n_img = sum(s["images"] for s in info["splits"].values())
+    log.info("wrote %d cases, %d images to %s in %.1fs; skipped %d (%s)%s",
+             sum(s["cases"] for s in info["splits"].values()), n_img, cfg.out,
+             time.time() - t0, info["skipped"],
+             ", ".join(f"{k} {v}" for k, v in info["skipped_reasons"].items()) or "none",
+             f": see {os.path.join(cfg.out, writer.SKIPPED_CSV)}" if info["skipped"] else "")
+    return info
+
+
+def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult,
+           staging: str, fractions: dict[str, float], label_fractions: list[float]) -> dict:
+    """Writes subsets, skipped.csv and dataset.json into the staging folder."""
+    from tfmicle.data.records import DATASET_JSON, SCHEMA_VERSION, subset_path
+
+    by_split = defaultdict(list)
+    for c in result.cases:
+        by_split[c.split].append(c)
+    skipped = list(manifest.skipped) + list(result.skipped)
+    shard_files = sorted(f for f in os.listdir(staging) if f.endswith(".tfrecord"))
+    splits = {}
+    for name, sp in plan.splits.items():
+        stats = split_stats(by_split.get(name, []), manifest.task, manifest.class_names)
+        stats["shards"] = [f for f in shard_files if f.startswith(name + "-")
+                           and f[len(name) + 1:].split("-of-")[0].isdigit()]
+        splits[name] = stats
+        if not by_split.get(name) and name in fractions:
+            log.warning("split %s has no case (too few patients for fraction %g)",
+                        name, fractions[name])
+    subsets = {}
+    for name in cfg.subset_splits:
+        if name not in by_split:
+            continue
+        subs = make_subsets(by_split[name], label_fractions, cfg.split_seed, manifest.task)
+        subsets[name] = {}
+        for f, ids in subs.items():
+            path = subset_path(staging, name, f)
+            writer.write_text_atomic(path, "".join(i + "\n" for i in ids))
+            subsets[name][f"{f:g}"] = {"cases": len(ids),
+                                       "file": os.path.relpath(path, staging)}
+    writer.write_text_atomic(os.path.join(staging, writer.SKIPPED_CSV), skipped_csv(skipped))
+    primary = manifest.sources[0] if manifest.sources else None
+    info = {
+        "schema_version": SCHEMA_VERSION,
+        "task": manifest.task,
+        "class_names": manifest.class_names,
+        "splits": splits,
+        "source": {
+            "format": manifest.format,
+            "input": os.path.abspath(cfg.input),
+            "manifest": primary.path if primary else None,
+            "sha256": primary.sha256 if primary else None,
+            "files": [{"path": s.path, "sha256": s.sha256} for s in manifest.sources],
+        },
+        "split_seed": cfg.split_seed,
+        "split_fractions": fractions,
+        "label_fractions": label_fractions,
+        "subsets": subsets,
+        "skipped": len(skipped),
+        "skipped_reasons": skip_reasons(skipped),
+        "images": {"max_side": cfg.image_options.max_side,
+                   "jpeg_quality": cfg.image_options.jpeg_quality},
+        "runner": cfg.runner,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    writer.write_text_atomic(os.path.join(staging, DATASET_JSON),
+                             json.dumps(info, indent=2, sort_keys=False) + "\n")
+    return info

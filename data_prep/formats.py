@@ -1,0 +1,566 @@
+"""Readers of the source layouts: each turns its input into a :class:`Manifest`.
+
+A manifest lists the cases (grouped images, labels, patient, source split) and the
+rows that cannot become part of one (bad label, conflict, duplicate) as skips. It
+reads metadata and lists folders; it opens no image.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from data_prep.cases import UNLABELED, CaseSpec, ImageRef, Skip
+from data_prep.errors import UserError
+from data_prep.images import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+HAM10000_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+ISIC2020_TARGET_CLASSES = ["benign", "malignant"]
+CHEXPERT_CLASSES = [
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
+    "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
+    "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices",
+]
+# Preferred file when one image id has several files (e.g. ISIC 2020 jpeg/ and DICOM).
+_EXT_RANK = {e: i for i, e in enumerate((".jpg", ".jpeg", ".png", ".dcm", ".dicom",
+                                         ".tif", ".tiff", ".bmp"))}
+
+
+@dataclass
+class SourceFile:
+    path: str
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    format: str
+    task: str                       # "multiclass" | "multilabel"
+    class_names: list[str]
+    cases: list[CaseSpec]
+    skipped: list[Skip] = field(default_factory=list)
+    sources: list[SourceFile] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(c.images) for c in self.cases)
+
+
+@dataclass
+class CsvColumns:
+    """Column names of the generic csv format (None: use the default if present)."""
+    image: str | None = None          # default "image"
+    case: str | None = None           # default "case_id"; absent: each image is a case
+    patient: str | None = None        # default "patient_id"
+    view: str | None = None           # default "view"
+    split: str | None = None          # default "split"
+    label: str | None = None          # default "label" (multi-class, class names as text)
+    labels: list[str] | None = None   # several columns: multi-label 1/0/-1/blank
+
+
+@dataclass
+class FormatOptions:
+    images: str | None = None               # csv: image root (default: the manifest's folder)
+    columns: CsvColumns = field(default_factory=CsvColumns)
+    class_names: list[str] | None = None    # csv/folders/isic2020-diagnosis: class order
+    case_regex: str | None = None           # folders
+    unlabeled_dirs: tuple[str, ...] = ("unlabeled",)   # folders
+    isic2020_label: str = "target"          # "target" | "diagnosis"
+    exclude: tuple[str, ...] = ()           # folders never walked (the output folder)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows of a CSV (comma, or the delimiter csv.Sniffer finds, e.g. tab), values stripped."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            head = f.read(64 * 1024)
+            f.seek(0)
+            try:
+                dialect = csv.Sniffer().sniff(head, delimiters=",\t;")
+            except csv.Error:
+                dialect = csv.excel
+            reader = csv.DictReader(f, dialect=dialect)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+    if not header:
+        raise UserError(f"{path}: empty CSV (no header)")
+    return header, rows
+
+
+def _require(path: str, header: list[str], cols: Iterable[str]) -> None:
+    missing = [c for c in cols if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+                        f"has {', '.join(header)}")
+
+
+def _first_existing(folder: str, names: Iterable[str]) -> str | None:
+    for n in names:
+        p = os.path.join(folder, n)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def _is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _walk_images(root: str, exclude: Iterable[str] = ()) -> Iterable[str]:
+    """All image files under root (sorted, hidden entries and excluded folders skipped)."""
+    excl = {os.path.realpath(e) for e in exclude}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in excl)
+        for name in sorted(filenames):
+            if _is_image_file(name):
+                yield os.path.join(dirpath, name)
+
+
+class StemIndex:
+    """Finds an image file by id (file name without extension) anywhere under a folder."""
+
+    def __init__(self, root: str, exclude: Iterable[str] = ()):
+        self.root = root
+        self._by_stem: dict[str, list[str]] = {}
+        for path in _walk_images(root, exclude):
+            stem, _ = os.path.splitext(os.path.basename(path))
+            self._by_stem.setdefault(stem, []).append(path)
+        self._used: set[str] = set()
+        log.info("found %d image files under %s", self.num_files, root)
+
+    @property
+    def num_files(self) -> int:
+        return sum(len(v) for v in self._by_stem.values())
+
+    def find(self, image_id: str) -> str | None:
+        stem, ext = os.path.splitext(image_id)
+        cands = self._by_stem.get(image_id) or (
+            self._by_stem.get(stem) if ext.lower() in _EXT_RANK else None)
+        if not cands:
+            return None
+        best = min(cands, key=lambda p: (_EXT_RANK.get(os.path.splitext(p)[1].lower(), 99), p))
+        self._used.add(image_id if image_id in self._by_stem else stem)
+        return best
+
+    def log_unused(self) -> None:
+        unused = sum(len(v) for k, v in self._by_stem.items() if k not in self._used)
+        if unused:
+            log.info("%d image files under %s are not listed in the metadata and are not "
+                     "part of the dataset", unused, self.root)
+
+
+class CaseGrouper:
+    """Groups rows into cases in source order; a row that contradicts its case (other
+    label, patient or source split) or repeats an image file is skipped with a reason."""
+
+    def __init__(self):
+        self.cases: dict[str, CaseSpec] = {}
+        self.skipped: list[Skip] = []
+        self._seen_paths: dict[str, str] = {}
+
+    def add(self, case_id: str, patient_id: str, image: ImageRef, where: str,
+            label_class: int = UNLABELED, label_multi: list[float] | None = None,
+            source_split: str | None = None) -> None:
+        key = os.path.normpath(os.path.abspath(image.path)) if image.path else "\0" + image.image_id
+        if key in self._seen_paths:
+            self.skipped.append(Skip(image.path or image.image_id,
+                                     f"duplicate: same image as {self._seen_paths[key]}",
+                                     image.image_id, case_id))
+            return
+        case = self.cases.get(case_id)
+        if case is None:
+            self.cases[case_id] = CaseSpec(case_id, patient_id or case_id, [image], label_class,
+                                           label_multi, source_split)
+            self._seen_paths[key] = where
+            return
+        problem = None
+        if (patient_id or case_id) != case.patient_id:
+            problem = f"patient {patient_id!r} differs from {case.patient_id!r}"
+        elif label_class != case.label_class or not _same_multi(label_multi, case.label_multi):
+            problem = "label differs from the case's earlier rows"
+        elif source_split != case.source_split:
+            problem = f"split {source_split!r} differs from {case.source_split!r}"
+        if problem:
+            self.skipped.append(Skip(image.path or image.image_id,
+                                     f"conflict: {where}: case {case_id!r}: {problem}",
+                                     image.image_id, case_id))
+            return
+        case.images.append(image)
+        self._seen_paths[key] = where
+
+    def result(self) -> tuple[list[CaseSpec], list[Skip]]:
+        return list(self.cases.values()), self.skipped
+
+
+def _same_multi(a: list[float] | None, b: list[float] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and all(
+        (math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b))
+
+
+def parse_multi_value(text: str) -> float:
+    """CheXpert-style label cell: 1 positive, 0 negative, -1 uncertain, blank -> NaN."""
+    t = text.strip()
+    if t == "":
+        return math.nan
+    v = float(t)                       # ValueError for anything else
+    if v not in (1.0, 0.0, -1.0):
+        raise ValueError(t)
+    return v
+
+
+def _missing_ref(image_id: str, where: str, view: str = "") -> ImageRef:
+    return ImageRef("", image_id, view, missing=f"missing: no image file for {image_id!r} {where}")
+
+
+# --------------------------------------------------------------------------- formats
+
+def read_manifest(fmt: str, input_path: str, opts: FormatOptions) -> Manifest:
+    readers = {"csv": read_csv_manifest, "folders": read_folders, "ham10000": read_ham10000,
+               "isic2019": read_isic2019, "isic2020": read_isic2020, "chexpert": read_chexpert}
+    if fmt not in readers:
+        raise UserError(f"unknown format {fmt!r} (one of {', '.join(readers)})")
+    if not os.path.exists(input_path):
+        raise UserError(f"--input {input_path}: not found")
+    m = readers[fmt](input_path, opts)
+    log.info("%s: %d cases, %d images listed, %d rows skipped", fmt, len(m.cases),
+             m.num_images, len(m.skipped))
+    return m
+
+
+def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
+    """Generic manifest: image path, case id, [patient id], [view], [split], label(s)."""
+    if os.path.isdir(path):
+        raise UserError(f"--input {path}: is a folder; the csv format takes the manifest file "
+                        "(images under --images)")
+    header, rows = read_csv(path)
+    cols = opts.columns
+    root = opts.images or os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(root):
+        raise UserError(f"--images {root}: not a folder")
+
+    def pick(given: str | None, default: str, required: bool = False) -> str | None:
+        if given is not None:
+            if given == "":
+                return None
+            _require(path, header, [given])
+            return given
+        if default in header:
+            return default
+        if required:
+            raise UserError(f"{path}: no {default!r} column (set it with --{default.replace('_', '-')}"
+                            f"-col); has {', '.join(header)}")
+        return None
+
+    image_col = pick(cols.image, "image", required=True)
+    case_col = pick(cols.case, "case_id")
+    patient_col = pick(cols.patient, "patient_id")
+    view_col = pick(cols.view, "view")
+    split_col = pick(cols.split, "split")
+    multi_cols = cols.labels
+    if multi_cols:
+        _require(path, header, multi_cols)
+        label_col = None
+    else:
+        label_col = pick(cols.label, "label")
+    if case_col is None:
+        log.info("%s: no case column: each image is its own case", path)
+
+    if multi_cols:
+        task, class_names = "multilabel", list(multi_cols)
+    else:
+        task = "multiclass"
+        present = sorted({r[label_col] for r in rows if r.get(label_col)}) if label_col else []
+        if opts.class_names:
+            class_names = list(opts.class_names)
+            unknown = [c for c in present if c not in class_names]
+            if unknown:
+                log.warning("labels not in --class-names are skipped: %s", ", ".join(unknown[:10]))
+        else:
+            class_names = present
+        if label_col is None:
+            log.warning("%s: no label column: every case is unlabeled", path)
+    index = {c: i for i, c in enumerate(class_names)}
+
+    g = CaseGrouper()
+    for n, r in enumerate(rows, start=2):
+        where = f"{os.path.basename(path)} line {n}"
+        rel = r.get(image_col, "")
+        if not rel:
+            g.skipped.append(Skip("", f"bad row: {where}: empty {image_col!r}"))
+            continue
+        full = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        case_id = (r.get(case_col, "") if case_col else "") or rel
+        patient = (r.get(patient_col, "") if patient_col else "") or case_id
+        view = r.get(view_col, "") if view_col else ""
+        split = (r.get(split_col, "") if split_col else "") or None
+        ref = ImageRef(full, rel, view)
+        label_class, label_multi = UNLABELED, None
+        if multi_cols:
+            try:
+                label_multi = [parse_multi_value(r.get(c, "")) for c in multi_cols]
+            except ValueError as e:
+                g.skipped.append(Skip(full, f"bad label: {where}: {e!s} (expected 1, 0, -1 "
+                                            "or blank)", rel, case_id))
+                continue
+        elif label_col and r.get(label_col, ""):
+            if r[label_col] not in index:
+                g.skipped.append(Skip(full, f"bad label: {where}: {r[label_col]!r} not in "
+                                            "--class-names", rel, case_id))
+                continue
+            label_class = index[r[label_col]]
+        g.add(case_id, patient, ref, where, label_class, label_multi, split)
+    cases, skipped = g.result()
+    return Manifest("csv", task, class_names, cases, skipped,
+                    [SourceFile(os.path.abspath(path), sha256_file(path))])
+
+
+def read_folders(root: str, opts: FormatOptions) -> Manifest:
+    """``root/<class>/<image>``; ``root/<unlabeled dir>/...`` and images in root are unlabeled."""
+    if not os.path.isdir(root):
+        raise UserError(f"--input {root}: not a folder")
+    regex = None
+    if opts.case_regex:
+        try:
+            regex = re.compile(opts.case_regex)
+        except re.error as e:
+            raise UserError(f"--case-regex {opts.case_regex!r}: {e}") from None
+    excl = {os.path.realpath(e) for e in opts.exclude}
+    subdirs = sorted(d for d in os.listdir(root) if not d.startswith(".")
+                     and os.path.isdir(os.path.join(root, d))
+                     and os.path.realpath(os.path.join(root, d)) not in excl)
+    found = [d for d in subdirs if d not in opts.unlabeled_dirs]
+    if opts.class_names:
+        class_names = list(opts.class_names)
+        extra = [d for d in found if d not in class_names]
+        if extra:
+            raise UserError(f"folders {', '.join(extra)} are not in --class-names")
+    else:
+        class_names = found
+    index = {c: i for i, c in enumerate(class_names)}
+
+    g = CaseGrouper()
+    listing = hashlib.sha256()
+    unmatched = 0
+    for path in _walk_images(root, opts.exclude):
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        listing.update(f"{rel}\t{os.path.getsize(path)}\n".encode())
+        top = rel.split("/", 1)[0] if "/" in rel else ""
+        label = index.get(top, UNLABELED)
+        case_id, patient = rel, None
+        if regex:
+            m = regex.search(os.path.basename(rel))
+            if m:
+                gd = m.groupdict()
+                case_id = gd.get("case") or (m.group(1) if m.groups() else m.group(0))
+                patient = gd.get("patient")
+            else:
+                unmatched += 1
+        g.add(case_id, patient or case_id, ImageRef(path, rel), rel, label)
+    if unmatched:
+        log.info("--case-regex matched no case in %d file names: those images are cases "
+                 "of their own", unmatched)
+    cases, skipped = g.result()
+    return Manifest("folders", "multiclass", class_names, cases, skipped,
+                    [SourceFile(os.path.abspath(root), listing.hexdigest())])
+
+
+def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
+    """HAM10000_metadata.csv (lesion_id, image_id, dx, ...) + image folders; case = lesion."""
+    meta = _first_existing(folder, ["HAM10000_metadata.csv", "HAM10000_metadata.tab",
+                                    "HAM10000_metadata"]) if os.path.isdir(folder) else None
+    if meta is None:
+        raise UserError(f"--input {folder}: no HAM10000_metadata.csv in this folder")
+    header, rows = read_csv(meta)
+    _require(meta, header, ["lesion_id", "image_id", "dx"])
+    index = {c: i for i, c in enumerate(HAM10000_CLASSES)}
+    files = StemIndex(folder, opts.exclude)
+    g = CaseGrouper()
+    for n, r in enumerate(rows, start=2):
+        where = f"{os.path.basename(meta)} line {n}"
+        image_id = r["image_id"]
+        lesion = r["lesion_id"] or image_id
+        if r["dx"] not in index:
+            g.skipped.append(Skip(image_id, f"bad label: {where}: dx {r['dx']!r} is not one of "
+                                            f"{', '.join(HAM10000_CLASSES)}", image_id, lesion))
+            continue
+        path = files.find(image_id)
+        ref = ImageRef(path, image_id) if path else _missing_ref(image_id, f"under {folder}")
+        g.add(lesion, lesion, ref, where, index[r["dx"]])
+    files.log_unused()
+    cases, skipped = g.result()
+    return Manifest("ham10000", "multiclass", list(HAM10000_CLASSES), cases, skipped,
+                    [SourceFile(os.path.abspath(meta), sha256_file(meta))])
+
+
+def read_isic2019(folder: str, opts: FormatOptions) -> Manifest:
+    """ISIC_2019_Training_GroundTruth.csv (one-hot) + ISIC_2019_Training_Metadata.csv
+    (lesion_id; empty: the image is its own case)."""
+    if not os.path.isdir(folder):
+        raise UserError(f"--input {folder}: not a folder")
+    gt = _first_existing(folder, ["ISIC_2019_Training_GroundTruth.csv"])
+    if gt is None:
+        raise UserError(f"--input {folder}: no ISIC_2019_Training_GroundTruth.csv in this folder")
+    header, rows = read_csv(gt)
+    _require(gt, header, ["image"] + ISIC2019_CLASSES[:-1])
+    classes = [c for c in ISIC2019_CLASSES if c in header]
+    sources = [SourceFile(os.path.abspath(gt), sha256_file(gt))]
+    lesions: dict[str, str] = {}
+    meta = _first_existing(folder, ["ISIC_2019_Training_Metadata.csv"])
+    if meta:
+        mh, mrows = read_csv(meta)
+        _require(meta, mh, ["image", "lesion_id"])
+        lesions = {r["image"]: r["lesion_id"] for r in mrows}
+        sources.append(SourceFile(os.path.abspath(meta), sha256_file(meta)))
+    else:
+        log.warning("no ISIC_2019_Training_Metadata.csv: each image is its own case "
+                    "(lesions cannot be kept together)")
+    files = StemIndex(folder, opts.exclude)
+    g = CaseGrouper()
+    for n, r in enumerate(rows, start=2):
+        where = f"{os.path.basename(gt)} line {n}"
+        image_id = r["image"]
+        case_id = lesions.get(image_id) or image_id
+        try:
+            onehot = [float(r.get(c) or 0) for c in classes]
+        except ValueError:
+            onehot = []
+        hot = [i for i, v in enumerate(onehot) if v == 1.0]
+        if len(hot) != 1 or any(v not in (0.0, 1.0) for v in onehot):
+            g.skipped.append(Skip(image_id, f"bad label: {where}: not one-hot over "
+                                            f"{', '.join(classes)}", image_id, case_id))
+            continue
+        path = files.find(image_id)
+        ref = ImageRef(path, image_id) if path else _missing_ref(image_id, f"under {folder}")
+        g.add(case_id, case_id, ref, where, hot[0])
+    files.log_unused()
+    cases, skipped = g.result()
+    return Manifest("isic2019", "multiclass", classes, cases, skipped, sources)
+
+
+def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
+    """train.csv (image_name, patient_id, ..., diagnosis, benign_malignant, target).
+
+    Case = patient. A patient whose images carry different labels gets one case per
+    label (``<patient>:<class>``), so that every case has one label; the patient id
+    stays the same and keeps them in one split.
+    """
+    if not os.path.isdir(folder):
+        raise UserError(f"--input {folder}: not a folder")
+    meta = _first_existing(folder, ["train.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
+                                    "ISIC_2020_Training_GroundTruth.csv"])
+    if meta is None:
+        raise UserError(f"--input {folder}: no train.csv (or ISIC_2020_Training_GroundTruth.csv)")
+    header, rows = read_csv(meta)
+    if opts.isic2020_label not in ("target", "diagnosis"):
+        raise UserError(f"--isic2020-label {opts.isic2020_label!r}: use target or diagnosis")
+    label_col = opts.isic2020_label
+    _require(meta, header, ["image_name", "patient_id", label_col])
+    if label_col == "target":
+        classes = list(ISIC2020_TARGET_CLASSES)
+        to_index = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
+    else:
+        classes = list(opts.class_names or sorted({r["diagnosis"] for r in rows if r["diagnosis"]}))
+        to_index = {c: i for i, c in enumerate(classes)}
+    files = StemIndex(folder, opts.exclude)
+    labelled: list[tuple[str, str, int, ImageRef]] = []
+    skipped: list[Skip] = []
+    per_patient: dict[str, set[int]] = {}
+    for n, r in enumerate(rows, start=2):
+        where = f"{os.path.basename(meta)} line {n}"
+        image_id, patient = r["image_name"], r["patient_id"] or r["image_name"]
+        if r[label_col] not in to_index:
+            skipped.append(Skip(image_id, f"bad label: {where}: {label_col} {r[label_col]!r}",
+                                image_id, patient))
+            continue
+        label = to_index[r[label_col]]
+        path = files.find(image_id)
+        ref = ImageRef(path, image_id) if path else _missing_ref(image_id, f"under {folder}")
+        labelled.append((patient, where, label, ref))
+        per_patient.setdefault(patient, set()).add(label)
+    g = CaseGrouper()
+    g.skipped = skipped
+    for patient, where, label, ref in labelled:
+        if len(per_patient[patient]) > 1:
+            case_id = f"{patient}:{classes[label]}"
+        else:
+            case_id = patient
+        g.add(case_id, patient, ref, where, label)
+    mixed = sum(1 for v in per_patient.values() if len(v) > 1)
+    if mixed:
+        log.info("%d patients have images of several labels: one case per patient and label",
+                 mixed)
+    files.log_unused()
+    cases, skipped = g.result()
+    return Manifest("isic2020", "multiclass", classes, cases, skipped,
+                    [SourceFile(os.path.abspath(meta), sha256_file(meta))])
+
+
+def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
+    """``CheXpert-v1.0-small``: train.csv / valid.csv; case = patient/study (all views),
+    14 observations in label/multi (1, 0, -1 uncertain, NaN blank); valid kept as 'valid'."""
+    if not os.path.isdir(folder):
+        raise UserError(f"--input {folder}: not a folder (give the CheXpert-v1.0-small folder)")
+    csvs = [(name, split) for name, split in (("train.csv", None), ("valid.csv", "valid"))
+            if os.path.isfile(os.path.join(folder, name))]
+    if not csvs:
+        raise UserError(f"--input {folder}: no train.csv or valid.csv (give the "
+                        "CheXpert-v1.0-small folder)")
+    g = CaseGrouper()
+    sources = []
+    for name, split in csvs:
+        path = os.path.join(folder, name)
+        header, rows = read_csv(path)
+        _require(path, header, ["Path"] + CHEXPERT_CLASSES)
+        sources.append(SourceFile(os.path.abspath(path), sha256_file(path)))
+        for n, r in enumerate(rows, start=2):
+            where = f"{name} line {n}"
+            rel = r["Path"].replace("\\", "/")
+            parts = rel.split("/")
+            # Path starts with the dataset folder's own name: CheXpert-v1.0-small/train/...
+            inner = "/".join(parts[1:]) if len(parts) > 1 and parts[0] not in (
+                "train", "valid", "test") else rel
+            ip = inner.split("/")
+            pi = next((i for i, p in enumerate(ip) if p.startswith("patient")), None)
+            if pi is None or pi + 1 >= len(ip) - 1:
+                g.skipped.append(Skip(rel, f"bad row: {where}: Path is not "
+                                           ".../patientNNNNN/studyN/<view>.jpg", rel))
+                continue
+            patient, study = ip[pi], ip[pi + 1]
+            case_id = f"{patient}/{study}"
+            view = r.get("Frontal/Lateral", "").lower()
+            try:
+                labels = [parse_multi_value(r[c]) for c in CHEXPERT_CLASSES]
+            except ValueError as e:
+                g.skipped.append(Skip(rel, f"bad label: {where}: {e!s}", rel, case_id))
+                continue
+            full = os.path.join(folder, *ip)
+            g.add(case_id, patient, ImageRef(full, rel, view), where,
+                  UNLABELED, labels, split)
+    cases, skipped = g.result()
+    return Manifest("chexpert", "multilabel", list(CHEXPERT_CLASSES), cases, skipped, sources)

@@ -1,0 +1,184 @@
+"""Reading one source image into bytes fit for ``image/encoded``.
+
+Every image is decoded once to validate it. JPEG and PNG files whose longer side
+is within ``max_side`` pass through byte for byte; larger ones are resized and
+re-encoded (JPEG stays JPEG, everything else becomes PNG). DICOM files get the
+modality and VOI LUTs, MONOCHROME1 inversion and 8-bit scaling, and become PNG.
+
+This module imports no TensorFlow: it runs in the worker processes.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# Decompression-bomb guard stays on (PIL's default), but as an error, not a warning.
+Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+class ImageError(Exception):
+    """An image that cannot be used; the message is the reason written to skipped.csv."""
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    max_side: int = 1024        # 0: never resize
+    jpeg_quality: int = 95
+
+
+@dataclass
+class EncodedImage:
+    data: bytes
+    format: str                 # "JPEG" | "PNG"
+    width: int
+    height: int
+    passthrough: bool           # True when data are the source bytes unchanged
+
+
+def is_dicom(path: str, head: bytes) -> bool:
+    return head[128:132] == b"DICM" or path.lower().endswith(DICOM_EXTENSIONS)
+
+
+def load_image(path: str, options: ImageOptions = ImageOptions()) -> EncodedImage:
+    """Reads, validates and (if needed) converts one image file. Raises ImageError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ImageError("missing: file not found") from None
+    except IsADirectoryError:
+        raise ImageError("unreadable: is a directory") from None
+    except OSError as e:
+        raise ImageError(f"unreadable: {e.strerror or e}") from None
+    return encode_bytes(data, path, options)
+
+
+def encode_bytes(data: bytes, path: str = "", options: ImageOptions = ImageOptions()) -> EncodedImage:
+    """Same as load_image for bytes already read (``path`` only names the source)."""
+    if not data:
+        raise ImageError("corrupt: empty file")
+    if is_dicom(path, data[:132]):
+        return _from_array(dicom_to_uint8(data), options)
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format
+        img.load()                      # full decode: truncated/corrupt data raise here
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too large: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("corrupt: not a readable image (unknown format or damaged header)") \
+            from None
+    except Exception as e:              # PIL raises many types for bad data
+        raise ImageError(f"corrupt: {type(e).__name__}: {e}") from None
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError("corrupt: zero-size image")
+    if fmt == "MPO":                    # camera JPEG with an embedded preview: a JPEG
+        fmt = "JPEG"
+    elif getattr(img, "n_frames", 1) > 1:
+        raise ImageError(f"unsupported: multi-frame {fmt} ({img.n_frames} frames)")
+    too_big = options.max_side > 0 and max(w, h) > options.max_side
+    if fmt == "JPEG" and img.mode in ("L", "RGB") and not too_big:
+        return EncodedImage(data, "JPEG", w, h, True)
+    if fmt == "PNG" and img.mode in ("L", "LA", "RGB", "RGBA", "P") and not too_big:
+        return EncodedImage(data, "PNG", w, h, True)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _from_array(_to_uint8(np.asarray(img)), options)
+    return _encode(_normalise_mode(img), options, "JPEG" if fmt == "JPEG" else "PNG")
+
+
+def _normalise_mode(img: Image.Image) -> Image.Image:
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode in ("LA", "RGBA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        return img.convert("RGBA")
+    if img.mode == "1":
+        return img.convert("L")
+    return img.convert("RGB")
+
+
+def _encode(img: Image.Image, options: ImageOptions, fmt: str) -> EncodedImage:
+    w, h = img.size
+    if options.max_side > 0 and max(w, h) > options.max_side:
+        scale = options.max_side / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    if fmt == "JPEG" and img.mode not in ("L", "RGB"):
+        fmt = "PNG"
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        img.save(buf, "JPEG", quality=options.jpeg_quality, optimize=True)
+    else:
+        img.save(buf, "PNG", compress_level=6)
+    return EncodedImage(buf.getvalue(), fmt, img.size[0], img.size[1], False)
+
+
+def _from_array(arr: np.ndarray, options: ImageOptions) -> EncodedImage:
+    mode = "L" if arr.ndim == 2 else {3: "RGB", 4: "RGBA"}[arr.shape[-1]]
+    return _encode(Image.fromarray(arr, mode), options, "PNG")
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Min-max scales any numeric array to uint8 (a constant image becomes 0)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip(np.round((arr - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+def dicom_to_uint8(data: bytes) -> np.ndarray:
+    """Decodes one DICOM image to a display-ready uint8 array ([H, W] or [H, W, 3]).
+
+    Applies the Modality LUT (rescale slope/intercept or LUT sequence), then the VOI
+    LUT (or window centre/width), inverts MONOCHROME1 so that high X-ray attenuation
+    (bone) is bright as in MONOCHROME2, and scales to 8 bits. Multi-frame files are
+    rejected: a frame is not an image of the case.
+    """
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as e:
+        raise ImageError(f"corrupt: DICOM: {e}") from None
+    if "PixelData" not in ds:
+        raise ImageError("unsupported: DICOM without pixel data")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(f"unsupported: multi-frame DICOM ({frames} frames)")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:   # truncated pixel data, missing codec for the transfer syntax
+        raise ImageError(f"corrupt: DICOM pixel data: {type(e).__name__}: {e}") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
+        # colour: pydicom converts YBR to RGB; no LUTs apply
+        if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+            raise ImageError(f"unsupported: DICOM colour array of shape {arr.shape}")
+        return arr if arr.dtype == np.uint8 else _to_uint8(arr)
+    if arr.ndim != 2:
+        raise ImageError(f"unsupported: DICOM array of shape {arr.shape}")
+    arr = apply_modality_lut(arr, ds)
+    arr = apply_voi_lut(arr, ds, prefer_lut=True)
+    out = _to_uint8(arr)
+    invert = photometric == "MONOCHROME1"
+    if str(getattr(ds, "PresentationLUTShape", "")).upper() == "INVERSE":
+        invert = not invert
+    if invert:
+        out = 255 - out
+    return out
+
+
+def probe_size(path: str) -> int:
+    """File size in bytes, 0 when it cannot be stat'ed (the image is reported later)."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
