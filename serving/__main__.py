@@ -1,0 +1,136 @@
+"""`python -m serving --model-base-path MODELS/<name>`: serve the highest version over HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from .config import API_KEY_ENV, CONFIG_ENV, ServingConfig
+
+log = logging.getLogger("serving")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"serving: error: {message}\n")
+    raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServingConfig(model_base_path="x")
+    p = _Parser(
+        prog="python -m serving",
+        description="Serve a TF-Serving-style model repository (MODELS/<name>/<version>/saved_model.pb) over HTTP: "
+        "POST /classify, TF Serving REST (/v1), Open Inference Protocol v2 (/v2), GET /metrics, /docs.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model-base-path", required=True, metavar="DIR",
+                   help="folder of integer version sub-folders; the highest loadable one is served")
+    p.add_argument("--model-name", default=None, help="name in the URLs (default: the folder's name)")
+    p.add_argument("--host", default=d.host, help="interface to listen on (0.0.0.0 for all, e.g. in a container)")
+    p.add_argument("--port", type=int, default=d.port, help="port (0 picks a free one; the log says which)")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="images per model call; 1 turns batching off")
+    p.add_argument("--batch-timeout-ms", type=float, default=d.batch_timeout_ms,
+                   help="longest wait for a batch to fill when the model is idle")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (413 above)")
+    p.add_argument("--max-images", type=int, default=d.max_images, help="most images in one request (413 above)")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="largest width*height of one image, read from its header before decoding (413 above)")
+    p.add_argument("--max-queue-images", type=int, default=d.max_queue_images,
+                   help="images waiting for the model before new requests get 503")
+    p.add_argument("--api-key", default=None,
+                   help=f"require 'Authorization: Bearer KEY' on every route but health (default: ${API_KEY_ENV})")
+    p.add_argument("--poll-seconds", type=float, default=d.poll_seconds,
+                   help="how often to look for new versions (0: never)")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="threads that parse bodies and check images")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="processes, each with its own model copy and batcher (1 is usually best)")
+    p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    sock.set_inheritable(True)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
+    config = ServingConfig(
+        model_base_path=args.model_base_path, model_name=args.model_name or "", host=args.host, port=args.port,
+        max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
+        max_body_bytes=args.max_body_bytes, max_images=args.max_images, max_pixels=args.max_pixels,
+        max_queue_images=args.max_queue_images, api_key=api_key, poll_seconds=args.poll_seconds,
+        decode_threads=args.decode_threads, workers=args.workers, log_level=args.log_level,
+    )
+    try:
+        config.validate()
+    except ValueError as e:
+        _fail(str(e))
+    base = Path(config.model_base_path)
+    if not base.is_dir():
+        _fail(f"--model-base-path {base} is not a folder")
+    from .repository import list_versions
+
+    if not list_versions(base):
+        _fail(f"--model-base-path {base} has no integer version folders (expected e.g. {base / '1'})")
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's INFO banner out of the log
+    setup_logging(config.log_level)
+    import uvicorn
+
+    if config.workers > 1:
+        os.environ[CONFIG_ENV] = config.to_json()
+        log.info("starting %d workers on http://%s:%d", config.workers, config.host, config.port)
+        uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
+                    workers=config.workers, log_config=None, access_log=False, log_level=config.log_level)
+        return 0
+
+    sock = _listen(config.host, config.port)
+    from .app import create_app
+    from .repository import NoModelError
+
+    try:
+        app = create_app(config)
+    except NoModelError as e:
+        sock.close()
+        _fail(str(e))
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    log.info("listening on http://%s:%d (model '%s', version %d)", shown, port, config.model_name,
+             app.state.serving.repository.current.version)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, log_level=config.log_level,
+                                           timeout_graceful_shutdown=10))
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
