@@ -150,6 +150,8 @@ def _setup_logging(level: str) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="data_prep: %(levelname)s %(message)s")
+    if level != "DEBUG":
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 class _ProgressLog:

@@ -1,0 +1,133 @@
+"""Runs a plan as an Apache Beam pipeline (``--runner beam``).
+
+The pipeline does what the local runner does, case by case: the same
+``process_case`` decodes and validates the images, the same ``encode_case``
+builds the Example, and ``WriteToTFRecord`` writes ``<split>-SSSSS-of-NNNNN.tfrecord``
+with the plan's shard count. What the driver needs for dataset.json, the subsets
+and skipped.csv comes back as small JSON lines. DirectRunner by default; any other
+runner through ``--beam-args`` (its workers must see the input and output paths,
+e.g. a shared filesystem).
+
+Apache Beam is an optional extra: ``pip install 'tfmicle[beam]'``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import shutil
+from typing import Sequence
+
+from data_prep.cases import CaseSpec, ImageRef, Skip, process_case
+from data_prep.errors import UserError
+from data_prep.images import ImageOptions
+from data_prep.local_runner import CaseSummary, RunResult
+from data_prep.plan import Plan
+
+log = logging.getLogger(__name__)
+_SIDE = ".beam"
+
+
+def _case_to_json(split: str, case: CaseSpec) -> str:
+    return json.dumps({
+        "split": split, "case_id": case.case_id, "patient_id": case.patient_id,
+        "images": [[r.path, r.image_id, r.view, r.missing] for r in case.images],
+        "label_class": case.label_class,
+        "label_multi": None if case.label_multi is None else
+        [None if math.isnan(v) else v for v in case.label_multi],
+        "source_split": case.source_split})
+
+
+def _case_from_json(text: str) -> tuple[str, CaseSpec]:
+    d = json.loads(text)
+    multi = None if d["label_multi"] is None else \
+        [math.nan if v is None else float(v) for v in d["label_multi"]]
+    return d["split"], CaseSpec(d["case_id"], d["patient_id"],
+                                [ImageRef(*r) for r in d["images"]], d["label_class"], multi,
+                                d["source_split"])
+
+
+def _process(text: str, options: ImageOptions):
+    """One case -> ('record', (split, bytes)), ('summary', json), ('skipped', json)..."""
+    from tfmicle.data.records import encode_case
+
+    split, case = _case_from_json(text)
+    res = process_case(case, options)
+    for s in res.skipped:
+        yield "skipped", json.dumps(s.as_row())
+    if res.images:
+        ex = encode_case(case.case_id, res.images, res.image_ids, case.patient_id,
+                         res.views or None, case.label_class, case.label_multi)
+        yield "record", (split, ex.SerializeToString())
+        yield "summary", json.dumps({
+            "case_id": case.case_id, "patient_id": case.patient_id, "split": split,
+            "image_ids": res.image_ids, "label_class": case.label_class,
+            "label_multi": None if case.label_multi is None else
+            [None if math.isnan(v) else v for v in case.label_multi]})
+
+
+def _read_lines(prefix: str) -> list[str]:
+    lines = []
+    for path in sorted(glob.glob(prefix + "*")):
+        with open(path, encoding="utf-8") as f:
+            lines.extend(line.rstrip("\n") for line in f if line.strip())
+    return lines
+
+
+def run_beam(plan: Plan, staging: str, options: ImageOptions,
+             beam_args: Sequence[str] = ()) -> RunResult:
+    try:
+        import apache_beam as beam
+        from apache_beam import pvalue
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        raise UserError("--runner beam needs Apache Beam: pip install 'tfmicle[beam]' "
+                        "(apache-beam[tfrecord])") from None
+
+    splits = [sp for sp in plan.splits.values() if sp.cases]
+    index = {sp.name: i for i, sp in enumerate(splits)}
+    items = [_case_to_json(sp.name, c) for sp in splits for c in sp.cases]
+    side = os.path.join(staging, _SIDE)
+    os.makedirs(side, exist_ok=True)
+    try:
+        popts = PipelineOptions(list(beam_args))
+    except Exception as e:
+        raise UserError(f"--beam-args: {e}") from None
+    log.info("beam: %d cases in %d split(s), options %s", len(items), len(splits),
+             " ".join(beam_args) or "(DirectRunner)")
+
+    def tagged(text):
+        for tag, value in _process(text, options):
+            yield pvalue.TaggedOutput(tag, value)
+
+    with beam.Pipeline(options=popts) as p:
+        out = (p
+               | "Cases" >> beam.Create(items, reshuffle=True)
+               | "Process" >> beam.FlatMap(tagged).with_outputs("record", "summary", "skipped"))
+        parts = out.record | "BySplit" >> beam.Partition(
+            lambda kv, n: index[kv[0]], len(splits))
+        for sp, part in zip(splits, parts):
+            (part
+             | f"Bytes[{sp.name}]" >> beam.Map(lambda kv: kv[1])
+             | f"Write[{sp.name}]" >> beam.io.WriteToTFRecord(
+                 os.path.join(staging, sp.name), num_shards=sp.num_shards,
+                 shard_name_template="-SSSSS-of-NNNNN", file_name_suffix=".tfrecord"))
+        out.summary | "WriteSummary" >> beam.io.WriteToText(os.path.join(side, "summary"))
+        out.skipped | "WriteSkipped" >> beam.io.WriteToText(os.path.join(side, "skipped"))
+
+    cases = []
+    for line in _read_lines(os.path.join(side, "summary")):
+        d = json.loads(line)
+        multi = None if d["label_multi"] is None else \
+            [math.nan if v is None else float(v) for v in d["label_multi"]]
+        cases.append(CaseSummary(d["case_id"], d["patient_id"], d["split"], "",
+                                 d["image_ids"], d["label_class"], multi))
+    skipped = sorted((Skip(*json.loads(line)) for line in
+                      _read_lines(os.path.join(side, "skipped"))),
+                     key=lambda s: (s.case_id, s.path))
+    shutil.rmtree(side, ignore_errors=True)
+    order = {c.case_id: i for i, c in enumerate(c for sp in splits for c in sp.cases)}
+    cases.sort(key=lambda c: order.get(c.case_id, -1))
+    return RunResult(cases, skipped)

@@ -1,0 +1,73 @@
+"""Test set-up: two logical CPU devices (so MirroredStrategy can run two replicas on a
+CPU-only machine; must happen before TensorFlow starts) and small record fixtures."""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+from tfmicle.data import records  # noqa: E402
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 [H, W, 3] -> PNG bytes."""
+    return tf.io.encode_png(tf.constant(array, tf.uint8)).numpy()
+
+
+def write_records(out_dir: str, split: str, cases: list[dict], class_names: list[str],
+                  num_shards: int = 2, task: str = "multiclass") -> str:
+    """Writes cases (dicts of encode_case kwargs) as shards of `split` plus a minimal
+    dataset.json (merged with an existing one). A test fixture, not data_prep."""
+    os.makedirs(out_dir, exist_ok=True)
+    for s in range(num_shards):
+        path = os.path.join(out_dir, records.shard_name(split, s, num_shards))
+        with tf.io.TFRecordWriter(path) as w:
+            for c in cases[s::num_shards]:
+                w.write(records.encode_case(**c).SerializeToString())
+    info_path = os.path.join(out_dir, records.DATASET_JSON)
+    info = json.load(open(info_path)) if os.path.exists(info_path) else {
+        "schema_version": records.SCHEMA_VERSION, "task": task, "class_names": class_names,
+        "splits": {}}
+    info["splits"][split] = {"cases": len(cases),
+                             "images": sum(len(c["images"]) for c in cases)}
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    return out_dir
+
+
+def synthetic_cases(n_cases: int, images_per_case, size: int = 40, num_classes: int = 3,
+                    seed: int = 0) -> list[dict]:
+    """Cases whose images are coloured noise; class = case index % num_classes (tinted)."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    for c in range(n_cases):
+        n = images_per_case(c) if callable(images_per_case) else images_per_case
+        label = c % num_classes
+        imgs = []
+        for _ in range(n):
+            a = rng.integers(0, 256, (size, size, 3)).astype(np.float32)
+            a[..., label] = 0.5 * a[..., label] + 127
+            imgs.append(png_bytes(a.astype(np.uint8)))
+        cases.append({"case_id": f"case{c:04d}", "patient_id": f"p{c:04d}", "images": imgs,
+                      "image_ids": [f"case{c:04d}/img{i}.png" for i in range(n)],
+                      "label_class": label})
+    return cases
+
+
+@pytest.fixture(scope="session")
+def tiny_records(tmp_path_factory) -> str:
+    """A records folder: train (24 cases of 1-3 images, 3 classes) and valid (6 cases)."""
+    d = str(tmp_path_factory.mktemp("records"))
+    write_records(d, "train", synthetic_cases(24, lambda c: 1 + c % 3), ["a", "b", "c"])
+    write_records(d, "valid", synthetic_cases(6, 2, seed=1), ["a", "b", "c"])
+    return d

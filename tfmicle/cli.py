@@ -1,0 +1,52 @@
+"""What every tfmicle CLI shares: one-line usage errors (exit 2), quiet TensorFlow
+start-up and logging set-up. Kept free of TensorFlow imports so --help is instant."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+USAGE_EXIT = 2
+
+
+class UsageError(Exception):
+    """A user mistake: printed as one line, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line on stderr and exits 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(USAGE_EXIT)
+
+
+def quiet_tensorflow() -> None:
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def run(prog: str, body: Callable[[], int | None],
+        user_errors: Sequence[type[BaseException]] = ()) -> int:
+    """Runs a CLI body; expected mistakes (UsageError, FileNotFoundError and the given
+    types) print one line `prog: error: ...` and return 2, without a traceback."""
+    try:
+        return int(body() or 0)
+    except (UsageError, FileNotFoundError, *user_errors) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        sys.stderr.write(f"{prog}: error: {msg}\n")
+        return USAGE_EXIT
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130

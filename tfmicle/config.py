@@ -1,0 +1,218 @@
+"""Typed experiment configs: dataclasses loaded from YAML plus ``--set a.b=c`` overrides.
+
+Unknown keys and values of the wrong type are errors (ConfigError, one readable line),
+so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong (user-facing, one line)."""
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""                  # data_prep output folder
+    train_split: str = "train"
+    eval_split: str = ""           # "" = no evaluation during training
+    image_size: int = 224
+    augment: str = "simclr"        # simclr | cxr | finetune | none
+    color_strength: float = -1.0   # < 0 = the preset's strength
+    crop_min_area: float = -1.0    # < 0 = the preset's
+    blur: bool = True              # False switches blur off
+    rotation_degrees: float = -1.0  # < 0 = the preset's
+    shuffle_buffer: int = 10_000
+    cache: bool = False
+    label_fraction: float = 1.0    # fine-tuning: nested subset written by data_prep
+
+
+@dataclass
+class ModelConfig:
+    depth: int = 50
+    width_multiplier: float = 1.0
+    sk_ratio: float = 0.0
+    num_proj_layers: int = 3
+    proj_out_dim: int = 128
+    global_bn: bool = True         # synchronized batch norm across replicas
+    bn_momentum: float = 0.9
+    online_probe: bool = True      # linear probe on stop-gradient features when labeled
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 256          # global batch
+    train_steps: int = 0           # 0 = train_epochs * examples / batch_size
+    train_epochs: float = 100.0
+    warmup_epochs: float = 10.0
+    optimizer: str = "lars"        # lars | momentum | sgd | adam
+    learning_rate: float = 0.3     # base LR, scaled by lr_scaling
+    lr_scaling: str = "linear"     # linear (batch / 256) | sqrt | none
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    temperature: float = 0.1
+    checkpoint_steps: int = 1000
+    keep_checkpoints: int = 3
+    log_steps: int = 100           # steps per Keras "epoch" (progress bar, TensorBoard)
+    eval_steps: int = 0            # 0 = whole eval split
+    precision: str = "float32"     # float32 | mixed_bfloat16
+    jit_compile: bool = False      # XLA; slower on CPU and fails under MirroredStrategy
+    seed: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    init: str = "checkpoint"       # checkpoint | imagenet | scratch
+    checkpoint: str = ""           # pretraining model dir (or checkpoint prefix)
+    imagenet_weights: str = ""     # local keras.applications weights file; "" = download
+    fine_tune_after_block: int = -1  # -1 all, 4 linear eval, k freezes stem..block k
+    uncertainty_policy: str = "ignore"  # ones | zeros | ignore (multilabel -1 targets)
+    best_metric: str = "val_loss"
+    early_stopping_patience: int = 0
+
+
+@dataclass
+class DistributeConfig:
+    strategy: str = "default"      # default | one_device | mirrored | multiworker | tpu
+    tpu: str = ""
+    num_cpu_devices: int = 0       # mirrored on CPU: logical CPU devices (replicas)
+
+
+@dataclass
+class Config:
+    mode: str = "pretrain"         # pretrain | finetune
+    method: str = "simclr"         # simclr | micle (pretrain)
+    model_dir: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distribute: DistributeConfig = field(default_factory=DistributeConfig)
+
+
+CHOICES = {
+    "mode": ("pretrain", "finetune"),
+    "method": ("simclr", "micle"),
+    "data.augment": ("simclr", "cxr", "finetune", "none"),
+    "train.optimizer": ("lars", "momentum", "sgd", "adam"),
+    "train.lr_scaling": ("linear", "sqrt", "none"),
+    "train.precision": ("float32", "mixed_bfloat16"),
+    "finetune.init": ("checkpoint", "imagenet", "scratch"),
+    "finetune.uncertainty_policy": ("ones", "zeros", "ignore"),
+    "distribute.strategy": ("default", "one_device", "mirrored", "multiworker", "tpu"),
+}
+
+
+def _coerce(value, typ, key: str):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(f)
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        full = prefix + str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            _apply(getattr(obj, key), value, full + ".")
+        else:
+            value = _coerce(value, typ, full)
+            if full in CHOICES and value not in CHOICES[full]:
+                raise ConfigError(f"{full}: {value!r} is not one of {', '.join(CHOICES[full])}")
+            setattr(obj, key, value)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["a.b=1", "c=x"] -> {"a": {"b": 1}, "c": "x"} (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None,
+                extra: dict | None = None) -> Config:
+    """Config from a YAML file (optional), then `extra` (a nested dict), then --set items."""
+    cfg = Config()
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        _apply(cfg, data)
+    if extra:
+        _apply(cfg, extra)
+    _apply(cfg, parse_overrides(overrides or []))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict) -> Config:
+    cfg = Config()
+    _apply(cfg, data)
+    return cfg
+
+
+def dump_config(cfg: Config, path: str) -> None:
+    """Writes the resolved config as YAML."""
+    with open(path, "w") as f:
+        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 (first 16 hex) of the resolved config (model_dir excluded)."""
+    d = to_dict(cfg)
+    d.pop("model_dir", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,134 @@
+"""Contrastive pretraining (SimCLR or MICLe) from a Config: builds the strategy, data,
+model and optimizer, then trains through the shared runner."""
+from __future__ import annotations
+
+import logging
+import math
+
+import keras
+
+from tfmicle.config import Config, ConfigError
+from tfmicle.data import records
+from tfmicle.data.augment import AugmentConfig, preset
+from tfmicle.data.pipeline import PipelineConfig, count_examples, pretrain_dataset
+from tfmicle.distribute import make_strategy
+from tfmicle.models.contrastive import ContrastiveModel
+from tfmicle.models.heads import projection_head
+from tfmicle.models.resnet import ResNetSpec, build_resnet
+from tfmicle.optim import WarmupCosine, make_optimizer
+from tfmicle import runner
+
+log = logging.getLogger(__name__)
+
+
+def augment_config(cfg: Config) -> AugmentConfig:
+    d = cfg.data
+    return preset(d.augment,
+                  color_strength=d.color_strength if d.color_strength >= 0 else None,
+                  crop_min_area=d.crop_min_area if d.crop_min_area >= 0 else None,
+                  rotation_degrees=d.rotation_degrees if d.rotation_degrees >= 0 else None,
+                  blur_p=None if d.blur else 0.0)
+
+
+def resnet_spec(cfg: Config, global_bn: bool | None = None) -> ResNetSpec:
+    m = cfg.model
+    return ResNetSpec(depth=m.depth, width_multiplier=m.width_multiplier, sk_ratio=m.sk_ratio,
+                      image_size=cfg.data.image_size, bn_momentum=m.bn_momentum,
+                      global_bn=m.global_bn if global_bn is None else global_bn,
+                      dtype=cfg.train.precision)
+
+
+def build_contrastive_model(cfg: Config, num_classes: int) -> ContrastiveModel:
+    """Encoder + projection head (+ probe) with every variable created. Call inside the
+    strategy scope."""
+    encoder = build_resnet(resnet_spec(cfg))
+    proj = projection_head(encoder.output_shape[-1], cfg.model.num_proj_layers,
+                           cfg.model.proj_out_dim, cfg.model.bn_momentum, cfg.model.global_bn,
+                           dtype=cfg.train.precision)
+    model = ContrastiveModel(encoder, proj, num_classes=num_classes,
+                             temperature=cfg.train.temperature,
+                             weight_decay=cfg.train.weight_decay, name="contrastive")
+    model.build_all(cfg.data.image_size)
+    return model
+
+
+def schedule_steps(cfg: Config, num_examples: int) -> tuple[int, int]:
+    """(total_steps, warmup_steps) from train_steps or epochs over num_examples."""
+    t = cfg.train
+    per_epoch = num_examples / t.batch_size
+    total = t.train_steps or max(int(math.ceil(t.train_epochs * per_epoch)), 1)
+    warmup = int(round(t.warmup_epochs * per_epoch))
+    return total, min(warmup, total)
+
+
+def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
+    """Runs (or resumes) a pretraining run into cfg.model_dir; returns a summary."""
+    if not cfg.data.dir:
+        raise FileNotFoundError("data.dir is not set (a data_prep output folder)")
+    info = records.load_dataset_info(cfg.data.dir)
+    if cfg.data.train_split not in info.get("splits", {}):
+        raise FileNotFoundError(f"split '{cfg.data.train_split}' not in {cfg.data.dir} "
+                                f"(has: {', '.join(info.get('splits', {}))})")
+    num_classes = (len(info.get("class_names", []))
+                   if cfg.model.online_probe and info.get("task") == "multiclass" else 0)
+    runner.prepare_model_dir(cfg)
+    strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
+                             cfg.distribute.num_cpu_devices)
+    if cfg.train.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by "
+                         f"{strategy.num_replicas_in_sync} replicas")
+    per = "image" if cfg.method == "simclr" else "case"
+    n = count_examples(cfg.data.dir, cfg.data.train_split, per)
+    total, warmup = schedule_steps(cfg, n)
+    pcfg = PipelineConfig(cfg.data.dir, cfg.data.train_split, cfg.train.batch_size,
+                          cfg.data.image_size, cfg.data.shuffle_buffer, cfg.data.cache,
+                          cfg.train.seed)
+    ds = pretrain_dataset(cfg.method, pcfg, augment_config(cfg))
+    val, val_steps = None, None
+    if cfg.data.eval_split:
+        vcfg = PipelineConfig(cfg.data.dir, cfg.data.eval_split, cfg.train.batch_size,
+                              cfg.data.image_size, cfg.data.shuffle_buffer, False,
+                              cfg.train.seed + 1)
+        val = pretrain_dataset(cfg.method, vcfg, augment_config(cfg))
+        val_steps = cfg.train.eval_steps or max(
+            count_examples(cfg.data.dir, cfg.data.eval_split, per) // cfg.train.batch_size, 1)
+    keras.utils.set_random_seed(cfg.train.seed)
+    with strategy.scope():
+        model = build_contrastive_model(cfg, num_classes)
+        lr = WarmupCosine(cfg.train.learning_rate, cfg.train.batch_size, total, warmup,
+                          cfg.train.lr_scaling)
+        opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
+                             cfg.train.weight_decay)
+        model.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
+        opt.build(model.trainable_variables)
+    log.info("pretraining %s: %d examples (%s), %d steps of batch %d on %d replica(s), "
+             "%d warmup steps", cfg.method, n, per + "s", total, cfg.train.batch_size,
+             strategy.num_replicas_in_sync, warmup)
+    result = runner.fit_steps(model, ds, total, cfg.model_dir, cfg.train.checkpoint_steps,
+                              cfg.train.log_steps, cfg.train.keep_checkpoints, val, val_steps,
+                              callbacks, verbose)
+    result.update({"model_dir": cfg.model_dir, "total_steps": total,
+                   "checkpoint": runner.latest_checkpoint(cfg.model_dir)})
+    final = {k: float(v[-1]) for k, v in result["history"].items() if v}
+    result["final_metrics"] = final
+    log.info("pretraining done at step %d: %s", result["end_step"],
+             ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    return result
+
+
+def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
+    """Loads the encoder weights of a pretraining checkpoint (a model dir, its
+    checkpoints folder or a prefix) into `encoder`; heads and optimizer are ignored.
+    Returns the checkpoint prefix used."""
+    import tensorflow as tf
+    prefix = runner.latest_checkpoint(checkpoint)
+    if prefix is None:
+        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
+    # Match the saved object graph root -> model -> encoder by attribute names.
+    tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
+        prefix).expect_partial().assert_existing_objects_matched()
+    return prefix
+
+
+__all__ = ["pretrain", "build_contrastive_model", "restore_encoder", "augment_config",
+           "resnet_spec", "schedule_steps"]

@@ -1,0 +1,106 @@
+"""The training-run machinery shared by pretraining and fine-tuning: model dir, resolved
+config, checkpoints every N steps with optimizer state, exact resume, TensorBoard,
+stop on NaN, and a step-budgeted ``fit``."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import keras
+import tensorflow as tf
+
+from tfmicle.config import Config, dump_config
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = "config.yaml"
+
+
+class NaNLossError(RuntimeError):
+    """Training produced a non-finite loss and was stopped."""
+
+
+class StepCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint (model + optimizer, numbered by the global step) every
+    `every` steps and at the last step, and stops training at `total_steps` and on a
+    non-finite loss."""
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int):
+        super().__init__()
+        self.manager = manager
+        self.every = max(int(every), 1)
+        self.total_steps = int(total_steps)
+        self.nan_at: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.nan_at = step
+            self.model.stop_training = True
+            return
+        if step % self.every == 0 or step >= self.total_steps:
+            self.manager.save(checkpoint_number=step)
+        if step >= self.total_steps:
+            self.model.stop_training = True
+
+
+def prepare_model_dir(cfg: Config) -> str:
+    """Creates the model dir and writes the resolved config into it."""
+    os.makedirs(cfg.model_dir, exist_ok=True)
+    dump_config(cfg, os.path.join(cfg.model_dir, CONFIG_FILE))
+    return cfg.model_dir
+
+
+def checkpoint_manager(model: keras.Model, model_dir: str, keep: int
+                       ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return ckpt, tf.train.CheckpointManager(ckpt, os.path.join(model_dir, CHECKPOINT_DIR),
+                                            max_to_keep=keep)
+
+
+def latest_checkpoint(path: str) -> str | None:
+    """The newest checkpoint prefix of a model dir, its checkpoints folder, or the prefix
+    itself."""
+    for d in (os.path.join(path, CHECKPOINT_DIR), path):
+        if os.path.isdir(d):
+            found = tf.train.latest_checkpoint(d)
+            if found:
+                return found
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    return None
+
+
+def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, model_dir: str,
+              checkpoint_steps: int, log_steps: int, keep_checkpoints: int = 3,
+              validation_data=None, validation_steps: int | None = None,
+              callbacks: list | None = None, verbose: int = 1) -> dict:
+    """Trains `model` (compiled, variables built) until its optimizer has made
+    total_steps steps, resuming from the latest checkpoint in model_dir.
+
+    Returns {"start_step", "end_step", "history"}; raises NaNLossError on a NaN loss.
+    """
+    ckpt, manager = checkpoint_manager(model, model_dir, keep_checkpoints)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed from %s", manager.latest_checkpoint)
+    start = int(model.optimizer.iterations.numpy())
+    if start >= total_steps:
+        log.info("already at step %d of %d: nothing to train", start, total_steps)
+        return {"start_step": start, "end_step": start, "history": {}}
+    chunk = max(min(int(log_steps), total_steps), 1)
+    saver = StepCheckpoint(manager, checkpoint_steps, total_steps)
+    cbs = [saver, keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
+                                              update_freq="epoch", write_graph=False)]
+    cbs += list(callbacks or [])
+    hist = model.fit(dataset, epochs=math.ceil(total_steps / chunk), steps_per_epoch=chunk,
+                     initial_epoch=start // chunk, validation_data=validation_data,
+                     validation_steps=validation_steps, callbacks=cbs, verbose=verbose)
+    end = int(model.optimizer.iterations.numpy())
+    if saver.nan_at is not None:
+        raise NaNLossError(f"loss became NaN/inf at step {saver.nan_at}; stopped "
+                           f"(last good checkpoint: {manager.latest_checkpoint})")
+    return {"start_step": start, "end_step": end, "history": hist.history}

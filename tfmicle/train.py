@@ -1,0 +1,71 @@
+"""`python -m tfmicle.train`: pretraining (SimCLR / MICLe) and fine-tuning from a YAML
+config. A thin CLI over tfmicle.pretrain (and tfmicle.finetune)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from tfmicle import cli
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
+        prog="python -m tfmicle.train",
+        description="Pretrain (mode: pretrain, method: simclr | micle) or fine-tune "
+                    "(mode: finetune) a ResNet from a YAML config. Rerunning with the same "
+                    "--model-dir resumes from its latest checkpoint.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("--model-dir", help="output folder (overrides model_dir)")
+    p.add_argument("--strategy", help="default | one_device | mirrored | multiworker | tpu")
+    p.add_argument("--tpu", help="TPU name or grpc:// address (with --strategy tpu)")
+    p.add_argument("--num-cpu-devices", type=int,
+                   help="mirrored on a CPU-only machine: split the CPU into N replicas")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.batch_size=64 (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cli.quiet_tensorflow()
+    cli.setup_logging(args.verbose)
+    from tfmicle.config import ConfigError, load_config
+    from tfmicle.distribute import StrategyError
+
+    def body() -> int:
+        extra: dict = {}
+        if args.model_dir:
+            extra["model_dir"] = args.model_dir
+        dist = {k: v for k, v in (("strategy", args.strategy), ("tpu", args.tpu),
+                                  ("num_cpu_devices", args.num_cpu_devices)) if v is not None}
+        if dist:
+            extra["distribute"] = dist
+        cfg = load_config(args.config, args.overrides, extra)
+        if not cfg.model_dir:
+            raise cli.UsageError("no model dir: pass --model-dir or set model_dir")
+        verbose = 0 if args.quiet else 1
+        if cfg.mode == "pretrain":
+            from tfmicle.pretrain import pretrain
+            result = pretrain(cfg, verbose=verbose)
+        else:
+            try:
+                from tfmicle.finetune import finetune
+            except ImportError:
+                raise cli.UsageError("mode: finetune is not available in this version") from None
+            result = finetune(cfg, verbose=verbose)
+        print(f"done: step {result['end_step']} of {result['total_steps']}; "
+              f"checkpoint {result.get('checkpoint')}")
+        return 0
+
+    from tfmicle.runner import NaNLossError
+    try:
+        return cli.run("tfmicle.train", body, (ConfigError, StrategyError))
+    except NaNLossError as e:
+        logging.getLogger("tfmicle.train").error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
