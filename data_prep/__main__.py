@@ -184,6 +184,8 @@ def _run_convert(argv: list[str]) -> int:
         raise _usage("--max-side must be >= 0")
     if not 1 <= args.jpeg_quality <= 100:
         raise _usage("--jpeg-quality must be within 1..100")
+    if args.shard_mb <= 0:
+        raise _usage("--shard-mb must be > 0")
     if args.workers < 0:
         raise _usage("--workers must be >= 0")
     cfg = ConvertConfig(

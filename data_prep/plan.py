@@ -60,7 +60,7 @@ def make_plan(manifest: Manifest, split_fractions: dict[str, float], seed: int,
         sp = splits[name]
         sp.cases.append(case)
         sp.source_bytes += sum(probe_size(r.path) for r in case.images if r.path)
-    target = max(1.0, shard_mb) * (1 << 20)
+    target = max(shard_mb, 1e-6) * (1 << 20)
     for sp in splits.values():
         sp.num_shards = max(1, min(len(sp.cases), math.ceil(sp.source_bytes / target)))
     return Plan(manifest, {n: sp for n, sp in splits.items()

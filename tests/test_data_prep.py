@@ -196,12 +196,10 @@ def test_isic2019_onehot_lesion_groups_and_bad_label(tmp_path):
     for i in range(20):
         image = f"ISIC_{i:07d}"
         files[image] = write_image(root / "ISIC_2019_Training_Input" / f"{image}.jpg", i)
-        k = i % 8                                           # UNK has no training image
+        k = (i // 2) % 8                 # a lesion's two images share the label; no UNK
         gt.append([image] + ["1.0" if j == k else "0.0" for j in range(9)])
         lesion = f"BCN_{i // 2:010d}" if i < 12 else ""   # pairs share a lesion; rest empty
         meta.append([image, "55.0", "anterior torso", lesion, "female"])
-    for i in (0, 1):                        # a lesion's two images must share the label
-        gt[i] = [gt[i][0]] + ["1.0" if j == 4 else "0.0" for j in range(9)]
     gt[15] = [gt[15][0]] + ["1.0", "1.0"] + ["0.0"] * 7          # not one-hot
     write_csv(root / "ISIC_2019_Training_GroundTruth.csv", ["image"] + ISIC19, gt)
     write_csv(root / "ISIC_2019_Training_Metadata.csv",
@@ -480,11 +478,13 @@ def test_overwrite_replaces_stale_shards(tmp_path, capsys):
 
 
 def test_inspect_reports_and_detects_a_damaged_shard(tmp_path, capsys):
-    make_ham10000(tmp_path / "ham")
+    rows, _, bad = make_ham10000(tmp_path / "ham")
     run("ham10000", tmp_path / "ham", tmp_path / "out", split_fractions={"train": 1.0})
     assert main(["inspect", str(tmp_path / "out"), "--decode-images"]) == 0
     text = capsys.readouterr().out
-    assert "train: 14 cases, 20 images" in text and "images per case" in text
+    lesions = {r[0] for r in rows if r[1] not in bad}
+    assert f"train: {len(lesions)} cases, {len(rows) - len(bad)} images" in text
+    assert "images per case" in text
     assert "OK: every shard parses" in text
     shard = tmp_path / "out" / "train-00000-of-00001.tfrecord"
     shard.write_bytes(shard.read_bytes()[:-40])
