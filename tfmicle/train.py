@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 raise cli.UsageError("mode: finetune is not available in this version") from None
             result = finetune(cfg, verbose=verbose)
-        print(f"done: step {result['end_step']} of {result['total_steps']}; "
-              f"checkpoint {result.get('checkpoint')}")
+        print(f"done: steps {result['start_step']} -> {result['end_step']} of "
+              f"{result['total_steps']}; checkpoint {result.get('checkpoint')}")
         return 0
 
     from tfmicle.runner import NaNLossError

@@ -34,7 +34,7 @@ def read_cases(cfg: PipelineConfig, shuffle: bool) -> tf.data.Dataset:
     if shuffle:
         files = files.shuffle(len(paths), seed=cfg.seed)
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-                          num_parallel_calls=AUTOTUNE, deterministic=not shuffle)
+                          num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.map(records.parse_case, num_parallel_calls=AUTOTUNE)
     if cfg.case_ids is not None:
         keep = tf.lookup.StaticHashTable(
