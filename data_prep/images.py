@@ -68,7 +68,15 @@ def encode_bytes(data: bytes, path: str = "", options: ImageOptions = ImageOptio
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format
-        img.load()                      # full decode: truncated/corrupt data raise here
+        w, h = img.size
+        target = _fit(w, h, options.max_side)
+        if fmt in ("JPEG", "MPO") and img.mode in ("L", "RGB"):
+            # libjpeg entropy-decodes the whole stream whatever the scale, so truncated
+            # or damaged data fail just the same; only the IDCT runs at a reduced size:
+            # 1/8 when the bytes pass through, the smallest scale >= target otherwise.
+            img.draft(img.mode, target if target != (w, h) else
+                      (max(1, (w + 7) // 8), max(1, (h + 7) // 8)))
+        img.load()                      # decode: truncated/corrupt data raise here
     except Image.DecompressionBombError as e:
         raise ImageError(f"too large: {e}") from None
     except Image.UnidentifiedImageError:
@@ -76,21 +84,28 @@ def encode_bytes(data: bytes, path: str = "", options: ImageOptions = ImageOptio
             from None
     except Exception as e:              # PIL raises many types for bad data
         raise ImageError(f"corrupt: {type(e).__name__}: {e}") from None
-    w, h = img.size
     if w < 1 or h < 1:
         raise ImageError("corrupt: zero-size image")
     if fmt == "MPO":                    # camera JPEG with an embedded preview: a JPEG
         fmt = "JPEG"
     elif getattr(img, "n_frames", 1) > 1:
         raise ImageError(f"unsupported: multi-frame {fmt} ({img.n_frames} frames)")
-    too_big = options.max_side > 0 and max(w, h) > options.max_side
-    if fmt == "JPEG" and img.mode in ("L", "RGB") and not too_big:
+    fits = target == (w, h)
+    if fmt == "JPEG" and img.mode in ("L", "RGB") and fits:
         return EncodedImage(data, "JPEG", w, h, True)
-    if fmt == "PNG" and img.mode in ("L", "LA", "RGB", "RGBA", "P") and not too_big:
+    if fmt == "PNG" and img.mode in ("L", "LA", "RGB", "RGBA", "P") and fits:
         return EncodedImage(data, "PNG", w, h, True)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _from_array(_to_uint8(np.asarray(img)), options)
-    return _encode(_normalise_mode(img), options, "JPEG" if fmt == "JPEG" else "PNG")
+    return _encode(_normalise_mode(img), options, "JPEG" if fmt == "JPEG" else "PNG", target)
+
+
+def _fit(w: int, h: int, max_side: int) -> tuple[int, int]:
+    """(w, h) scaled so that the longer side is max_side; unchanged when it fits."""
+    if max_side <= 0 or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
 
 
 def _normalise_mode(img: Image.Image) -> Image.Image:
@@ -103,12 +118,11 @@ def _normalise_mode(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _encode(img: Image.Image, options: ImageOptions, fmt: str) -> EncodedImage:
-    w, h = img.size
-    if options.max_side > 0 and max(w, h) > options.max_side:
-        scale = options.max_side / max(w, h)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+def _encode(img: Image.Image, options: ImageOptions, fmt: str,
+            target: tuple[int, int] | None = None) -> EncodedImage:
+    target = target or _fit(img.size[0], img.size[1], options.max_side)
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     if fmt == "JPEG" and img.mode not in ("L", "RGB"):
         fmt = "PNG"
     buf = io.BytesIO()

@@ -96,6 +96,15 @@ def test_bad_bytes_raise_image_error(tmp_path, payload, reason):
         load_image(str(tmp_path / "x.jpg"))
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.9, 0.99])
+def test_jpeg_truncated_late_in_the_scan_is_caught_when_passing_through(keep):
+    data = _jpeg(256, 192, seed=3)
+    with pytest.raises(ImageError, match="^corrupt"):
+        encode_bytes(data[: int(len(data) * keep)], "x.jpg", ImageOptions(max_side=0))
+    with pytest.raises(ImageError, match="^corrupt"):           # resize path as well
+        encode_bytes(data[: int(len(data) * keep)], "x.jpg", ImageOptions(max_side=64))
+
+
 def test_missing_file_and_directory_raise_image_error(tmp_path):
     with pytest.raises(ImageError, match="^missing"):
         load_image(str(tmp_path / "nope.jpg"))
