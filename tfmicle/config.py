@@ -33,6 +33,10 @@ class DataConfig:
     shuffle_buffer: int = 10_000
     cache: bool = False
     label_fraction: float = 1.0    # fine-tuning: nested subset written by data_prep
+    crop: bool = True              # False: no random crop (centre crop + resize instead)
+    flip: bool = True              # False switches the random horizontal flip off
+    color_p: float = -1.0          # colour-jitter probability; < 0 = the preset's
+    blur_p: float = -1.0           # blur probability; < 0 = the preset's (blur: false wins)
 
 
 @dataclass
@@ -77,6 +81,9 @@ class FinetuneConfig:
     uncertainty_policy: str = "ignore"  # ones | zeros | ignore (multilabel -1 targets)
     best_metric: str = "val_loss"
     early_stopping_patience: int = 0
+    auc_classes: str = ""          # comma-separated class names for val_auc; "" = all
+    eval_every_steps: int = 0      # validation period; 0 = one epoch of the labeled subset
+    zero_init_head: bool = True    # SimCLR's zero_init_logits_layer
 
 
 @dataclass
@@ -107,6 +114,8 @@ CHOICES = {
     "train.precision": ("float32", "mixed_bfloat16"),
     "finetune.init": ("checkpoint", "imagenet", "scratch"),
     "finetune.uncertainty_policy": ("ones", "zeros", "ignore"),
+    "finetune.best_metric": ("val_loss", "val_accuracy", "val_top3_accuracy", "val_auc",
+                             "val_pr_auc", "val_case_accuracy", "val_case_auc"),
     "distribute.strategy": ("default", "one_device", "mirrored", "multiworker", "tpu"),
 }
 

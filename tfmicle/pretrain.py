@@ -27,7 +27,9 @@ def augment_config(cfg: Config) -> AugmentConfig:
                   color_strength=d.color_strength if d.color_strength >= 0 else None,
                   crop_min_area=d.crop_min_area if d.crop_min_area >= 0 else None,
                   rotation_degrees=d.rotation_degrees if d.rotation_degrees >= 0 else None,
-                  blur_p=None if d.blur else 0.0)
+                  blur_p=(d.blur_p if d.blur_p >= 0 else None) if d.blur else 0.0,
+                  color_p=d.color_p if d.color_p >= 0 else None,
+                  crop=None if d.crop else False, flip=None if d.flip else False)
 
 
 def resnet_spec(cfg: Config, global_bn: bool | None = None) -> ResNetSpec:

@@ -1,0 +1,304 @@
+"""The fine-tuning model: an encoder plus a linear supervised head, with the paper's
+losses (softmax cross-entropy for multi-class, masked sigmoid cross-entropy with a
+CheXpert uncertainty policy for multi-label) and freezing by stage.
+
+Encoders:
+- ours (tfmicle.models.resnet), initialised from a tfmicle pretraining checkpoint or
+  from scratch;
+- keras.applications ResNet50 for ``init: imagenet`` (the paper's supervised ImageNet
+  baseline). Its weights cannot be mapped onto our encoder: keras.applications builds
+  the original ResNet v1 (stride 2 in the first 1x1 conv of a stage, explicit zero
+  padding of the stem, biased convolutions, BN epsilon 1.001e-5, Caffe BGR input)
+  while ours is SimCLR's v1.5 (stride in the 3x3 conv, "same" padding, no conv bias).
+  The biases could be folded into BN, but the stride placement and padding change the
+  function, so the mapped network would not be the network the weights were trained
+  as. We therefore wrap keras.applications' own ResNet50 behind our encoder's
+  contract (images [B, H, W, 3] RGB in [0, 1] -> features [B, 2048] float32), with
+  its Caffe preprocessing as the first layer, so everything downstream (freezing,
+  fine-tuning, export, scoring) is the same for both encoders.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from tfmicle.models.heads import supervised_head
+from tfmicle.models.resnet import STAGES, ResNetSpec, build_resnet, stage_of
+from tfmicle.optim import EXCLUDE_DEFAULT, LARS
+
+log = logging.getLogger(__name__)
+
+MULTICLASS = "multiclass"
+MULTILABEL = "multilabel"
+POLICIES = ("ones", "zeros", "ignore")
+IMAGENET_ENCODER = "resnet50_imagenet"
+# keras.applications.resnet50.preprocess_input ("caffe"): BGR, 0-255, minus these means.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# keras.applications ResNet50 layer-name prefixes -> our stage index (STAGES).
+_IMAGENET_STAGES = (("conv1", 0), ("pool1", 0), ("conv2", 1), ("conv3", 2), ("conv4", 3),
+                    ("conv5", 4))
+
+
+# --------------------------------------------------------------------------- losses
+
+def uncertainty_targets(targets: tf.Tensor, policy: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """Multi-label targets as stored (1, 0, -1 uncertain, NaN not mentioned) -> (targets
+    in {0, 1}, mask 1.0 where the entry counts). U-Ones: -1 -> 1; U-Zeros: -1 -> 0;
+    U-Ignore: -1 masked. NaN is always masked."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown uncertainty policy {policy!r} (ones | zeros | ignore)")
+    t = tf.cast(targets, tf.float32)
+    known = tf.logical_not(tf.math.is_nan(t))
+    uncertain = tf.logical_and(known, t < 0)
+    if policy == "ones":
+        t = tf.where(uncertain, 1.0, t)
+    elif policy == "zeros":
+        t = tf.where(uncertain, 0.0, t)
+    else:
+        known = tf.logical_and(known, tf.logical_not(uncertain))
+    return tf.where(known, t, 0.0), tf.cast(known, tf.float32)
+
+
+def multilabel_loss(targets: tf.Tensor, logits: tf.Tensor, policy: str = "ignore") -> tf.Tensor:
+    """Sigmoid cross-entropy averaged over the (example, class) entries that count
+    (0 when none does)."""
+    t, mask = uncertainty_targets(targets, policy)
+    ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=t, logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def multiclass_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy averaged over labeled examples (label >= 0)."""
+    labels = tf.cast(labels, tf.int32)
+    mask = tf.cast(labels >= 0, tf.float32)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32))
+    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+
+
+def task_loss(task: str, labels, logits, policy: str = "ignore") -> tf.Tensor:
+    if task == MULTICLASS:
+        return multiclass_loss(labels, logits)
+    if task == MULTILABEL:
+        return multilabel_loss(labels, logits, policy)
+    raise ValueError(f"unknown task {task!r} (multiclass | multilabel)")
+
+
+def probabilities(task: str, logits):
+    """Softmax (multiclass) or per-class sigmoid (multilabel) in float32."""
+    logits = tf.cast(logits, tf.float32)
+    return tf.nn.softmax(logits, axis=-1) if task == MULTICLASS else tf.nn.sigmoid(logits)
+
+
+# --------------------------------------------------------------------------- encoders
+
+@keras.saving.register_keras_serializable(package="tfmicle")
+class CaffePreprocess(layers.Layer):
+    """RGB in [0, 1] -> keras.applications' "caffe" input (BGR, 0-255, mean removed)."""
+
+    def call(self, x):
+        x = ops.flip(ops.cast(x, self.compute_dtype), axis=-1) * 255.0
+        return x - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=self.compute_dtype)
+
+
+def build_imagenet_encoder(weights: str | None = "imagenet", dtype: str = "float32"
+                           ) -> keras.Model:
+    """keras.applications ResNet50 (no top, average pooling) as an encoder:
+    images [B, H, W, 3] RGB in [0, 1] -> features [B, 2048] float32.
+
+    weights: "imagenet" (Keras downloads and caches the file), a local weights file
+    (the downloaded ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` or a
+    ``.weights.h5`` saved by Keras), or None (random, for rebuilding a fine-tuned run).
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        base = keras.applications.ResNet50(include_top=False, weights=weights,
+                                           input_shape=(None, None, 3), pooling="avg")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    inputs = keras.Input((None, None, 3), name="images")
+    x = CaffePreprocess(dtype=dtype, name="imagenet_preprocess")(inputs)
+    x = base(x)
+    x = layers.Activation("linear", dtype="float32", name="features")(x)
+    return keras.Model(inputs, x, name=IMAGENET_ENCODER)
+
+
+def imagenet_stage_of(layer_name: str) -> int:
+    """Stage index (as STAGES) of a keras.applications ResNet50 layer; -1 outside."""
+    for prefix, stage in _IMAGENET_STAGES:
+        if layer_name.startswith(prefix + "_"):
+            return stage
+    return -1
+
+
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def freeze_encoder(encoder: keras.Model, fine_tune_after_block: int) -> list[str]:
+    """Freezes by stage as SimCLR's fine_tune_after_block: -1 trains everything; k in
+    0..3 freezes the stem (0) through block_group k; 4 freezes the whole encoder
+    (linear evaluation). Frozen batch norms run in inference mode (moving statistics
+    kept). Returns the names of the frozen layers that hold weights."""
+    k = int(fine_tune_after_block)
+    if k < -1 or k > len(STAGES) - 1:
+        raise ValueError(f"fine_tune_after_block must be -1..{len(STAGES) - 1}, got {k}")
+    if k < 0:
+        return []
+    stage_fn = imagenet_stage_of if encoder.name == IMAGENET_ENCODER else stage_of
+    frozen = []
+    for layer in _leaf_layers(encoder):
+        stage = stage_fn(layer.name)
+        if k >= len(STAGES) - 1 or 0 <= stage <= k:
+            layer.trainable = False
+            if layer.weights:
+                frozen.append(layer.name)
+    if k >= len(STAGES) - 1:
+        encoder.trainable = False
+    return frozen
+
+
+# --------------------------------------------------------------------------- model
+
+class Classifier(keras.Model):
+    """Encoder + linear head -> logits [B, K] (float32).
+
+    Batches are (images [B, H, W, 3] in [0, 1], labels): multiclass labels [B] int
+    (-1 unlabeled, masked), multilabel labels [B, K] float (1, 0, -1, NaN; see
+    uncertainty_targets). As ContrastiveModel: the step loss is divided by
+    num_replicas_in_sync (Keras sums replica gradients) and, with an optimizer other
+    than LARS, weight decay is an L2 term on weights that are not batch norm, bias or
+    the head.
+    """
+
+    def __init__(self, encoder: keras.Model, num_classes: int, task: str = MULTICLASS,
+                 uncertainty_policy: str = "ignore", weight_decay: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if task not in (MULTICLASS, MULTILABEL):
+            raise ValueError(f"unknown task {task!r} (multiclass | multilabel)")
+        if uncertainty_policy not in POLICIES:
+            raise ValueError(f"unknown uncertainty policy {uncertainty_policy!r}")
+        self.encoder = encoder
+        self.head = supervised_head(num_classes)
+        self.num_classes = int(num_classes)
+        self.task = task
+        self.uncertainty_policy = uncertainty_policy
+        self.weight_decay = float(weight_decay)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker] + ([self.accuracy_tracker] if self.task == MULTICLASS else [])
+
+    def call(self, images, training=False):
+        return self.head(self.encoder(images, training=training))
+
+    def features_and_logits(self, images, training=False):
+        feats = self.encoder(images, training=training)
+        return feats, self.head(feats)
+
+    def build_all(self, image_size: int) -> None:
+        """Creates every variable with a dummy forward pass."""
+        self(tf.zeros([1, image_size, image_size, 3]), training=False)
+        self.built = True
+
+    def zero_init_head(self) -> None:
+        """SimCLR's zero_init_logits_layer: head kernel and bias start at 0."""
+        for v in self.head.weights:
+            v.assign(tf.zeros_like(v))
+
+    def loss_value(self, labels, logits) -> tf.Tensor:
+        return task_loss(self.task, labels, logits, self.uncertainty_policy)
+
+    def _l2_variables(self):
+        return [v for v in self.trainable_variables
+                if not any(re.search(p, v.path) for p in EXCLUDE_DEFAULT)]
+
+    def _step_losses(self, data, training: bool):
+        images, labels = data
+        logits = self(images, training=training)
+        loss = self.loss_value(labels, logits)
+        total = loss
+        if training and self.weight_decay > 0 and not isinstance(self.optimizer, LARS):
+            l2 = self._l2_variables()
+            if l2:
+                total = total + self.weight_decay * tf.add_n(
+                    [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in l2])
+        return total, loss, labels, logits
+
+    def _record(self, total, labels, logits):
+        self.loss_tracker.update_state(total)
+        if self.task == MULTICLASS:
+            labels = tf.cast(labels, tf.int32)
+            mask = tf.cast(labels >= 0, tf.float32)
+            hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                          tf.float32)
+            self.accuracy_tracker.update_state(tf.reduce_sum(hit * mask) /
+                                               tf.maximum(tf.reduce_sum(mask), 1.0))
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            total, _, labels, logits = self._step_losses(data, training=True)
+            scaled = total / replicas
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply(grads, variables)
+        return self._record(total, labels, logits)
+
+    def test_step(self, data):
+        _, loss, labels, logits = self._step_losses(data, training=False)
+        return self._record(loss, labels, logits)
+
+    def get_config(self):
+        return {"num_classes": self.num_classes, "task": self.task,
+                "uncertainty_policy": self.uncertainty_policy,
+                "weight_decay": self.weight_decay}
+
+
+def build_classifier(spec: ResNetSpec | None, num_classes: int, task: str = MULTICLASS,
+                     uncertainty_policy: str = "ignore", weight_decay: float = 0.0,
+                     fine_tune_after_block: int = -1, imagenet_weights: str | None = None,
+                     use_imagenet_encoder: bool = False, zero_init_head: bool = True,
+                     image_size: int = 224) -> Classifier:
+    """A Classifier with every variable created and the freezing applied. Call inside
+    the strategy scope. use_imagenet_encoder: keras.applications ResNet50 with
+    imagenet_weights ("imagenet", a file, or None); otherwise our ResNet from spec."""
+    if use_imagenet_encoder:
+        encoder = build_imagenet_encoder(imagenet_weights,
+                                         dtype=spec.dtype if spec is not None else "float32")
+    else:
+        encoder = build_resnet(spec)
+    model = Classifier(encoder, num_classes, task, uncertainty_policy, weight_decay,
+                       name="classifier")
+    model.build_all(spec.image_size if spec is not None else image_size)
+    if zero_init_head:
+        model.zero_init_head()
+    frozen = freeze_encoder(encoder, fine_tune_after_block)
+    if frozen:
+        log.info("frozen: %d encoder layers with weights (fine_tune_after_block=%d)",
+                 len(frozen), fine_tune_after_block)
+    return model
+
+
+def encoder_weights(model: Classifier) -> dict[str, np.ndarray]:
+    """All encoder variables (trainable and not) by path, as numpy (tools and tests)."""
+    return {v.path: np.array(v.numpy()) for v in model.encoder.weights}
+
+
+__all__ = ["Classifier", "build_classifier", "build_imagenet_encoder", "freeze_encoder",
+           "imagenet_stage_of", "multilabel_loss", "multiclass_loss", "task_loss",
+           "uncertainty_targets", "probabilities", "CaffePreprocess", "MULTICLASS",
+           "MULTILABEL", "IMAGENET_ENCODER"]
