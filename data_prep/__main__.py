@@ -202,28 +202,29 @@ def _run_convert(argv: list[str]) -> int:
         shard_mb=args.shard_mb, workers=args.workers, runner=args.runner,
         beam_args=shlex.split(args.beam_args), overwrite=args.overwrite, strict=args.strict)
 
-    bar = None
+    bars: list = []
     progress = None
     if not args.no_progress:
         if sys.stderr.isatty():
             from tqdm import tqdm
-            bar = tqdm(total=0, unit="img", dynamic_ncols=True, file=sys.stderr)
 
             def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.update(done - bar.n)
+                if not bars:
+                    bars.append(tqdm(total=total, unit="img", dynamic_ncols=True,
+                                     file=sys.stderr, desc="images"))
+                bars[0].update(done - bars[0].n)
         else:
             progress = _ProgressLog()
     try:
-        if bar is not None:
+        if progress is not None and not isinstance(progress, _ProgressLog):
             from tqdm.contrib.logging import logging_redirect_tqdm
             with logging_redirect_tqdm():
                 info = convert(cfg, progress)
         else:
             info = convert(cfg, progress)
     finally:
-        if bar is not None:
-            bar.close()
+        for b in bars:
+            b.close()
     for name, s in info["splits"].items():
         print(f"{name}: {s['cases']} cases, {s['images']} images, {len(s['shards'])} shard(s)")
     print(f"skipped: {info['skipped']}" + (f" (see {os.path.join(args.out, 'skipped.csv')})"

@@ -71,6 +71,10 @@ def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
         except ImageError as e:
             skipped.append(Skip(ref.path, str(e), ref.image_id, case.case_id))
             continue
+        except Exception as e:      # a decoder bug on one odd file must not stop the run
+            skipped.append(Skip(ref.path, f"error: {type(e).__name__}: {e}", ref.image_id,
+                                case.case_id))
+            continue
         images.append(enc.data)
         ids.append(ref.image_id)
         views.append(ref.view)

@@ -1,6 +1,7 @@
 """The conversion: manifest -> plan -> runner -> shards, subsets, skipped.csv, dataset.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -53,8 +54,8 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
     if cfg.runner not in ("local", "beam"):
         raise UserError(f"--runner {cfg.runner!r}: use local or beam")
     writer.check_out_dir(cfg.out, cfg.overwrite)
-    opts = cfg.format_options
-    opts.exclude = tuple(opts.exclude) + (os.path.abspath(cfg.out),)
+    opts = dataclasses.replace(cfg.format_options, exclude=tuple(cfg.format_options.exclude)
+                               + (os.path.abspath(cfg.out),))
     manifest = read_manifest(cfg.format, cfg.input, opts)
     if cfg.strict and manifest.skipped:
         s = manifest.skipped[0]

@@ -87,18 +87,21 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+class _Semicolon(csv.excel):
+    delimiter = ";"
+
+
 def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV (comma, or the delimiter csv.Sniffer finds, e.g. tab), values stripped."""
+    """Rows of a CSV (comma; tab or semicolon when the header has more of those),
+    values stripped."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            head = f.read(64 * 1024)
+            first = f.readline()
             f.seek(0)
-            try:
-                dialect = csv.Sniffer().sniff(head, delimiters=",\t;")
-            except csv.Error:
-                dialect = csv.excel
+            delim = max(",\t;", key=first.count) if first else ","
+            dialect = {",": csv.excel, "\t": csv.excel_tab, ";": _Semicolon}[delim]
             reader = csv.DictReader(f, dialect=dialect)
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
