@@ -148,6 +148,11 @@ def make_ham10000(root, broken=True):
         trunc = rows[8][1]
         write_truncated(root / "HAM10000_images_part_1" / f"{trunc}.jpg", 99)
         bad[trunc] = "corrupt"
+        garbage = rows[12][1]
+        part = 1 if int(garbage[5:]) % 2 == 0 else 2
+        (root / f"HAM10000_images_part_{part}" / f"{garbage}.jpg").write_bytes(
+            np.random.default_rng(0).bytes(2000))
+        bad[garbage] = "corrupt"
     write_csv(root / "HAM10000_metadata.csv",
               ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"],
               rows)
