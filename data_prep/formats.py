@@ -135,9 +135,15 @@ def _is_image_file(name: str) -> bool:
 def _walk_images(root: str, exclude: Iterable[str] = ()) -> Iterable[str]:
     """All image files under root (sorted, hidden entries and excluded folders skipped)."""
     excl = {os.path.realpath(e) for e in exclude}
+    seen = {os.path.realpath(root)}             # symlinked folders are followed once
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                             and os.path.realpath(os.path.join(dirpath, d)) not in excl)
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in excl and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if _is_image_file(name):
                 yield os.path.join(dirpath, name)

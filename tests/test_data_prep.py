@@ -498,6 +498,27 @@ def test_inspect_reports_and_detects_a_damaged_shard(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nothing")]) == 2
 
 
+def test_folders_walk_survives_a_symlink_loop(tmp_path):
+    write_image(tmp_path / "src" / "a" / "x.jpg", 1)
+    os.symlink(tmp_path / "src", tmp_path / "src" / "a" / "loop")
+    run("folders", tmp_path / "src", tmp_path / "out", split_fractions={"train": 1.0})
+    assert [c.image_ids for _, c in read_back(tmp_path / "out").values()] == [["a/x.jpg"]]
+
+
+def test_beam_runner_without_apache_beam_is_a_clear_error(tmp_path, capsys):
+    try:
+        import apache_beam  # noqa: F401
+        pytest.skip("apache_beam is installed here")
+    except ImportError:
+        pass
+    write_image(tmp_path / "src" / "a" / "x.jpg", 1)
+    assert main(["--format", "folders", "--input", str(tmp_path / "src"), "--out",
+                 str(tmp_path / "out"), "--runner", "beam", "--no-progress",
+                 "--log-level", "ERROR"]) == 2
+    assert "pip install 'tfmicle[beam]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--format", "nope", "--input", "x", "--out", "y"], "invalid choice"),
     (["--format", "csv", "--input", "/no/such/file.csv", "--out", "OUT"], "not found"),
