@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         _fail(str(e))
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    log.info("listening on http://%s:%d (model '%s', version %d)", shown, port, config.model_name,
-             app.state.serving.repository.current.version)
+    # Printed whatever the log level: scripts (and the tests) read the port from it.
+    print(f"serving: listening on http://{shown}:{port} (model '{config.model_name}', "
+          f"version {app.state.serving.repository.current.version})", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, log_level=config.log_level,
                                            timeout_graceful_shutdown=10))
     server.run(sockets=[sock])
