@@ -586,7 +586,11 @@ def write_figures(model: ScoringModel, runs: list[Scored], out_dir: str,
             ax.set_ylabel("true positive rate" if kind == "roc" else "precision", fontsize=8)
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
-            ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
+            else:
+                ax.text(0.5, 0.5, "one outcome only", ha="center", va="center", fontsize=8,
+                        color="0.5")
         for ax in axes.ravel()[len(idx):]:
             ax.axis("off")
         fig.suptitle(("ROC" if kind == "roc" else "Precision-recall") + " curves (case level)")
