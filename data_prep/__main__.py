@@ -126,8 +126,10 @@ def convert_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=0,
                    help="local worker processes (default: all cores)")
     r.add_argument("--beam-args", default="", metavar="ARGS",
-                   help="Beam pipeline options, e.g. \"--runner=DataflowRunner --project=P "
-                        "--region=R --temp_location=gs://...\" (default: DirectRunner)")
+                   help="Beam pipeline options, e.g. \"--direct_num_workers=4 "
+                        "--direct_running_mode=multi_processing\" or another runner's "
+                        "options (default: DirectRunner); the workers must see --input and "
+                        "--out as local paths (shared filesystem)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--log-level", default="INFO",
                    choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default INFO)")
