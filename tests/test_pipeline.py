@@ -136,3 +136,28 @@ def test_presets_give_valid_images(name):
     for s in range(5):
         out = augment(img, tf.constant([s, 9]), 32, preset(name)).numpy()
         assert out.shape == (32, 32, 3) and out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_grayscale_only_matches_luma_and_zero_strength_jitter_is_identity():
+    from tfmicle.data.augment import augment_batch
+    x = tf.random.stateless_uniform([6, 8, 8, 3], [3, 4])
+    gray = augment_batch(x, tf.constant([1, 1]), AugmentConfig(
+        crop=False, flip=False, color_p=0, grayscale_p=1.0, blur_p=0)).numpy()
+    luma = x.numpy() @ np.array([0.2989, 0.5870, 0.1140])
+    np.testing.assert_allclose(gray, np.repeat(luma[..., None], 3, -1), atol=1e-5)
+    same = augment_batch(x, tf.constant([1, 1]), AugmentConfig(
+        crop=False, flip=False, color_p=1.0, color_strength=0.0, grayscale_p=0, blur_p=0))
+    np.testing.assert_allclose(same.numpy(), x.numpy(), atol=1e-5)
+
+
+def test_colour_jitter_changes_colours_but_keeps_structure():
+    from tfmicle.data.augment import augment_batch
+    x = tf.random.stateless_uniform([16, 8, 8, 3], [5, 6], 0.2, 0.8)
+    y = augment_batch(x, tf.constant([2, 2]), AugmentConfig(
+        crop=False, flip=False, color_p=1.0, grayscale_p=0, blur_p=0)).numpy()
+    changed = np.abs(y - x.numpy()).mean(axis=(1, 2, 3)) > 1e-3
+    assert changed.all()
+    # Each example's pixels remain strongly correlated with the input (a colour map,
+    # not noise).
+    for a, b in zip(x.numpy(), y):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.3

@@ -8,7 +8,8 @@ from typing import Sequence
 import tensorflow as tf
 
 from tfmicle.data import records
-from tfmicle.data.augment import AugmentConfig, augment, decode_image, preprocess_eval
+from tfmicle.data.augment import (AugmentConfig, augment_batch, crop_view, decode_image,
+                                  preprocess_eval)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -66,8 +67,24 @@ def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
     return tf.data.Dataset.zip((ds, seeds))
 
 
-def _finish(ds: tf.data.Dataset, cfg: PipelineConfig, drop_remainder: bool = True):
-    return ds.batch(cfg.batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+def _finish(ds: tf.data.Dataset, cfg: PipelineConfig, drop_remainder: bool = True,
+            batch_fn=None):
+    """Batches, applies batch_fn(batch, seed) (the vectorised half of the augmentation)
+    with a seeded per-batch seed, prefetches."""
+    ds = ds.batch(cfg.batch_size, drop_remainder=drop_remainder)
+    if batch_fn is not None:
+        ds = _with_seeds(ds, cfg.seed + 7919).map(batch_fn, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _pair_batch_fn(aug: AugmentConfig):
+    def fn(batch, seed):
+        s = tf.random.experimental.stateless_split(seed, 2)
+        out = dict(batch)
+        out["view1"] = augment_batch(batch["view1"], s[0], aug)
+        out["view2"] = augment_batch(batch["view2"], s[1], aug)
+        return out
+    return fn
 
 
 def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig) -> tf.data.Dataset:
@@ -79,10 +96,11 @@ def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig) -> tf.data.Dataset:
     def views(el, seed):
         img = decode_image(el["image"])
         s = tf.random.experimental.stateless_split(seed, 2)
-        return {"view1": augment(img, s[0], cfg.image_size, aug),
-                "view2": augment(img, s[1], cfg.image_size, aug),
+        return {"view1": crop_view(img, s[0], cfg.image_size, aug),
+                "view2": crop_view(img, s[1], cfg.image_size, aug),
                 "label": tf.cast(el["label_class"], tf.int32)}
-    return _finish(_with_seeds(ds, cfg.seed).map(views, num_parallel_calls=AUTOTUNE), cfg)
+    return _finish(_with_seeds(ds, cfg.seed).map(views, num_parallel_calls=AUTOTUNE), cfg,
+                   batch_fn=_pair_batch_fn(aug))
 
 
 def micle_pick(num_images: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -105,10 +123,11 @@ def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig) -> tf.data.Dataset:
     def views(c, seed):
         s = tf.random.experimental.stateless_split(seed, 3)
         i, j = micle_pick(tf.shape(c["images"])[0], s[0])
-        return {"view1": augment(decode_image(c["images"][i]), s[1], cfg.image_size, aug),
-                "view2": augment(decode_image(c["images"][j]), s[2], cfg.image_size, aug),
+        return {"view1": crop_view(decode_image(c["images"][i]), s[1], cfg.image_size, aug),
+                "view2": crop_view(decode_image(c["images"][j]), s[2], cfg.image_size, aug),
                 "label": tf.cast(c["label_class"], tf.int32)}
-    return _finish(_with_seeds(ds, cfg.seed).map(views, num_parallel_calls=AUTOTUNE), cfg)
+    return _finish(_with_seeds(ds, cfg.seed).map(views, num_parallel_calls=AUTOTUNE), cfg,
+                   batch_fn=_pair_batch_fn(aug))
 
 
 def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = "multiclass",
@@ -126,11 +145,15 @@ def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = "multiclass"
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
 
     def example(el, seed):
-        img = augment(decode_image(el["image"]), seed, cfg.image_size, aug)
+        img = crop_view(decode_image(el["image"]), seed, cfg.image_size, aug)
         label = (tf.cast(el["label_class"], tf.int32) if task == "multiclass"
                  else el["label_multi"])
         return img, label
-    return _finish(_with_seeds(ds, cfg.seed).map(example, num_parallel_calls=AUTOTUNE), cfg)
+
+    def batch_fn(batch, seed):
+        return augment_batch(batch[0], seed, aug), batch[1]
+    return _finish(_with_seeds(ds, cfg.seed).map(example, num_parallel_calls=AUTOTUNE), cfg,
+                   batch_fn=batch_fn)
 
 
 def evaluation(cfg: PipelineConfig) -> tf.data.Dataset:
