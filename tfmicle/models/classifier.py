@@ -226,7 +226,7 @@ class Classifier(keras.Model):
                 if not any(re.search(p, v.path) for p in EXCLUDE_DEFAULT)]
 
     def _step_losses(self, data, training: bool):
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         logits = self(images, training=training)
         loss = self.loss_value(labels, logits)
         total = loss
