@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Fresh-machine setup: system packages (Fashion-MNIST for the label-efficiency experiment),
+# a virtualenv in .venv with tfmicle and its serve/demo/dev extras, and .venv-beam with the
+# beam extra (kept apart: apache-beam pins protobuf < 7).
+# Usage: bash setup.sh            (then: .venv/bin/python -m tfmicle.demo)
+set -euo pipefail
+cd "$(dirname "$0")"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[serve,demo,dev]"
+# Apache Beam (data_prep --runner beam) pins protobuf < 7: its own environment.
+[ -x .venv-beam/bin/python ] || "$PY" -m venv .venv-beam
+.venv-beam/bin/python -m pip install -q --upgrade pip
+.venv-beam/bin/python -m pip install -q -e ".[beam]"
+echo "setup done: $(.venv/bin/python -c 'import tensorflow as tf, keras; print("tensorflow", tf.__version__, "keras", keras.__version__)' 2>/dev/null)"
