@@ -1,0 +1,241 @@
+"""Batch scoring: metrics.json equals scikit-learn on the written prediction files;
+image folders, CSV manifests, corrupt images, --compare, multi-label, formats, CLI."""
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn import metrics as skm
+
+import _finetune_runs as runs
+from conftest import png_bytes
+from tfmicle import score as sc
+from tfmicle.data import records
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory):
+    p = tmp_path_factory.getbasetemp() / "ft_runs"
+    p.mkdir(exist_ok=True)
+    return p
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def probs_of(rows, classes):
+    return np.array([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+
+
+@pytest.mark.slow
+def test_records_metrics_equal_sklearn_on_written_predictions(root, tmp_path):
+    exp = runs.exported(root)
+    data = exp["run"]["data"]
+    out = tmp_path / "scored"
+    result = sc.score(str(Path(exp["path"]).parent), data, str(out), split="test",
+                      replicates=200)
+    classes = ["a", "b", "c"]
+    img = read_csv(out / "predictions_images.csv")
+    cases = read_csv(out / "predictions_cases.csv")
+    m = json.load(open(out / "metrics.json"))
+    assert result["runs"][0]["scored"] == len(img) == 13 and m["num_cases"] == len(cases) == 9
+
+    # Image level, from the file.
+    p = probs_of(img, classes)
+    y = np.array([classes.index(r["label"]) for r in img])
+    assert [r["predicted"] for r in img] == [classes[i] for i in p.argmax(1)]
+    assert m["image"]["top1_accuracy"] == pytest.approx(skm.accuracy_score(y, p.argmax(1)))
+    assert m["image"]["top3_accuracy"] == 1.0  # 3 classes
+    for c, name in enumerate(classes):
+        assert m["image"]["roc_auc"][name] == pytest.approx(skm.roc_auc_score(y == c, p[:, c]))
+        assert m["image"]["pr_auc"][name] == pytest.approx(
+            skm.average_precision_score(y == c, p[:, c]))
+    assert m["image"]["mean_auc"] == pytest.approx(
+        skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+    # Case level: the case file is the mean of the image rows, metrics follow it.
+    groups = {}
+    for r, row in zip(p, img):
+        groups.setdefault(row["case_id"], []).append(r)
+    cp = probs_of(cases, classes)
+    for row, q in zip(cases, cp):
+        np.testing.assert_allclose(q, np.mean(groups[row["case_id"]], axis=0), rtol=1e-12)
+        assert int(row["num_images"]) == len(groups[row["case_id"]])
+    cy = np.array([classes.index(r["label"]) for r in cases])
+    assert m["case"]["top1_accuracy"] == pytest.approx(skm.accuracy_score(cy, cp.argmax(1)))
+    assert m["case"]["mean_auc"] == pytest.approx(
+        np.mean([skm.roc_auc_score(cy == c, cp[:, c]) for c in range(3)]))
+    lo, hi = m["case"]["ci95"]["mean_auc"]
+    assert lo <= m["case"]["mean_auc"] <= hi
+
+    # The tf.data scoring path gives what the serving signature gives for the same bytes.
+    by_id = {i: b for case in records.iter_cases(data, "test")
+             for i, b in zip(case.image_ids, case.images)}
+    encoded = [by_id[r["image_id"]] for r in img]
+    served = tf.saved_model.load(exp["path"]).signatures["serving_default"](
+        images=tf.constant(encoded))["probabilities"].numpy()
+    np.testing.assert_allclose(p, served, atol=1e-5)
+    report = (out / "report.md").read_text()
+    assert "mean ROC AUC" in report and "roc.png" in report
+    for f in ("roc.png", "pr.png", "confusion.png"):
+        assert (out / f).read_bytes()[:8] == PNG_MAGIC
+
+
+def _image_folder(d: Path):
+    rng = np.random.default_rng(7)
+    for cls in ("a", "b"):
+        (d / cls).mkdir(parents=True)
+        for i in range(3):
+            (d / cls / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (30, 40, 3))))
+    (d / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (d / "notes.txt").write_text("not an image")
+    (d / "loose.png").write_bytes(png_bytes(rng.integers(0, 256, (20, 20, 3))))
+
+
+@pytest.mark.slow
+def test_cli_folder_with_corrupt_image_compared_with_records(root, tmp_path, capsys):
+    exp = runs.exported(root)
+    folder = tmp_path / "imgs"
+    _image_folder(folder)
+    out = tmp_path / "out"
+    rc = sc.main(["--model", exp["path"], "--data", str(folder), "--compare", exp["run"]["data"],
+                  "--compare-split", "test", "--out", str(out), "--bootstrap", "50", "-q"])
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "primary: 7 images scored, 1 skipped" in stdout
+    skipped = read_csv(out / "skipped.csv")
+    assert [s["image_id"] for s in skipped] == ["b/broken.png"] and skipped[0]["reason"]
+    img = read_csv(out / "predictions_images.csv")
+    assert sorted(r["image_id"] for r in img) == sorted(
+        ["a/0.png", "a/1.png", "a/2.png", "b/0.png", "b/1.png", "b/2.png", "loose.png"])
+    assert {r["image_id"]: r["label"] for r in img}["loose.png"] == ""
+    assert {r["label"] for r in img if r["image_id"].startswith("a/")} == {"a"}
+    m = json.load(open(out / "metrics.json"))
+    assert m["num_images"] == 7 and m["image"]["num_labeled"] == 6 and m["num_skipped"] == 1
+    cm = json.load(open(out / "compare" / "metrics.json"))
+    assert cm["num_images"] == 13
+    report = (out / "report.md").read_text()
+    assert "| primary | compare |" in report and "b/broken.png" in report
+    assert (out / "confusion.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.slow
+def test_csv_manifest_missing_file_and_user_errors(root, tmp_path, capsys):
+    exp = runs.exported(root)
+    folder = tmp_path / "imgs"
+    _image_folder(folder)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("image,case_id,label\nimgs/a/0.png,p1,a\nimgs/a/1.png,p1,a\n"
+                        "imgs/b/0.png,p2,b\nimgs/b/gone.png,p3,b\nimgs/loose.png,p4,\n")
+    out = tmp_path / "out"
+    assert sc.main(["--model", exp["path"], "--data", str(manifest), "--out", str(out), "-q",
+                    "--bootstrap", "0"]) == 0
+    cases = read_csv(out / "predictions_cases.csv")
+    assert [(c["case_id"], c["num_images"], c["label"]) for c in cases] == [
+        ("p1", "2", "a"), ("p2", "1", "b"), ("p4", "1", "")]
+    assert read_csv(out / "skipped.csv")[0]["reason"] == "file not found"
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    for text, msg in (("image,label\nimgs/a/0.png,zebra\n", "unknown class 'zebra'"),
+                      ("path_x\nimgs/a/0.png\n", "no 'image' column")):
+        bad.write_text(text)
+        assert sc.main(["--model", exp["path"], "--data", str(bad), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0]
+    assert sc.main(["--model", str(tmp_path / "nomodel"), "--data", str(bad),
+                    "--out", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert sc.main(["--model", exp["path"], "--data", exp["run"]["data"], "--split", "nope",
+                    "--out", str(out)]) == 2
+    assert "split 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_multilabel_records_metrics_use_definite_labels(root, tmp_path):
+    exp = runs.exported_multilabel(root)
+    out = tmp_path / "ml"
+    sc.score(exp["path"], exp["run"]["data"], str(out), split="test", replicates=0,
+             auc_classes=["Atelectasis", "Edema"])
+    classes = runs.ML_CLASSES
+    img = read_csv(out / "predictions_images.csv")
+    m = json.load(open(out / "metrics.json"))
+    by_id = {i: (case.case_id, case.label_multi) for case in records.iter_cases(
+        exp["run"]["data"], "test") for i in case.image_ids}
+    want_rows = [by_id[r["image_id"]] for r in img]
+    assert len(img) == len(by_id) and [r["case_id"] for r in img] == [c for c, _ in want_rows]
+    p = probs_of(img, classes)
+    aucs = []
+    for c, name in enumerate(classes):
+        lab = [r[f"label_{name}"] for r in img]
+        for (cid, lm), text in zip(want_rows, lab):  # labels written as stored
+            v = lm[c] if lm else math.nan
+            assert text == ("" if math.isnan(v) else str(int(v)))
+        keep = np.array([t in ("0", "1") for t in lab])
+        y = np.array([t == "1" for t in lab])[keep]
+        auc = skm.roc_auc_score(y, p[keep, c])
+        assert m["image"]["roc_auc"][name] == pytest.approx(auc)
+        assert m["image"]["pr_auc"][name] == pytest.approx(
+            skm.average_precision_score(y, p[keep, c]))
+        aucs.append(auc)
+    assert m["auc_classes"] == ["Atelectasis", "Edema"]
+    assert m["image"]["mean_auc"] == pytest.approx(np.mean(aucs[:2]))
+    assert "top1_accuracy" not in m["image"]
+
+
+def test_model_without_scoring_function_goes_through_serving_default(tmp_path):
+    """Any SavedModel with the serving contract scores (here the serving package's
+    mean-colour model, whose numpy reference is independent of tfmicle)."""
+    from serving.toy import expected_mean_colour, save_mean_colour_model
+    rng = np.random.default_rng(0)
+    w, b = rng.normal(0, 3, (3, 4)), rng.normal(0, 0.5, 4)
+    model_dir = save_mean_colour_model(tmp_path / "toy" / "1", w, b, ["r", "g", "b", "k"],
+                                       size=8)
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    arrays = [rng.integers(0, 256, (16, 24, 3)).astype(np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrays):
+        (pics / f"{i}.png").write_bytes(png_bytes(a))
+    (pics / "x.png").write_bytes(b"junk")
+    out = tmp_path / "out"
+    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), batch_size=2)
+    assert result["version"] == 1 and result["runs"][0]["skipped"] == 1
+    img = read_csv(out / "predictions_images.csv")
+    got = probs_of(img, ["r", "g", "b", "k"])
+    want = np.stack([expected_mean_colour(a, w, b) for a in arrays])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert not (out / "metrics.json").exists()  # no labels, no metrics
+    assert model_dir.name == "1"
+
+
+def test_parquet_needs_pyarrow_or_writes_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sc, "parquet_available", lambda: False)
+    rc = sc.main(["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path),
+                  "--format", "parquet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "pyarrow" in err[0]
+
+
+def test_write_table_parquet_round_trip(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = sc.write_table(str(tmp_path / "t"), ["case_id", "num_images", "prob_a"],
+                          [["c1", 2, "0.25"], ["c2", 1, "0.5"]], "parquet")
+    t = pq.read_table(path).to_pydict()
+    assert t == {"case_id": ["c1", "c2"], "num_images": [2, 1], "prob_a": [0.25, 0.5]}
+
+
+def test_help_and_bad_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        sc.main(["--help"])
+    assert e.value.code == 0 and "--compare" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        sc.main(["--model", "m", "--data", "d", "--out", "o", "--format", "xls"])
+    assert e.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
