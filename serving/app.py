@@ -111,7 +111,7 @@ class State:
 
 
 def _media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()[:100]
 
 
 def _require_json(request: Request) -> None:

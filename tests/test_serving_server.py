@@ -233,6 +233,7 @@ BAD_REQUESTS = {
     "too many images (oip)": (lambda c: c.post("/v2/models/colours/infer", json={"inputs": [{"name": "images", "shape": [MAX_IMAGES + 1], "datatype": "BYTES", "data": [b64(_good())] * (MAX_IMAGES + 1)}]}), 413, "--max-images"),
     "empty body": (lambda c: c.post("/classify"), 400, "empty"),
     "empty json body": (lambda c: c.post("/v1/models/colours:predict", content=b"", headers={"Content-Type": "application/json"}), 400, "empty"),
+    "multipart without boundary": (lambda c: c.post("/classify", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}), 400, "boundary"),
     "empty multipart": (lambda c: c.post("/classify", files={"other": ("a.txt", b"hi")}), 400, "no images"),
     "empty image list": (lambda c: c.post("/classify", json={"images": []}), 400, "no images"),
     "wrong content type": (lambda c: c.post("/classify", content=_good(), headers={"Content-Type": "image/png"}), 415, "Content-Type"),
