@@ -31,32 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m serving",
         description="Serve a TF-Serving-style model repository (MODELS/<name>/<version>/saved_model.pb) over HTTP: "
         "POST /classify, TF Serving REST (/v1), Open Inference Protocol v2 (/v2), GET /metrics, /docs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model-base-path", required=True, metavar="DIR",
-                   help="folder of integer version sub-folders; the highest loadable one is served")
-    p.add_argument("--model-name", default=None, help="name in the URLs (default: the folder's name)")
-    p.add_argument("--host", default=d.host, help="interface to listen on (0.0.0.0 for all, e.g. in a container)")
-    p.add_argument("--port", type=int, default=d.port, help="port (0 picks a free one; the log says which)")
+                   help="folder of integer version sub-folders (TF Serving layout); the highest loadable one is served")
+    p.add_argument("--model-name", default=None, metavar="NAME", help="name in the URLs (default: the folder's name)")
+    p.add_argument("--host", default=d.host, help="interface to listen on; 0.0.0.0 for all, e.g. in a container (default: %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one and the log says which (default: %(default)s)")
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                   help="images per model call; 1 turns batching off")
+                   metavar="N", help="images per model call; 1 turns batching off (default: %(default)s)")
     p.add_argument("--batch-timeout-ms", type=float, default=d.batch_timeout_ms,
-                   help="longest wait for a batch to fill when the model is idle")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (413 above)")
-    p.add_argument("--max-images", type=int, default=d.max_images, help="most images in one request (413 above)")
+                   metavar="MS", help="longest wait for a batch to fill while the model is idle (default: %(default)s)")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, metavar="BYTES", help="largest request body, 413 above (default: %(default)s)")
+    p.add_argument("--max-images", type=int, default=d.max_images, metavar="N", help="most images in one request, 413 above (default: %(default)s)")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels,
-                   help="largest width*height of one image, read from its header before decoding (413 above)")
+                   metavar="N", help="largest width*height of one image, read from its header before decoding, 413 above (default: %(default)s)")
     p.add_argument("--max-queue-images", type=int, default=d.max_queue_images,
-                   help="images waiting for the model before new requests get 503")
+                   metavar="N", help="images waiting for the model before new requests get 503 (default: %(default)s)")
     p.add_argument("--api-key", default=None,
-                   help=f"require 'Authorization: Bearer KEY' on every route but health (default: ${API_KEY_ENV})")
+                   metavar="KEY", help=f"require 'Authorization: Bearer KEY' on every route but the health checks (default: ${API_KEY_ENV}; prefer the variable, argv is visible in ps)")
     p.add_argument("--poll-seconds", type=float, default=d.poll_seconds,
-                   help="how often to look for new versions (0: never)")
+                   metavar="S", help="how often to look for new versions; 0 never (default: %(default)s)")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads,
-                   help="threads that parse bodies and check images")
+                   metavar="N", help="threads that parse bodies and check images (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
-                   help="processes, each with its own model copy and batcher (1 is usually best)")
-    p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"])
+                   metavar="N", help="processes, each with its own model copy and batcher; 1 is usually best (default: %(default)s)")
+    p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     return p
 
 

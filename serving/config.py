@@ -31,7 +31,7 @@ class ServingConfig:
     max_pixels: int = 4096 * 4096  # width * height of one image, from its header
     max_queue_images: int = 1024  # images waiting for the model before 503
     api_key: str | None = field(default=None, repr=False)
-    poll_seconds: float = 5.0  # how often to look for new versions; 0 = never
+    poll_seconds: float = 2.0  # how often to look for new versions; 0 = never
     decode_threads: int = field(default_factory=_default_decode_threads)
     workers: int = 1
     log_level: str = "info"

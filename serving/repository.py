@@ -135,6 +135,8 @@ class ModelRepository:
         """One look at the folder; True when the served version changed."""
         with self._lock:
             versions = list_versions(self.base_path)
+            for gone in set(self._failed) - set(versions):
+                del self._failed[gone]  # deleted folders drop out of the status
             current = self._current
             current_present = current is not None and current.version in versions
             for v in versions:
@@ -161,7 +163,7 @@ class ModelRepository:
         cur = self._current
         if cur is not None:
             out.append(VersionState(cur.version, "AVAILABLE"))
-        for v, (_fp, _msg) in sorted(self._failed.items(), reverse=True):
+        for v, (_fp, _msg) in sorted(list(self._failed.items()), reverse=True):
             if cur is None or v != cur.version:
                 out.append(VersionState(v, "END", "failed to load; see the server log"))
         return out
