@@ -29,7 +29,7 @@ from .batcher import Batcher
 from .config import CONFIG_ENV, ServingConfig
 from .errors import ApiError
 from .metrics import Metrics
-from .middleware import ApiKeyMiddleware, BodyLimitMiddleware, ObserveMiddleware
+from .middleware import GatewayMiddleware
 from .model import ServedModel
 from .repository import ModelRepository
 from .schemas import (
@@ -400,10 +400,8 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
 
     app.openapi = custom_openapi  # type: ignore[method-assign]
 
-    # Outermost last: Observe -> ApiKey -> BodyLimit -> routes.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.max_body_bytes)
-    app.add_middleware(ApiKeyMiddleware, api_key=config.api_key)
-    app.add_middleware(ObserveMiddleware, metrics=metrics)
+    app.add_middleware(GatewayMiddleware, metrics=metrics, api_key=config.api_key,
+                       max_body_bytes=config.max_body_bytes)
     return app
 
 

@@ -1,8 +1,13 @@
-"""Pure ASGI middleware: access log + metrics, API key, body size limit.
+"""The one pure-ASGI middleware in front of the routes.
 
-Order, outermost first: ``ObserveMiddleware`` (sees every status, 401 and 413
-included) -> ``ApiKeyMiddleware`` (refuses before any body is read) ->
-``BodyLimitMiddleware`` (refuses from Content-Length, or while streaming).
+In this order, for every HTTP request:
+1. observe: count and time it by route template (Prometheus) and write one
+   access-log line (method, path, status, time; never any content);
+2. API key: when one is set, refuse with 401 before any body is read, except
+   the health checks;
+3. body limit: 413 from Content-Length before reading, or as soon as a
+   streamed body passes the limit.
+One class rather than three stacked ones: each ASGI layer costs every request.
 """
 
 from __future__ import annotations
@@ -34,12 +39,13 @@ async def send_json_error(send: Send, status: int, message: str, headers: dict[s
     await send({"type": "http.response.body", "body": body})
 
 
-class ObserveMiddleware:
-    """Counts and times every request by route template; one access-log line each."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, api_key: str | None, max_body_bytes: int):
         self.app = app
         self.metrics = metrics
+        self.key = api_key.encode() if api_key else None
+        self.limit = int(max_body_bytes)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -47,93 +53,76 @@ class ObserveMiddleware:
             return
         start = time.perf_counter()
         status = 500
-
-        async def send_wrapper(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "")
-            self.metrics.requests.labels(template, method, str(status)).inc()
-            self.metrics.latency.labels(template, method).observe(elapsed)
-            client = scope.get("client") or ("-", 0)
-            access_log.info("%s %s %s %d %.1fms", client[0], method, scope.get("path", ""), status, elapsed * 1000)
-
-
-class ApiKeyMiddleware:
-    """When a key is set, every route except the health checks needs `Authorization: Bearer <key>`."""
-
-    def __init__(self, app: ASGIApp, api_key: str | None):
-        self.app = app
-        self.key = api_key.encode() if api_key else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key is None or scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = b""
-        for k, v in scope.get("headers", []):
-            if k == b"authorization":
-                given = v
-                break
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
-            await self.app(scope, receive, send)
-            return
-        message = "missing API key: send 'Authorization: Bearer <key>'" if not given else "wrong API key"
-        await send_json_error(send, 401, message, {"WWW-Authenticate": "Bearer"})
-
-
-class BodyLimitMiddleware:
-    """413 from Content-Length before reading, or as soon as the streamed body passes the limit."""
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
-        self.app = app
-        self.limit = int(max_body_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for k, v in scope.get("headers", []):
-            if k == b"content-length":
-                try:
-                    declared = int(v)
-                except ValueError:
-                    await send_json_error(send, 400, "invalid Content-Length header")
-                    return
-                if declared > self.limit:
-                    await send_json_error(send, 413, BodyTooLarge(self.limit).message)
-                    return
-                break
-        received = 0
         started = False
 
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        async def send_wrapper(message: dict) -> None:
-            nonlocal started
+        async def observed_send(message: dict) -> None:
+            nonlocal status, started
             if message["type"] == "http.response.start":
+                status = message["status"]
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, send_wrapper)
-        except ApiError as e:  # raised while a route streamed the body, not turned into a response
-            if started:
-                raise
-            await send_json_error(send, e.status, e.message, e.headers)
+            refusal = self._refuse(scope)
+            if refusal is not None:
+                await send_json_error(observed_send, *refusal)
+                return
+            received = 0
+
+            async def limited_receive() -> dict:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.limit:
+                        raise BodyTooLarge(self.limit)
+                return message
+
+            try:
+                await self.app(scope, limited_receive, observed_send)
+            except ApiError as e:  # raised while a route streamed the body, not turned into a response
+                if started:
+                    raise
+                await send_json_error(observed_send, e.status, e.message, e.headers)
+        finally:
+            self._observe(scope, status, time.perf_counter() - start)
+
+    def _refuse(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
+        """(status, message, headers) when the request is refused before the routes."""
+        authorization = b""
+        declared = None
+        for k, v in scope.get("headers", ()):
+            if k == b"authorization":
+                authorization = v
+            elif k == b"content-length":
+                declared = v
+        if self.key is not None and scope.get("path") not in PUBLIC_PATHS:
+            scheme, _, token = authorization.partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
+                message = "wrong API key" if authorization else "missing API key: send 'Authorization: Bearer <key>'"
+                return 401, message, {"WWW-Authenticate": "Bearer"}
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return 400, "invalid Content-Length header", {}
+            if size > self.limit:
+                return 413, BodyTooLarge(self.limit).message, {}
+        return None
+
+    def _observe(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or "unmatched"
+        method = scope.get("method", "")
+        key = (template, method, status)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a tuple: once per combination
+            children = self._children[key] = (
+                self.metrics.requests.labels(template, method, str(status)),
+                self.metrics.latency.labels(template, method),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            client = scope.get("client") or ("-", 0)
+            access_log.info("%s %s %s %d %.1fms", client[0], method, scope.get("path", ""), status, elapsed * 1000)
