@@ -79,22 +79,11 @@ def test_labels_and_metadata(root):
     assert meta["checkpoint_kind"] == "best" and meta["embedding_dim"] == 128
 
 
-def test_next_free_version_and_explicit_versions(root):
-    run = runs.finetuned(root)
-    base = root / "models_versions" / "m"
-    (base / "3").mkdir(parents=True)  # a folder without a model still takes its number
-    a = ex.export(run["model_dir"], str(base), "latest", verify=False)
-    c = ex.export(run["model_dir"], str(base / "7"), verify=False)
-    assert [a["version"], c["version"]] == [4, 7]
-    assert ex.next_version(str(base)) == 8
-    assert a["metadata"]["checkpoint_kind"] == "latest" and a["metadata"]["step"] == 4
-    lines = [json.loads(x) for x in open(os.path.join(run["model_dir"], "validation.jsonl"))]
-    want = {k: v for k, v in lines[-1].items() if k != "step"}
-    assert lines[-1]["step"] == 4 and a["metadata"]["validation"] == want
-    assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
+def test_output_versions():
     from tfmicle import cli
-    with pytest.raises(cli.UsageError, match="already exists"):
-        ex.export(run["model_dir"], str(base / "4"), verify=False)
+    assert ex.resolve_out("/m/derm/7") == ("/m/derm", 7)
+    with pytest.raises(cli.UsageError, match="positive"):
+        ex.resolve_out("/m/derm/0")
 
 
 def test_serving_package_loads_the_export(root):
@@ -109,16 +98,24 @@ def test_serving_package_loads_the_export(root):
     np.testing.assert_allclose(served.predict(images), direct, atol=1e-6)
 
 
-def test_cli_export_and_saved_model_cli(root):
+def test_cli_export_next_version_and_saved_model_cli(root, capsys):
     run = runs.finetuned(root)
     base = root / "models_cli" / "derm"
-    p = subprocess.run([sys.executable, "-m", "tfmicle.export", "--model-dir", run["model_dir"],
-                        "--out", str(base), "--no-verify"], capture_output=True, text=True,
-                       env=ENV, timeout=300)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.strip().splitlines()[-1] == str(base / "1")
+    (base / "3").mkdir(parents=True)  # a taken number, even without a model in it
+    rc = ex.main(["--model-dir", run["model_dir"], "--out", str(base), "--checkpoint", "latest",
+                  "--no-verify"])
+    assert rc == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(base / "4")
+    assert ex.next_version(str(base)) == 5
+    assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
+    meta = json.load(open(base / "4" / "assets" / "metadata.json"))
+    lines = [json.loads(x) for x in open(os.path.join(run["model_dir"], "validation.jsonl"))]
+    assert meta["checkpoint_kind"] == "latest" and meta["step"] == lines[-1]["step"] == 4
+    assert meta["validation"] == {k: v for k, v in lines[-1].items() if k != "step"}
+    rc = ex.main(["--model-dir", run["model_dir"], "--out", str(base / "4")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "already exists" in err[0]
     show = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"),
-                           "show", "--all", "--dir", str(base / "1")], capture_output=True,
+                           "show", "--all", "--dir", str(base / "4")], capture_output=True,
                           text=True, env=ENV, timeout=300)
     assert show.returncode == 0, show.stderr
     text = show.stdout
