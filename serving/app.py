@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from . import __version__
 from . import payloads
@@ -194,6 +195,11 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
             where = f"{loc[0]} parameter {'.'.join(loc[1:])}" if loc and loc[0] in ("query", "path") else ".".join(loc)
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
         return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect):
+        log.info("client disconnected during %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "client disconnected before the body was complete"}, status_code=400)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):

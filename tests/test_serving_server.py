@@ -267,6 +267,18 @@ def test_bad_input_gets_a_json_4xx(client, case):
     assert_error(send(client), status, words)
 
 
+def test_clients_that_hang_up_mid_body_are_not_server_errors(server):
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server.url)
+    for path, ctype in (("/classify", "application/json"), ("/classify", "multipart/form-data; boundary=xyz"),
+                        ("/v1/models/colours:predict", "application/json")):
+        with socket.create_connection((u.hostname, u.port)) as s:
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                      f"Content-Type: {ctype}\r\nContent-Length: 5000\r\n\r\n".encode() + b'{"images": ["')
+
+
 def test_server_still_serves_after_bad_input_and_never_answered_5xx(client):
     for send, _, _ in BAD_REQUESTS.values():  # all of them again, back to back
         assert send(client).status_code < 500
