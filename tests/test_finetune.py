@@ -198,3 +198,13 @@ def test_train_cli_finetune_usage_error(root, capsys):
                      "--set", f"data.dir={root / 'nowhere'}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "dataset.json" in err[0]
+
+
+@pytest.mark.parametrize("name", ["finetune_tiny", "finetune_derm", "finetune_chexpert"])
+def test_shipped_finetune_configs_load(name):
+    cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", name + ".yaml"))
+    assert cfg.mode == "finetune"
+    if name == "finetune_chexpert":
+        assert cfg.finetune.auc_classes.split(",") == [
+            "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
+        assert cfg.finetune.uncertainty_policy == "ones"
