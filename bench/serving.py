@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.harness import ServerProcess, encode, random_pixels  # noqa: E402
+from serving.harness import ServerProcess, encode, random_pixels, smooth_pixels  # noqa: E402
 
 
 class Connection:
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-timeout-ms", type=float, default=5.0)
-    p.add_argument("--image-size", type=int, default=96, help="side of the random JPEGs sent")
+    p.add_argument("--image-size", type=int, default=96, help="side of the JPEGs sent")
+    p.add_argument("--images", choices=["smooth", "noise"], default="smooth",
+                   help="photo-like smooth colour fields, or uniform noise (the slowest JPEGs to decode)")
     p.add_argument("--cnn-size", type=int, default=96, help="input side of the default CNN")
     p.add_argument("--cnn-width", type=int, default=32, help="first conv width of the default CNN")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
@@ -183,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"{base} has no version folders")
         model_dir = base / str(versions[0])
         rng = np.random.default_rng(0)
-        images = [encode(random_pixels(rng, args.image_size, args.image_size), "JPEG", quality=90) for _ in range(64)]
+        make = smooth_pixels if args.images == "smooth" else random_pixels
+        images = [encode(make(rng, args.image_size, args.image_size), "JPEG", quality=90) for _ in range(64)]
         model_name = base.name
 
-        print(f"model {model_dir}, {args.requests} requests x 1 image ({args.image_size}px JPEG), "
+        print(f"model {model_dir}, {args.requests} requests x 1 image ({args.image_size}px {args.images} JPEG), "
               f"{args.clients} clients, {args.rounds} rounds, {os.cpu_count()} CPUs", flush=True)
         fwd = InProcess(model_dir, images, args.max_batch_size)
         fwd1 = InProcess(model_dir, images, 1)

@@ -32,7 +32,18 @@ def encode(pixels: np.ndarray, fmt: str = "PNG", **kw) -> bytes:
 
 
 def random_pixels(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Uniform noise: the worst case for JPEG/PNG size and decoding time."""
     return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def smooth_pixels(rng: np.random.Generator, height: int, width: int, cells: int = 6, noise: float = 6.0) -> np.ndarray:
+    """Photo-like: a random colour field, bicubically smoothed, plus mild sensor noise."""
+    from PIL import Image
+
+    grid = rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(grid).resize((width, height), Image.BICUBIC), np.float32)
+    img += rng.normal(0, noise, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 class ServerProcess:
