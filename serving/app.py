@@ -86,8 +86,7 @@ class State:
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         except ApiError as e:
-            if e.status in (400, 413, 415, 422):
-                self.metrics.image_errors.labels(str(e.status)).inc()
+            self.metrics.invalid_requests.labels(str(e.status)).inc()
             raise
 
     def resolve(self, name: str, version: str | None = None) -> tuple[ServedModel, int | None]:

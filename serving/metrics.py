@@ -25,8 +25,10 @@ class Metrics:
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.images = Counter("serving_images_total", "Images accepted for inference.", registry=r)
-        self.image_errors = Counter(
-            "serving_image_errors_total", "Images refused, by HTTP status.", ["status"], registry=r,
+        self.invalid_requests = Counter(
+            "serving_invalid_requests_total",
+            "Requests refused while parsing the body or checking its images, by HTTP status.",
+            ["status"], registry=r,
         )
         self.batch_size = Histogram(
             "serving_batch_size", "Images per model call.", buckets=BATCH_BUCKETS, registry=r,
