@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     if config.workers > 1:
+        if config.port == 0:
+            _fail("--port 0 needs --workers 1 (the workers must share a known port)")
         os.environ[CONFIG_ENV] = config.to_json()
         log.info("starting %d workers on http://%s:%d", config.workers, config.host, config.port)
         uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
