@@ -219,7 +219,7 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
         mt = _media_type(request)
         filenames: list[str | None] | None = None
         if mt == "multipart/form-data":
-            async with request.form(max_files=config.max_images, max_fields=16, max_part_size=64 * 1024) as form:
+            async with request.form(max_files=config.max_images, max_fields=16) as form:
                 files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
                 if not files:
                     raise ApiError(400, "no images: send one or more files in the multipart field 'files'")
