@@ -170,6 +170,11 @@ class Batcher:
                 continue
             try:
                 results = await loop.run_in_executor(self._executor, self._execute, model, runnable)
+            except asyncio.CancelledError:  # stop() while a batch runs: nobody may wait forever
+                for r in runnable:
+                    if not r.future.done():
+                        r.future.set_exception(ApiError(503, "server is shutting down"))
+                raise
             except Exception:  # pragma: no cover - _execute catches everything it expects
                 log.exception("batch failed")
                 results = [ApiError(500, "internal error while running the model")] * len(runnable)
