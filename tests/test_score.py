@@ -239,3 +239,22 @@ def test_help_and_bad_flag(capsys):
         sc.main(["--model", "m", "--data", "d", "--out", "o", "--format", "xls"])
     assert e.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_corrupt_image_inside_records_is_listed_and_rows_stay_aligned(root, tmp_path):
+    from conftest import synthetic_cases, write_records
+    exp = runs.exported(root)
+    cases = synthetic_cases(5, 2, seed=3)
+    cases[2]["images"][1] = b"\xff\xd8\xff truncated jpeg"
+    d = write_records(str(tmp_path / "rec"), "test", cases, ["a", "b", "c"])
+    out = tmp_path / "out"
+    sc.score(exp["path"], d, str(out), split="test", replicates=0, report=False)
+    skipped = read_csv(out / "skipped.csv")
+    assert [(s["image_id"], s["case_id"]) for s in skipped] == [("case0002/img1.png", "case0002")]
+    img = read_csv(out / "predictions_images.csv")
+    assert len(img) == 9
+    want = {f"case{c:04d}/img{i}.png": ("abc"[c % 3], f"case{c:04d}") for c in range(5)
+            for i in range(2)}
+    for r in img:
+        assert (r["label"], r["case_id"]) == want[r["image_id"]]

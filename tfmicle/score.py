@@ -139,33 +139,57 @@ def _call_encoded(fn, images):
 
 @dataclass
 class Source:
-    """What to score: one row per image (ids, labels) plus how to read the bytes."""
+    """What to score: one row per image (ids, labels) plus how to read the bytes. A
+    records source learns its rows while it is scored (one pass over the records)."""
     spec: str
     kind: str                      # records | folder | csv
-    image_ids: list[str]
-    case_ids: list[str]
+    image_ids: list[str] | None
+    case_ids: list[str] | None
     labels: object                 # multiclass: int array [N] (-1 unlabeled); multilabel: [N, K]
     paths: list[str] | None = None              # folder / csv
     records: tuple[str, str, int] | None = None  # (data_dir, split, dataset classes)
-    label_map: object = None       # records: dataset class index -> model index
+    expected: int | None = None    # records: images of the split per dataset.json
+    convert_labels: Callable | None = None  # records: (label_class, label_multi) -> labels
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # id, case, reason
 
     def __len__(self) -> int:
-        return len(self.image_ids)
+        if self.image_ids is not None:
+            return len(self.image_ids)
+        return int(self.expected or 0)
 
     def encoded(self):
-        """tf.data of (row index int64, encoded image string), in row order."""
+        """tf.data of dicts, in row order: index (int64), image (encoded string), and for
+        records image_id, case_id, label_class, label_multi."""
         import tensorflow as tf
         if self.kind == "records":
             from tfmicle.finetune import image_examples
             data_dir, split, k = self.records
             return image_examples(data_dir, split, k).enumerate().map(
-                lambda i, el: (i, el["image"]))
+                lambda i, el: {"index": i, **el})
         idx = tf.data.Dataset.range(len(self.paths))
         files = tf.data.Dataset.from_tensor_slices(tf.constant(self.paths, tf.string))
         return tf.data.Dataset.zip((idx, files)).map(
-            lambda i, p: (i, tf.io.read_file(p)), num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True)
+            lambda i, p: {"index": i, "image": tf.io.read_file(p)},
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def set_rows(self, image_ids, case_ids, label_class, label_multi) -> None:
+        """Records: the rows, in index order, from the record fields."""
+        self.image_ids = [b.decode("utf-8", "replace") for b in image_ids]
+        self.case_ids = [b.decode("utf-8", "replace") for b in case_ids]
+        self.labels = self.convert_labels(label_class, label_multi)
+
+    def read_rows(self) -> None:
+        """Records: one pass over the split without decoding images (used when scoring
+        could not account for every image)."""
+        import numpy as np
+        cols = {k: [] for k in ("image_id", "case_id", "label_class", "label_multi")}
+        meta = self.encoded().map(lambda el: {k: el[k] for k in cols})
+        for el in meta.as_numpy_iterator():
+            for k in cols:
+                cols[k].append(el[k])
+        k = self.records[2]
+        self.set_rows(cols["image_id"], cols["case_id"], np.asarray(cols["label_class"], np.int64),
+                      np.asarray(cols["label_multi"], np.float64).reshape(-1, k))
 
 
 def _multi_value(raw: str, where: str) -> float:
@@ -189,12 +213,12 @@ def _empty_labels(task: str, n: int, k: int):
 def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
     import numpy as np
     from tfmicle.data import records
-    from tfmicle.finetune import image_examples
     info = records.load_dataset_info(data_dir)
     splits = info.get("splits", {})
     if split not in splits:
         raise ScoreError(f"split '{split}' not in {data_dir} (has: {', '.join(splits)}); "
                          "choose one with --split")
+    records.list_shards(data_dir, split)
     names = list(info.get("class_names", []))
     task = info.get("task", MULTICLASS)
     if names and task != model.task:
@@ -203,30 +227,32 @@ def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
     label_map = np.array([model.class_names.index(n) if n in model.class_names else -1
                           for n in names] + [-1], np.int64)
     k = max(len(names), 1)
-    image_ids, case_ids, lc, lm = [], [], [], []
-    meta = image_examples(data_dir, split, k).map(
-        lambda el: {key: v for key, v in el.items() if key != "image"})
-    for el in meta.as_numpy_iterator():
-        image_ids.append(el["image_id"].decode("utf-8", "replace"))
-        case_ids.append(el["case_id"].decode("utf-8", "replace"))
-        lc.append(int(el["label_class"]))
-        lm.append(el["label_multi"])
-    n = len(image_ids)
-    if task == MULTICLASS:
-        raw = np.asarray(lc, np.int64)
-        if missing and np.isin(raw, [names.index(m) for m in missing]).any():
-            raise ScoreError(f"{data_dir}: class {missing[0]!r} is not one of the model's "
-                             f"classes ({', '.join(model.class_names)})")
-        labels = np.where(raw >= 0, label_map[np.maximum(raw, 0)], -1) if n else raw
-    else:
-        labels = np.full((n, model.num_classes), np.nan)
+
+    def unknown(name):
+        return ScoreError(f"{data_dir}: class {name!r} is not one of the model's classes "
+                          f"({', '.join(model.class_names)})")
+
+    def convert(label_class, label_multi):
+        n = len(label_class)
+        if task == MULTICLASS:
+            raw = np.asarray(label_class, np.int64)
+            bad = [m for m in missing if np.any(raw == names.index(m))]
+            if bad:
+                raise unknown(bad[0])
+            return np.where(raw >= 0, label_map[np.maximum(raw, 0)], -1) if n else raw
         if missing:
-            raise ScoreError(f"{data_dir}: class {missing[0]!r} is not one of the model's "
-                             f"classes ({', '.join(model.class_names)})")
+            raise unknown(missing[0])
+        labels = np.full((n, model.num_classes), np.nan)
         if n and names:
-            labels[:, label_map[:len(names)]] = np.asarray(lm, np.float64)[:, :len(names)]
-    return Source(f"{data_dir} ({split})", "records", image_ids, case_ids, labels,
-                  records=(data_dir, split, k))
+            labels[:, label_map[:len(names)]] = np.asarray(label_multi,
+                                                           np.float64)[:, :len(names)]
+        return labels
+
+    expected = splits[split].get("images")
+    return Source(f"{data_dir} ({split})", "records", None, None, None,
+                  records=(data_dir, split, k),
+                  expected=int(expected) if expected is not None else None,
+                  convert_labels=convert)
 
 
 def folder_source(root: str, model: ScoringModel) -> Source:
@@ -348,31 +374,46 @@ def predict(model: ScoringModel, source: Source, batch_size: int = 64,
     from tfmicle.data.augment import decode_image, preprocess_eval
 
     fn = model.preprocessed_fn
-    ds = source.encoded()
-    if fn is not None:
-        size = int(model.image_size)
-        ds = ds.map(lambda i, s: (i, preprocess_eval(s, size)),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:  # decode once to find corrupt images; the model decodes again itself
-        ds = ds.map(lambda i, s: (i, s, tf.shape(decode_image(s))[0]),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(lambda i, s, _: (i, s))
+    size = int(model.image_size) if fn is not None else 0
+    meta_keys = ("image_id", "case_id", "label_class", "label_multi") \
+        if source.kind == "records" else ()
+
+    def prep(el):
+        out = {"index": el["index"], **{k: el[k] for k in meta_keys}}
+        if fn is not None:
+            out["x"] = preprocess_eval(el["image"], size)
+        else:  # decode once to find corrupt images (an output, so it runs); the model
+            # decodes again itself
+            out["decoded_height"] = tf.shape(decode_image(el["image"]))[0]
+            out["x"] = el["image"]
+        return out
+
+    ds = source.encoded().map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(2)
-    rows, probs = [], []
-    done = 0
-    for idx, x in ds:
+    rows, probs, meta = [], [], {k: [] for k in meta_keys}
+    for batch in ds:
+        x = batch["x"]
         out = fn(x)["probabilities"].numpy() if fn is not None else \
             _call_encoded(model.encoded_fn, x)
-        rows.append(idx.numpy())
+        rows.append(batch["index"].numpy())
         probs.append(out.astype(np.float32))
+        for k in meta_keys:
+            meta[k].append(batch[k].numpy())
         if progress:
             progress(len(out))
-        done += len(out)
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     probs = np.concatenate(probs) if probs else np.zeros((0, model.num_classes), np.float32)
     if probs.shape[1] != model.num_classes:
         raise ScoreError(f"the model returns {probs.shape[1]} classes but labels.txt has "
                          f"{model.num_classes}")
+    if source.kind == "records":
+        complete = source.expected == len(rows) and np.array_equal(rows, np.arange(len(rows)))
+        if complete:
+            cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in meta.items()}
+            source.set_rows(cat["image_id"], cat["case_id"], cat["label_class"],
+                            cat["label_multi"].reshape(len(rows), source.records[2]))
+        else:  # some image failed (or dataset.json is off): learn every row's ids
+            source.read_rows()
     failed = sorted(set(range(len(source))) - set(rows.tolist()))
     skipped = list(source.skipped)
     if failed:
@@ -390,9 +431,9 @@ def _failure_reasons(source: Source, failed: list[int]) -> dict[int, str]:
     want = set(failed)
     out = {}
     if source.kind == "records":
-        for i, data in source.encoded().as_numpy_iterator():
-            if i in want:
-                out[int(i)] = _decode_error(data)
+        for el in source.encoded().as_numpy_iterator():
+            if el["index"] in want:
+                out[int(el["index"])] = _decode_error(el["image"])
         return out
     for i in failed:
         try:
