@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             result = export(args.model_dir, args.out, args.checkpoint, not args.no_verify)
         except ConfigError as e:
             raise cli.UsageError(str(e)) from None
+        except RuntimeError as e:  # the exported graph disagrees with the Keras model
+            log.error("%s", e)
+            return 1
         print(result["path"])
         return 0
 

@@ -29,9 +29,9 @@ from tfmicle.data import records
 from tfmicle.data.augment import preprocess_eval
 from tfmicle.data.pipeline import PipelineConfig, _images_of_cases, read_cases, supervised
 from tfmicle.distribute import make_strategy
-from tfmicle.models.classifier import (IMAGENET_ENCODER, MULTICLASS, Classifier,
+from tfmicle.models.classifier import (EXCLUDE, IMAGENET_ENCODER, MULTICLASS, Classifier,
                                        build_classifier, probabilities, task_loss)
-from tfmicle.optim import WarmupCosine, make_optimizer
+from tfmicle.optim import LARS, WarmupCosine, make_optimizer
 from tfmicle.pretrain import augment_config, resnet_spec, restore_encoder, schedule_steps
 
 log = logging.getLogger(__name__)
@@ -398,8 +398,12 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         model = build_model(cfg, len(class_names), task, initialise=not resuming)
         lr = WarmupCosine(cfg.train.learning_rate, cfg.train.batch_size, total, warmup,
                           cfg.train.lr_scaling)
-        opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
-                             cfg.train.weight_decay)
+        if cfg.train.optimizer == "lars":  # also skip keras.applications' batch norms
+            opt = LARS(lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
+                       exclude_from_weight_decay=EXCLUDE)
+        else:
+            opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
+                                 cfg.train.weight_decay)
         model.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
         opt.build(model.trainable_variables)
 

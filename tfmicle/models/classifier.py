@@ -40,6 +40,9 @@ IMAGENET_ENCODER = "resnet50_imagenet"
 # keras.applications.resnet50.preprocess_input ("caffe"): BGR, 0-255, minus these means.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 # keras.applications ResNet50 layer-name prefixes -> our stage index (STAGES).
+# Variables kept out of weight decay and LARS trust ratio: the optimizer's defaults plus
+# keras.applications' batch norms ("conv2_block1_1_bn/gamma").
+EXCLUDE = EXCLUDE_DEFAULT + (r"_bn/",)
 _IMAGENET_STAGES = (("conv1", 0), ("pool1", 0), ("conv2", 1), ("conv3", 2), ("conv4", 3),
                     ("conv5", 4))
 
@@ -223,7 +226,7 @@ class Classifier(keras.Model):
 
     def _l2_variables(self):
         return [v for v in self.trainable_variables
-                if not any(re.search(p, v.path) for p in EXCLUDE_DEFAULT)]
+                if not any(re.search(p, v.path) for p in EXCLUDE)]
 
     def _step_losses(self, data, training: bool):
         images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -301,4 +304,4 @@ def encoder_weights(model: Classifier) -> dict[str, np.ndarray]:
 __all__ = ["Classifier", "build_classifier", "build_imagenet_encoder", "freeze_encoder",
            "imagenet_stage_of", "multilabel_loss", "multiclass_loss", "task_loss",
            "uncertainty_targets", "probabilities", "CaffePreprocess", "MULTICLASS",
-           "MULTILABEL", "IMAGENET_ENCODER"]
+           "MULTILABEL", "IMAGENET_ENCODER", "EXCLUDE"]
