@@ -91,3 +91,14 @@ def test_resume_after_kill_9_continues_the_step_counter(tmp_path):
     # A third run has nothing left to do.
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "done: steps 40 -> 40 of 40" in r.stdout
+
+
+@pytest.mark.slow
+def test_cli_pretrains_on_two_cpu_replicas(tmp_path):
+    data = write_records(str(tmp_path / "rec"), "train",
+                         synthetic_cases(12, 2, size=32), ["a", "b", "c"])
+    r = run_train("--config", TINY, "--model-dir", str(tmp_path / "run"), "-q",
+                  "--strategy", "mirrored", "--num-cpu-devices", "2",
+                  "--set", f"data.dir={data}", "--set", "train.train_steps=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "on 2 replica(s)" in r.stderr and "done: steps 0 -> 2 of 2" in r.stdout

@@ -46,9 +46,11 @@ def make_strategy(name: str = "default", tpu: str = "", num_cpu_devices: int = 0
         raise StrategyError(f"unknown strategy {name!r} (one of: {', '.join(STRATEGIES)})")
     if name == "default":
         return tf.distribute.get_strategy()
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical: listing logical devices would start the runtime and make
+    # splitting the CPU into replicas impossible.
+    gpus = tf.config.list_physical_devices("GPU")
     if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
         if gpus:
             return tf.distribute.MirroredStrategy()

@@ -26,8 +26,8 @@ from tfmicle import metrics as M
 from tfmicle import runner
 from tfmicle.config import Config, ConfigError, load_config
 from tfmicle.data import records
-from tfmicle.data.augment import preprocess_eval
-from tfmicle.data.pipeline import PipelineConfig, _images_of_cases, read_cases, supervised
+from tfmicle.data.pipeline import PipelineConfig, evaluation, read_cases, supervised
+from tfmicle.data.pipeline import image_examples as pipeline_image_examples
 from tfmicle.distribute import make_strategy
 from tfmicle.models.classifier import (EXCLUDE, IMAGENET_ENCODER, MULTICLASS, Classifier,
                                        build_classifier, probabilities, task_loss)
@@ -91,33 +91,15 @@ def count_labeled(data_dir: str, split: str, task: str,
 
 def image_examples(data_dir: str, split: str, num_classes: int,
                    case_ids: tuple[str, ...] | None = None) -> tf.data.Dataset:
-    """Every image of a split (or of the given cases) once, in record order: dicts of
-    image (encoded), case_id, image_id, label_class [] int64 and label_multi [K] float32
-    (an unlabeled case's empty label_multi becomes K NaNs, so multi-label splits with
-    unlabeled cases batch)."""
-    ds = read_cases(PipelineConfig(data_dir, split, case_ids=case_ids), shuffle=False)
-
-    def pad(c):
-        c = dict(c)
-        m = c["label_multi"]
-        c["label_multi"] = tf.cond(tf.size(m) > 0, lambda: m,
-                                   lambda: tf.fill([num_classes], math.nan))
-        c["label_multi"].set_shape([num_classes])
-        return c
-    return _images_of_cases(ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE,
-                                   deterministic=True))
+    """pipeline.image_examples of a split (label_multi padded to num_classes)."""
+    return pipeline_image_examples(PipelineConfig(data_dir, split, case_ids=case_ids),
+                                   num_classes)
 
 
 def eval_batches(data_dir: str, split: str, num_classes: int, batch_size: int,
                  image_size: int) -> tf.data.Dataset:
-    """image_examples batched, images through the one eval preprocessing."""
-    def prep(el):
-        el = dict(el)
-        el["image"] = preprocess_eval(el["image"], image_size)
-        return el
-    ds = image_examples(data_dir, split, num_classes).map(
-        prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    """pipeline.evaluation of a split: every image once through the eval preprocessing."""
+    return evaluation(PipelineConfig(data_dir, split, batch_size, image_size), num_classes)
 
 
 def _pretraining_config(checkpoint: str) -> Config | None:

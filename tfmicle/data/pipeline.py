@@ -156,16 +156,34 @@ def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = "multiclass"
                    batch_fn=batch_fn)
 
 
-def evaluation(cfg: PipelineConfig) -> tf.data.Dataset:
-    """One pass, in record order, every image once: batches of dicts image [B, S, S, 3]
-    (centre crop, as the exported model), case_id, image_id, label_class, label_multi."""
-    ds = _images_of_cases(read_cases(cfg, shuffle=False))
+def image_examples(cfg: PipelineConfig, num_labels: int = 0) -> tf.data.Dataset:
+    """Every image of a split (or of cfg.case_ids) once, in record order, unbatched:
+    dicts of image (encoded), case_id, image_id, label_class [] int64, label_multi.
+    With num_labels K > 0, an unlabeled case's empty label_multi becomes K NaNs, so a
+    multi-label split with unlabeled cases still batches."""
+    cases = read_cases(cfg, shuffle=False)
+    if num_labels > 0:
+        def pad(c):
+            c = dict(c)
+            m = c["label_multi"]
+            c["label_multi"] = tf.cond(tf.size(m) > 0, lambda: m,
+                                       lambda: tf.fill([num_labels], float("nan")))
+            c["label_multi"].set_shape([num_labels])
+            return c
+        cases = cases.map(pad, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _images_of_cases(cases)
 
+
+def evaluation(cfg: PipelineConfig, num_labels: int = 0) -> tf.data.Dataset:
+    """One pass, in record order, every image once: batches of dicts image [B, S, S, 3]
+    (centre crop, as the exported model), case_id, image_id, label_class, label_multi
+    (padded to num_labels, see image_examples)."""
     def prep(el):
         el = dict(el)
         el["image"] = preprocess_eval(el["image"], cfg.image_size)
         return el
-    ds = ds.map(prep, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = image_examples(cfg, num_labels).map(prep, num_parallel_calls=AUTOTUNE,
+                                             deterministic=True)
     return _finish(ds, cfg, drop_remainder=False)
 
 
