@@ -28,7 +28,6 @@ from tfmicle.config import Config, ConfigError, load_config
 from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, evaluation, read_cases, supervised
 from tfmicle.data.pipeline import image_examples as pipeline_image_examples
-from tfmicle.distribute import make_strategy
 from tfmicle.models.classifier import (EXCLUDE, IMAGENET_ENCODER, MULTICLASS, Classifier,
                                        build_classifier, probabilities, task_loss)
 from tfmicle.optim import LARS, WarmupCosine, make_optimizer
@@ -350,11 +349,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         case_ids = tuple(records.read_subset(cfg.data.dir, cfg.data.train_split,
                                              cfg.data.label_fraction))
     runner.prepare_model_dir(cfg)
-    strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
-                             cfg.distribute.num_cpu_devices)
-    if cfg.train.batch_size % strategy.num_replicas_in_sync:
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by "
-                          f"{strategy.num_replicas_in_sync} replicas")
+    strategy = runner.run_strategy(cfg)
     n_cases, n_images = count_labeled(cfg.data.dir, cfg.data.train_split, task, case_ids)
     if n_images == 0:
         raise ConfigError(f"no labeled images in split '{cfg.data.train_split}' of "

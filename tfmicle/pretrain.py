@@ -7,11 +7,10 @@ import math
 
 import keras
 
-from tfmicle.config import Config, ConfigError
+from tfmicle.config import Config
 from tfmicle.data import records
 from tfmicle.data.augment import AugmentConfig, preset
 from tfmicle.data.pipeline import PipelineConfig, count_examples, pretrain_dataset
-from tfmicle.distribute import make_strategy
 from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import ResNetSpec, build_resnet
@@ -74,11 +73,7 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     num_classes = (len(info.get("class_names", []))
                    if cfg.model.online_probe and info.get("task") == "multiclass" else 0)
     runner.prepare_model_dir(cfg)
-    strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
-                             cfg.distribute.num_cpu_devices)
-    if cfg.train.batch_size % strategy.num_replicas_in_sync:
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by "
-                         f"{strategy.num_replicas_in_sync} replicas")
+    strategy = runner.run_strategy(cfg)
     per = "image" if cfg.method == "simclr" else "case"
     n = count_examples(cfg.data.dir, cfg.data.train_split, per)
     total, warmup = schedule_steps(cfg, n)

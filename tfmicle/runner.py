@@ -54,6 +54,19 @@ def prepare_model_dir(cfg: Config) -> str:
     return cfg.model_dir
 
 
+def run_strategy(cfg: Config) -> tf.distribute.Strategy:
+    """The run's tf.distribute strategy (distribute.make_strategy), checking that the
+    global batch splits evenly over its replicas."""
+    from tfmicle.config import ConfigError
+    from tfmicle.distribute import make_strategy
+    strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
+                             cfg.distribute.num_cpu_devices)
+    if cfg.train.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by "
+                          f"{strategy.num_replicas_in_sync} replicas")
+    return strategy
+
+
 def checkpoint_manager(model: keras.Model, model_dir: str, keep: int
                        ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)

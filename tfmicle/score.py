@@ -256,7 +256,6 @@ def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
 
 
 def folder_source(root: str, model: ScoringModel) -> Source:
-    import numpy as np
     paths = []
     for d, dirs, files in os.walk(root):
         dirs.sort()
