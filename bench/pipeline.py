@@ -60,6 +60,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--cases", type=int, default=400)
+    ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     cfg = Config()
     cfg.data.image_size = a.size
@@ -74,12 +75,20 @@ def main() -> None:
             ds = pretrain_dataset(method, pcfg, preset("simclr"))
             cached = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
             model = build(cfg)
-            model_only = steps_per_second(model, cached, a.steps)
-            end_to_end = steps_per_second(model, ds, a.steps)
-            # Second model-only pass: the two rates bracket machine noise.
-            model_only = max(model_only, steps_per_second(model, cached, a.steps))
-            print(f"{method:6s}: end-to-end {end_to_end:6.2f} steps/s, model-only "
-                  f"{model_only:6.2f} steps/s, ratio {end_to_end / model_only:.3f}")
+            # Interleaved rounds (model-only, end-to-end, model-only): each round's ratio
+            # uses the mean of the two model-only rates around it, so load drifting on a
+            # shared machine cancels; the median round is reported.
+            ratios, e2e_rates, mo_rates = [], [], []
+            for _ in range(a.rounds):
+                m1 = steps_per_second(model, cached, a.steps)
+                e = steps_per_second(model, ds, a.steps)
+                m2 = steps_per_second(model, cached, a.steps)
+                ratios.append(e / ((m1 + m2) / 2))
+                e2e_rates.append(e)
+                mo_rates += [m1, m2]
+            print(f"{method:6s}: end-to-end {np.median(e2e_rates):6.2f} steps/s, model-only "
+                  f"{np.median(mo_rates):6.2f} steps/s, ratio {np.median(ratios):.3f} "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
         cached_batch = next(iter(pretrain_dataset("simclr", PipelineConfig(
             d, "train", a.batch, a.size), preset("simclr"))))
         cached = tf.data.Dataset.from_tensors(cached_batch).repeat()
