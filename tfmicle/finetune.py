@@ -365,9 +365,14 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         "encoder": IMAGENET_ENCODER if cfg.finetune.init == "imagenet" else "resnet",
         "checkpoint": cfg.finetune.checkpoint})
 
+    # The buffer never needs more than the labeled images: a larger one would make the
+    # first batch wait for many filtered passes over the split (small label fractions).
     pcfg = PipelineConfig(cfg.data.dir, cfg.data.train_split, cfg.train.batch_size,
-                          cfg.data.image_size, cfg.data.shuffle_buffer, cfg.data.cache,
-                          cfg.train.seed, case_ids)
+                          cfg.data.image_size, max(min(cfg.data.shuffle_buffer, n_images), 1),
+                          cfg.data.cache, cfg.train.seed, case_ids)
+    if case_ids is not None and not cfg.data.cache:
+        log.info("label fraction %g: every pass re-reads the split to filter it; "
+                 "data.cache: true keeps the subset in memory", cfg.data.label_fraction)
     ds = supervised(pcfg, augment_config(cfg), task)
     resuming = runner.latest_checkpoint(cfg.model_dir) is not None
     keras.utils.set_random_seed(cfg.train.seed)
