@@ -125,6 +125,23 @@ def write_json(path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def write_outputs(out: str, result: dict, markdown, plot, work: str | None,
+                  log: logging.Logger, elapsed_s: float) -> str:
+    """Writes results.json, results.md (markdown(result)) and results.png (plot(result,
+    path)) into out, removes the work folder when given, prints and returns the Markdown."""
+    write_json(os.path.join(out, "results.json"), result)
+    md = markdown(result)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(md)
+    plot(result, os.path.join(out, "results.png"))
+    if work:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    print(md)
+    log.info("wrote %s/results.{json,md,png} in %.1f min", out, elapsed_s / 60)
+    return md
+
+
 def command_line() -> str:
     return " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(REPO)
                      else "python"] + sys.argv)

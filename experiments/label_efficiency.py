@@ -486,15 +486,8 @@ def main(argv=None) -> int:
     result["finetune_config"]["finetune"]["note"] = (
         "init scratch has no checkpoint; data.label_fraction, train.train_steps and "
         "train.warmup_epochs follow the fraction")
-    common.write_json(os.path.join(a.out, "results.json"), result)
-    md = markdown(result)
-    with open(os.path.join(a.out, "results.md"), "w") as f:
-        f.write(md)
-    plot(result, os.path.join(a.out, "results.png"))
-    if not a.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    print(md)
-    log.info("wrote %s/results.{json,md,png} in %.1f min", a.out, clock() / 60)
+    common.write_outputs(a.out, result, markdown, plot, None if a.keep_work else work, log,
+                         clock())
     return 0
 
 
