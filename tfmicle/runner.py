@@ -111,7 +111,8 @@ def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, mo
     cbs += list(callbacks or [])
     hist = model.fit(dataset, epochs=math.ceil(total_steps / chunk), steps_per_epoch=chunk,
                      initial_epoch=start // chunk, validation_data=validation_data,
-                     validation_steps=validation_steps, callbacks=cbs, verbose=verbose)
+                     validation_steps=validation_steps, callbacks=cbs, verbose=verbose,
+                     shuffle=False)  # the pipelines shuffle (seeded) themselves
     end = int(model.optimizer.iterations.numpy())
     if saver.nan_at is not None:
         raise NaNLossError(f"loss became NaN/inf at step {saver.nan_at}; stopped "
