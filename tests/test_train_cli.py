@@ -53,10 +53,15 @@ def test_cli_user_errors_exit_2_with_one_line(args, expect, tmp_path):
 
 
 def test_tpu_strategy_without_tpu_exits_2(tmp_path):
+    # Real records, so the run gets past the data checks and reaches the strategy.
+    data = write_records(str(tmp_path / "rec"), "train", synthetic_cases(4, 1, size=32),
+                         ["a", "b", "c"])
     r = run_train("--config", TINY, "--model-dir", str(tmp_path / "m"), "--strategy", "tpu",
-                  "--tpu", "no-such-tpu", "--set", "data.dir=" + str(tmp_path))
-    # dataset.json is checked first; give it one so the strategy is reached.
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+                  "--tpu", "no-such-tpu", "--set", "data.dir=" + data)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    errors = [l for l in r.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "no TPU found for --tpu=no-such-tpu" in errors[0], r.stderr
 
 
 @pytest.mark.slow
