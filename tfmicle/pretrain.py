@@ -10,7 +10,8 @@ import keras
 from tfmicle.config import Config
 from tfmicle.data import records
 from tfmicle.data.augment import AugmentConfig, preset
-from tfmicle.data.pipeline import PipelineConfig, count_examples, pretrain_dataset
+from tfmicle.data.pipeline import (PipelineConfig, count_examples, pretrain_dataset,
+                                   pretrain_examples)
 from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import ResNetSpec, build_resnet
@@ -28,6 +29,7 @@ def augment_config(cfg: Config) -> AugmentConfig:
                   rotation_degrees=d.rotation_degrees if d.rotation_degrees >= 0 else None,
                   blur_p=(d.blur_p if d.blur_p >= 0 else None) if d.blur else 0.0,
                   color_p=d.color_p if d.color_p >= 0 else None,
+                  grayscale_p=d.grayscale_p if d.grayscale_p >= 0 else None,
                   crop=None if d.crop else False, flip=None if d.flip else False)
 
 
@@ -74,19 +76,22 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                    if cfg.model.online_probe and info.get("task") == "multiclass" else 0)
     runner.prepare_model_dir(cfg)
     strategy = runner.run_strategy(cfg)
-    per = "image" if cfg.method == "simclr" else "case"
+    per = pretrain_examples(cfg.method, cfg.data.simclr_unit)
     n = count_examples(cfg.data.dir, cfg.data.train_split, per)
     total, warmup = schedule_steps(cfg, n)
     pcfg = PipelineConfig(cfg.data.dir, cfg.data.train_split, cfg.train.batch_size,
                           cfg.data.image_size, cfg.data.shuffle_buffer, cfg.data.cache,
                           cfg.train.seed)
-    ds = pretrain_dataset(cfg.method, pcfg, augment_config(cfg))
+    # A resumed run continues the data stream where the checkpoint left it.
+    start_step = runner.checkpoint_step(cfg.model_dir)
+    ds = pretrain_dataset(cfg.method, pcfg, augment_config(cfg), cfg.data.simclr_unit,
+                          start_step)
     val, val_steps = None, None
     if cfg.data.eval_split:
         vcfg = PipelineConfig(cfg.data.dir, cfg.data.eval_split, cfg.train.batch_size,
                               cfg.data.image_size, cfg.data.shuffle_buffer, False,
                               cfg.train.seed + 1)
-        val = pretrain_dataset(cfg.method, vcfg, augment_config(cfg))
+        val = pretrain_dataset(cfg.method, vcfg, augment_config(cfg), cfg.data.simclr_unit)
         val_steps = cfg.train.eval_steps or max(
             count_examples(cfg.data.dir, cfg.data.eval_split, per) // cfg.train.batch_size, 1)
     keras.utils.set_random_seed(cfg.train.seed)

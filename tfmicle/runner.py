@@ -87,6 +87,15 @@ def latest_checkpoint(path: str) -> str | None:
     return None
 
 
+def checkpoint_step(model_dir: str) -> int:
+    """The step of the newest checkpoint in model_dir (0 when there is none): checkpoints
+    are numbered by the optimizer step they were saved at (StepCheckpoint)."""
+    prefix = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if not prefix:
+        return 0
+    return int(prefix.rsplit("-", 1)[1])
+
+
 def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, model_dir: str,
               checkpoint_steps: int, log_steps: int, keep_checkpoints: int = 3,
               validation_data=None, validation_steps: int | None = None,

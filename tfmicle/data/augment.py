@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import tensorflow as tf
 
 CROP_PROPORTION = 0.875  # SimCLR's eval centre crop
@@ -37,6 +36,10 @@ PRESETS = {
     # Fine-tuning: crop + resize and flip (SimCLR's fine-tuning default); others switchable.
     "finetune": AugmentConfig(crop_min_area=0.08, color_p=0.0, grayscale_p=0.0, blur_p=0.0),
     "none": AugmentConfig(crop=False, flip=False, color_p=0.0, grayscale_p=0.0, blur_p=0.0),
+    # Dermatology pretraining (MICLe / SimCLR): chosen on validation lesions carved from
+    # the pretraining lesions of PH2 (experiments/choose_derm_settings.py): colour is a
+    # same-lesion cue that colour jitter erases.
+    "derm": AugmentConfig(color_p=0.0, color_strength=0.5, grayscale_p=0.2, blur_p=0.0),
 }
 
 
@@ -105,71 +108,78 @@ def crop_view(image: tf.Tensor, seed: tf.Tensor, size: int, cfg: AugmentConfig) 
     return out
 
 
-# ITU-R 601 luma weights (as tf.image.rgb_to_grayscale) and the RGB <-> YIQ transform
-# used for hue rotation.
-_LUMA = np.array([0.2989, 0.5870, 0.1140])
-_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_INV = np.linalg.inv(_YIQ)
-
-
-def _gray(x):
-    """[B, H, W, 3] -> luminance replicated to 3 channels (ITU-R 601, as tf.image)."""
-    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3   # colour-jitter op ids
 
 
 def _per_example(v):
     return v[:, tf.newaxis, tf.newaxis, tf.newaxis]
 
 
-def _color_affine(x, seed, strength, color_p, grayscale_p):
-    """SimCLR's colour distortion as one per-example affine map of RGB, y = A x + c.
+def grayscale(x: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, 3] -> luma replicated to 3 channels (tf.image.rgb_to_grayscale)."""
+    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
 
-    Jitter (with probability color_p): brightness (multiplicative, 0.8 s), contrast
-    (0.8 s, about each channel's image mean, as tf.image.adjust_contrast), saturation
-    (0.8 s, blend with luma) and hue (0.2 s of the colour circle, a rotation in YIQ's
-    chroma plane), in a random order per example; then grayscale with probability
-    grayscale_p. Every step is affine in RGB, so the maps compose into one 3x3 matrix
-    and offset per example and the image is touched once (clipped once, at the end).
-    Returns A [B, 3, 3], c [B, 3].
+
+def _jitter_op(x, op, factor):
+    """All four jitter ops on x [B, H, W, 3] with per-example factor [B]; returns the one
+    op[b] picks for each example, clipped to [0, 1] as SimCLR clips after every op.
+
+    brightness: x * f (SimCLRv2's random_brightness); contrast: (x - m) f + m, m the
+    per-channel image mean (tf.image.adjust_contrast); saturation: S * f clipped to
+    [0, 1] in HSV (tf.image.adjust_saturation); hue: H + f, wrapped (tf.image.adjust_hue).
     """
-    f32 = tf.float32
+    f = _per_example(factor)
+    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    hsv = tf.image.rgb_to_hsv(x)
+    h, s, v = tf.unstack(hsv, axis=-1)
+    f3 = factor[:, tf.newaxis, tf.newaxis]
+    sat = tf.image.hsv_to_rgb(tf.stack([h, tf.clip_by_value(s * f3, 0.0, 1.0), v], -1))
+    hue = tf.image.hsv_to_rgb(tf.stack([tf.math.floormod(h + f3, 1.0), s, v], -1))
+    cands = tf.stack([x * f, (x - mean) * f + mean, sat, hue], axis=1)   # [B, 4, H, W, 3]
+    return tf.clip_by_value(tf.gather(cands, op, batch_dims=1), 0.0, 1.0)
+
+
+def color_jitter(x: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
+    """SimCLR's colour jitter with given parameters, vectorised over the batch.
+
+    x [B, H, W, 3] in [0, 1]; factors [B, 4]: brightness, contrast and saturation
+    factors and the hue shift (fraction of the colour circle); order [B, 4] int: a
+    permutation of the op ids (BRIGHTNESS, CONTRAST, SATURATION, HUE) per example. The
+    ops run in that order with a clip to [0, 1] after each, as SimCLR's color_jitter_rand
+    (checked op by op against tf.image in tests/test_pipeline.py)."""
+    for slot in range(4):
+        op = order[:, slot]
+        x = _jitter_op(x, op, tf.gather(factors, op, batch_dims=1))
+    return x
+
+
+def sample_jitter(seed: tf.Tensor, batch: int, strength: float) -> tuple[tf.Tensor, tf.Tensor]:
+    """SimCLR's random jitter parameters for colour strength s: brightness factor in
+    [max(0, 1 - 0.8 s), 1 + 0.8 s], contrast and saturation in [1 - 0.8 s, 1 + 0.8 s],
+    hue shift in [-0.2 s, 0.2 s], and a uniformly random order. Returns (factors [B, 4],
+    order [B, 4])."""
+    k = tf.random.experimental.stateless_split(seed, 5)
+    s = strength
+    cols = [_uniform(k[0], max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, [batch]),
+            _uniform(k[1], 1 - 0.8 * s, 1 + 0.8 * s, [batch]),
+            _uniform(k[2], 1 - 0.8 * s, 1 + 0.8 * s, [batch]),
+            _uniform(k[3], -0.2 * s, 0.2 * s, [batch])]
+    order = tf.argsort(tf.random.stateless_uniform([batch, 4], k[4]), axis=1)
+    return tf.stack(cols, axis=1), order
+
+
+def _random_color(x, seed, strength, color_p, grayscale_p):
+    """SimCLR's colour distortion: jitter with probability color_p, then grayscale with
+    probability grayscale_p, each example drawing its own."""
     b = tf.shape(x)[0]
-    k = tf.random.experimental.stateless_split(seed, 7)
-    eye = tf.eye(3, batch_shape=[b], dtype=f32)
-    luma = tf.constant(np.tile(_LUMA, (3, 1)), f32)              # every row = luma weights
-    A, c = eye, tf.zeros([b, 3], f32)
+    k = tf.random.experimental.stateless_split(seed, 3)
     if color_p > 0:
-        s = strength
-        fb = _uniform(k[0], max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, [b])
-        fc = _uniform(k[1], max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, [b])
-        fs = _uniform(k[2], max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, [b])
-        theta = _uniform(k[3], -0.2 * s, 0.2 * s, [b]) * 2.0 * math.pi
-        m = tf.reduce_mean(x, axis=[1, 2])                        # [B, 3] channel means
-        per = lambda v: v[:, tf.newaxis, tf.newaxis]  # noqa: E731
-        L_bright = per(fb) * eye
-        L_sat = per(fs) * eye + per(1.0 - fs) * luma
-        cos, sin = tf.cos(theta), tf.sin(theta)
-        zero, one = tf.zeros_like(theta), tf.ones_like(theta)
-        rot = tf.reshape(tf.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1),
-                         [b, 3, 3])
-        L_hue = tf.constant(_YIQ_INV, f32) @ rot @ tf.constant(_YIQ, f32)
-        order = tf.argsort(tf.random.stateless_uniform([b, 4], k[4]), axis=1)
-        for slot in range(4):
-            cand_A = tf.stack([L_bright @ A, per(fc) * A, L_sat @ A, L_hue @ A], axis=1)
-            Am = tf.linalg.matvec(A, m)
-            cand_c = tf.stack([tf.linalg.matvec(L_bright, c),
-                               c + (1.0 - fc)[:, tf.newaxis] * Am,
-                               tf.linalg.matvec(L_sat, c), tf.linalg.matvec(L_hue, c)], axis=1)
-            A = tf.gather(cand_A, order[:, slot], batch_dims=1)
-            c = tf.gather(cand_c, order[:, slot], batch_dims=1)
-        on = _uniform(k[5], shape=[b]) < color_p
-        A = tf.where(on[:, tf.newaxis, tf.newaxis], A, eye)
-        c = tf.where(on[:, tf.newaxis], c, 0.0)
+        factors, order = sample_jitter(k[0], b, strength)
+        on = _per_example(_uniform(k[1], shape=[b]) < color_p)
+        x = tf.where(on, color_jitter(x, factors, order), x)
     if grayscale_p > 0:
-        g = (_uniform(k[6], shape=[b]) < grayscale_p)
-        A = tf.where(g[:, tf.newaxis, tf.newaxis], luma @ A, A)
-        c = tf.where(g[:, tf.newaxis], tf.linalg.matvec(luma, c), c)
-    return A, c
+        x = tf.where(_per_example(_uniform(k[2], shape=[b]) < grayscale_p), grayscale(x), x)
+    return x
 
 
 def _gaussian_blur_batch(x, seed, size):
@@ -221,9 +231,7 @@ def augment_batch(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tenso
     if cfg.flip:
         x = tf.where(_per_example(_uniform(s[0], shape=[b]) < 0.5), tf.reverse(x, [2]), x)
     if cfg.color_p > 0 or cfg.grayscale_p > 0:
-        A, c = _color_affine(x, s[1], cfg.color_strength, cfg.color_p, cfg.grayscale_p)
-        x = tf.einsum("bij,bhwj->bhwi", A, x) + c[:, tf.newaxis, tf.newaxis, :]
-        x = tf.clip_by_value(x, 0.0, 1.0)
+        x = _random_color(x, s[1], cfg.color_strength, cfg.color_p, cfg.grayscale_p)
     if cfg.rotation_degrees > 0:
         x = _rotate_batch(x, s[4], cfg.rotation_degrees)
     if cfg.blur_p > 0:

@@ -27,13 +27,20 @@ class PipelineConfig:
     case_ids: tuple[str, ...] | None = None  # keep only these cases (label subsets)
 
 
-def read_cases(cfg: PipelineConfig, shuffle: bool) -> tf.data.Dataset:
+def read_cases(cfg: PipelineConfig, shuffle: bool,
+               file_seed: tf.Tensor | None = None) -> tf.data.Dataset:
     """Parsed cases (records.parse_case dicts) of one split; shards interleaved in
-    parallel, optionally filtered to cfg.case_ids and cached."""
+    parallel, optionally filtered to cfg.case_ids and cached. shuffle: shard order
+    shuffled (seeded by cfg.seed); file_seed [2]: shard order permuted statelessly by
+    this seed instead (the per-epoch order of epoch_stream)."""
     paths = records.list_shards(cfg.data_dir, cfg.split)
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    if shuffle:
-        files = files.shuffle(len(paths), seed=cfg.seed)
+    if file_seed is not None:
+        files = tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(tf.constant(paths), file_seed))
+    else:
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        if shuffle:
+            files = files.shuffle(len(paths), seed=cfg.seed)
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
                           num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.map(records.parse_case, num_parallel_calls=AUTOTUNE)
@@ -80,27 +87,122 @@ def _finish(ds: tf.data.Dataset, cfg: PipelineConfig, drop_remainder: bool = Tru
 def _pair_batch_fn(aug: AugmentConfig):
     def fn(batch, seed):
         s = tf.random.experimental.stateless_split(seed, 2)
-        out = dict(batch)
+        out = {k: v for k, v in batch.items() if k != "case_key"}
         out["view1"] = augment_batch(batch["view1"], s[0], aug)
         out["view2"] = augment_batch(batch["view2"], s[1], aug)
+        out["same_case"] = same_case_counts(batch["case_key"])
         return out
     return fn
 
 
-def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig) -> tf.data.Dataset:
-    """Infinite batches {view1, view2 [B, S, S, 3] float32, label [B] int32}: every image
-    of every case is an example; its two views are two augmentations of it."""
-    ds = _images_of_cases(read_cases(cfg, shuffle=True))
-    ds = ds.repeat().shuffle(cfg.shuffle_buffer, seed=cfg.seed)
+def same_case_counts(case_key: tf.Tensor) -> tf.Tensor:
+    """case_key [B] int64 -> [B] float32: for each example, how many other examples of
+    the batch come from its case (each such pair is a false negative for NT-Xent).
+    The batch's same-case pairs are sum / 2."""
+    eq = tf.cast(tf.equal(case_key[:, tf.newaxis], case_key[tf.newaxis, :]), tf.float32)
+    return tf.reduce_sum(eq, axis=1) - 1.0
 
-    def views(el, seed):
-        img = decode_image(el["image"])
-        s = tf.random.experimental.stateless_split(seed, 2)
-        return {"view1": crop_view(img, s[0], cfg.image_size, aug),
-                "view2": crop_view(img, s[1], cfg.image_size, aug),
-                "label": tf.cast(el["label_class"], tf.int32)}
-    return _finish(_with_seeds(ds, cfg.seed).map(views, num_parallel_calls=AUTOTUNE), cfg,
-                   batch_fn=_pair_batch_fn(aug))
+
+def _case_key(case_id: tf.Tensor) -> tf.Tensor:
+    return tf.strings.to_hash_bucket_fast(case_id, 2 ** 62)
+
+
+def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
+                 start_step: int = 0) -> tf.data.Dataset:
+    """Infinite stream of (item, seed [2] int64) in epochs, ready for batching by
+    cfg.batch_size; items are cases (per="case") or images (per="image").
+
+    Epoch e: the shards in an order drawn from (cfg.seed, e) (with cfg.cache, the cached
+    record order), then a permutation drawn from (cfg.seed, e, window) within every
+    window of cfg.shuffle_buffer items (a full permutation when the split fits one
+    window), cut to a whole number of batches: the last num_items % batch_size items of
+    each epoch are left out, different ones each epoch. So no batch spans two epochs and
+    an item never meets itself in a batch. Shuffling within each epoch and then
+    repeating is SimCLR's order; repeating first and then shuffling draws with
+    replacement.
+
+    Every permutation and item seed is stateless, a function of (cfg.seed, epoch,
+    position) only (tf.data's shuffle would also depend on TensorFlow's global seed), so
+    the stream from start_step on is exactly what an uninterrupted run sees from that
+    step: a resumed run continues the data instead of replaying it. With fewer items
+    than a batch, epochs are not cut and batches do span them.
+    """
+    b = cfg.batch_size
+    per_epoch = (num_items // b) * b if num_items >= b else num_items
+    if per_epoch <= 0:
+        raise ValueError(f"no examples in split '{cfg.split}' of {cfg.data_dir}")
+    start_epoch, skip = divmod(start_step * b, per_epoch)
+    base = tf.constant([cfg.seed, 104_729], tf.int64)
+    cached = read_cases(cfg, shuffle=False) if cfg.cache else None
+
+    def epoch(e):
+        es = tf.random.experimental.stateless_fold_in(base, e)
+        cases = cached if cached is not None else read_cases(
+            cfg, shuffle=False, file_seed=tf.random.experimental.stateless_fold_in(es, -1))
+        items = _images_of_cases(cases) if per == "image" else cases
+
+        def permute(w, window):
+            idx = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(w["case_id"])[0]),
+                tf.random.experimental.stateless_fold_in(es, window))
+            return {k: tf.gather(v, idx) for k, v in w.items()}
+        items = (items.ragged_batch(cfg.shuffle_buffer).enumerate()
+                 .map(lambda i, w: permute(w, i)).unbatch().take(per_epoch))
+        seed_of = lambda i: tf.random.experimental.stateless_fold_in(es, i)  # noqa: E731
+        return items.enumerate().map(lambda i, x: (x, seed_of(i)))
+    return tf.data.Dataset.range(start_epoch, 2 ** 62).flat_map(epoch).skip(skip)
+
+
+def _finish_pairs(ds: tf.data.Dataset, cfg: PipelineConfig, aug: AugmentConfig,
+                  start_step: int) -> tf.data.Dataset:
+    """Batches views, then applies the vectorised half of the augmentation with a seed
+    of (cfg.seed, global step), so resumed runs continue the stream."""
+    base = tf.constant([cfg.seed, 7919], tf.int64)
+    fn = _pair_batch_fn(aug)
+    ds = ds.batch(cfg.batch_size, drop_remainder=True).enumerate(start=start_step)
+    ds = ds.map(lambda step, batch: fn(batch, tf.random.experimental.stateless_fold_in(
+        base, step)), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+SIMCLR_UNITS = ("case", "image")
+
+
+def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig, unit: str = "case",
+                 start_step: int = 0) -> tf.data.Dataset:
+    """Infinite batches {view1, view2 [B, S, S, 3] float32, label [B] int32, same_case
+    [B] float32}; the two views of an example are two augmentations of one image.
+
+    unit="case" (default, for case-grouped data): one example per case per epoch, an
+    image picked uniformly at random from the case each time it comes round, so two
+    images of one case never meet in a batch as negatives. unit="image": plain
+    image-level SimCLR, every image an example (images of one case may share a batch).
+    """
+    if unit not in SIMCLR_UNITS:
+        raise ValueError(f"unknown SimCLR unit {unit!r} (one of {SIMCLR_UNITS})")
+    if unit == "image":
+        n = count_items(cfg, "image")
+
+        def views(el, seed):
+            img = decode_image(el["image"])
+            s = tf.random.experimental.stateless_split(seed, 2)
+            return {"view1": crop_view(img, s[0], cfg.image_size, aug),
+                    "view2": crop_view(img, s[1], cfg.image_size, aug),
+                    "label": tf.cast(el["label_class"], tf.int32),
+                    "case_key": _case_key(el["case_id"])}
+    else:
+        n = count_items(cfg, "case")
+
+        def views(c, seed):
+            s = tf.random.experimental.stateless_split(seed, 3)
+            i, _ = micle_pick(tf.shape(c["images"])[0], s[0])
+            img = decode_image(c["images"][i])
+            return {"view1": crop_view(img, s[1], cfg.image_size, aug),
+                    "view2": crop_view(img, s[2], cfg.image_size, aug),
+                    "label": tf.cast(c["label_class"], tf.int32),
+                    "case_key": _case_key(c["case_id"])}
+    ds = epoch_stream(cfg, unit, n, start_step).map(views, num_parallel_calls=AUTOTUNE)
+    return _finish_pairs(ds, cfg, aug, start_step)
 
 
 def micle_pick(num_images: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -114,20 +216,21 @@ def micle_pick(num_images: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Te
     return i, j
 
 
-def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig) -> tf.data.Dataset:
-    """Infinite batches like simclr_pairs, one example per case: a case with >= 2 images
-    gives views of two different images (picked at random each time the case comes
-    round); a single-image case gives two views of its one image."""
-    ds = read_cases(cfg, shuffle=True).repeat().shuffle(cfg.shuffle_buffer, seed=cfg.seed)
-
+def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
+                start_step: int = 0) -> tf.data.Dataset:
+    """Infinite batches like simclr_pairs, one example per case per epoch: a case with
+    >= 2 images gives views of two different images (picked at random each time the case
+    comes round); a single-image case gives two views of its one image. A case never
+    appears twice in a batch when the split has at least batch_size cases."""
     def views(c, seed):
         s = tf.random.experimental.stateless_split(seed, 3)
         i, j = micle_pick(tf.shape(c["images"])[0], s[0])
         return {"view1": crop_view(decode_image(c["images"][i]), s[1], cfg.image_size, aug),
                 "view2": crop_view(decode_image(c["images"][j]), s[2], cfg.image_size, aug),
-                "label": tf.cast(c["label_class"], tf.int32)}
-    return _finish(_with_seeds(ds, cfg.seed).map(views, num_parallel_calls=AUTOTUNE), cfg,
-                   batch_fn=_pair_batch_fn(aug))
+                "label": tf.cast(c["label_class"], tf.int32),
+                "case_key": _case_key(c["case_id"])}
+    ds = epoch_stream(cfg, "case", count_items(cfg, "case"), start_step)
+    return _finish_pairs(ds.map(views, num_parallel_calls=AUTOTUNE), cfg, aug, start_step)
 
 
 def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = "multiclass",
@@ -194,13 +297,31 @@ def count_examples(data_dir: str, split: str, per: str) -> int:
     return int(s["images"] if per == "image" else s["cases"])
 
 
-def pretrain_dataset(method: str, cfg: PipelineConfig, aug: AugmentConfig) -> tf.data.Dataset:
-    """simclr | micle pair batches."""
+def count_items(cfg: PipelineConfig, per: str) -> int:
+    """Images (per="image") or cases (per="case") a pipeline over cfg reads: from
+    dataset.json, or by one pass over the records when cfg.case_ids filters them."""
+    if cfg.case_ids is None:
+        return count_examples(cfg.data_dir, cfg.split, per)
+    cases = read_cases(cfg, shuffle=False)
+    if per == "case":
+        return int(cases.reduce(tf.constant(0, tf.int64), lambda n, c: n + 1))
+    return int(cases.reduce(tf.constant(0, tf.int64),
+                            lambda n, c: n + tf.cast(tf.shape(c["images"])[0], tf.int64)))
+
+
+def pretrain_dataset(method: str, cfg: PipelineConfig, aug: AugmentConfig,
+                     simclr_unit: str = "case", start_step: int = 0) -> tf.data.Dataset:
+    """simclr | micle pair batches from start_step on (see epoch_stream)."""
     if method == "simclr":
-        return simclr_pairs(cfg, aug)
+        return simclr_pairs(cfg, aug, simclr_unit, start_step)
     if method == "micle":
-        return micle_pairs(cfg, aug)
+        return micle_pairs(cfg, aug, start_step)
     raise ValueError(f"unknown pretraining method {method!r} (simclr | micle)")
+
+
+def pretrain_examples(method: str, simclr_unit: str = "case") -> str:
+    """What one pretraining example is: "image" for image-level SimCLR, else "case"."""
+    return "image" if method == "simclr" and simclr_unit == "image" else "case"
 
 
 def class_names(data_dir: str) -> Sequence[str]:

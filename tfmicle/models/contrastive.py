@@ -24,6 +24,9 @@ class ContrastiveModel(keras.Model):
       on variables that are not batch norm / bias / supervised head.
     - num_classes > 0 adds an online linear probe on stop-gradient features of view1,
       trained on labeled examples only.
+    - A batch's optional same_case [B] (other examples of the batch from the same case,
+      from the pipeline) is reported as same_case_pairs: false-negative pairs per global
+      batch, which the pipelines keep at 0.
     """
 
     def __init__(self, encoder: keras.Model, projection: keras.Model, num_classes: int = 0,
@@ -40,10 +43,12 @@ class ContrastiveModel(keras.Model):
         self.contrast_acc_tracker = keras.metrics.Mean(name="contrast_acc")
         self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
         self.probe_acc_tracker = keras.metrics.Mean(name="probe_acc")
+        self.same_case_tracker = keras.metrics.Mean(name="same_case_pairs")
 
     @property
     def metrics(self):
-        m = [self.loss_tracker, self.contrast_loss_tracker, self.contrast_acc_tracker]
+        m = [self.loss_tracker, self.contrast_loss_tracker, self.contrast_acc_tracker,
+             self.same_case_tracker]
         if self.probe is not None:
             m += [self.probe_loss_tracker, self.probe_acc_tracker]
         return m
@@ -92,7 +97,14 @@ class ContrastiveModel(keras.Model):
                 [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self._l2_variables()])
         return total, closs, cacc, probe_loss, probe_acc
 
-    def _record_metrics(self, total, closs, cacc, probe_loss, probe_acc):
+    def _record_metrics(self, data, total, closs, cacc, probe_loss, probe_acc):
+        if "same_case" in data:
+            # Mean over the examples of all replicas of same_case * B / 2 = the global
+            # batch's pairs (each pair counted from both of its examples).
+            same = tf.cast(data["same_case"], tf.float32)
+            global_b = tf.cast(tf.shape(same)[0] * tf.distribute.get_strategy()
+                               .num_replicas_in_sync, tf.float32)
+            self.same_case_tracker.update_state(same * global_b / 2.0)
         self.loss_tracker.update_state(total)
         self.contrast_loss_tracker.update_state(closs)
         self.contrast_acc_tracker.update_state(cacc)
@@ -109,10 +121,10 @@ class ContrastiveModel(keras.Model):
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self._record_metrics(*out)
+        return self._record_metrics(data, *out)
 
     def test_step(self, data):
-        return self._record_metrics(*self._contrastive_losses(data, training=False))
+        return self._record_metrics(data, *self._contrastive_losses(data, training=False))
 
     def get_config(self):
         return {"num_classes": self.num_classes, "temperature": self.temperature,

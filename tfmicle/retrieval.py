@@ -1,8 +1,8 @@
 """Same-group nearest-neighbour retrieval on features, with a pixel-leakage filter.
 
-Used by the MICLe-vs-SimCLR experiment on PH2 patches (group = lesion), but nothing
-here knows about PH2: it takes features, group ids, the query indices and, per query,
-the candidates to leave out.
+Used by the demo and the MICLe-vs-SimCLR experiment on PH2 patches (group = lesion),
+but nothing here knows about PH2: it takes features, group ids, the query indices and,
+per query, the candidates to leave out.
 
 Why the filter: PH2 patches of one lesion overlap (a Similar "b" patch is its "a" patch
 shifted by 8 px; some "a" patches overlap each other), so a query's nearest neighbour
@@ -177,5 +177,52 @@ def _summary(top1, aps, n_cand, n_rel, skipped) -> dict:
             "mean_relevant": float(np.mean(n_rel))}
 
 
+# --------------------------------------------------------------------------- features
+
+def centred(x: np.ndarray) -> np.ndarray:
+    """Features minus their mean over the evaluated set (no labels used), so cosine
+    compares directions around the data's centre rather than the all-positive corner."""
+    x = np.asarray(x, np.float64)
+    return x - x.mean(axis=0, keepdims=True)
+
+
+def colour_statistics(images: np.ndarray) -> np.ndarray:
+    """[N, H, W, 3] -> per-channel mean and standard deviation of each image, each
+    statistic scaled to unit variance over the set: [N, 6]."""
+    f = np.concatenate([images.mean(axis=(1, 2)), images.std(axis=(1, 2))], axis=1)
+    return f / np.maximum(f.std(axis=0, keepdims=True), 1e-8)
+
+
+def features_of(encoder, dataset, want=("image_id",)) -> tuple[np.ndarray, dict]:
+    """Runs a Keras encoder (or None: no features) over a pipeline.evaluation() dataset
+    in inference mode: returns (features [N, D], {key: array} for the keys in `want`,
+    "pixels" [N, S, S, 3] being the preprocessed images)."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: encoder(x, training=False), reduce_retracing=True)
+    feats, extra = [], {k: [] for k in want}
+    for batch in dataset:
+        if encoder is not None:
+            feats.append(fn(batch["image"]).numpy())
+        for k in want:
+            v = batch["image"] if k == "pixels" else batch[k]
+            extra[k].append(v.numpy())
+    out = {k: np.concatenate(v) for k, v in extra.items()}
+    return (np.concatenate(feats) if feats else np.zeros((0, 0))), out
+
+
+def evaluate_features(features: dict, groups: Sequence, queries: Sequence[int],
+                      exclude: np.ndarray) -> dict:
+    """{name: features [N, D]} -> {name: {"filtered", "unfiltered"} retrieval_metrics}
+    (features centred first), plus "chance" on the same queries and candidates."""
+    out = {name: {"filtered": retrieval_metrics(centred(f), groups, queries, exclude=exclude),
+                  "unfiltered": retrieval_metrics(centred(f), groups, queries)}
+           for name, f in features.items()}
+    out["chance"] = {"filtered": chance_metrics(groups, queries, exclude=exclude),
+                     "unfiltered": chance_metrics(groups, queries)}
+    return out
+
+
 __all__ = ["shared_block_mask", "cosine_similarity", "retrieval_metrics", "chance_ap",
-           "chance_metrics"]
+           "chance_metrics", "centred", "colour_statistics", "features_of",
+           "evaluate_features"]
