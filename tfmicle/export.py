@@ -73,7 +73,7 @@ def build_module(model, task: str, image_size: int):
     import tensorflow as tf
 
     from tfmicle.data.augment import center_crop_resize, preprocess_eval
-    from tfmicle.models.classifier import probabilities
+    from tfmicle.tasks import probabilities
 
     size = int(image_size)
     pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
@@ -119,7 +119,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     from tfmicle.data.augment import preprocess_eval
     from tfmicle.finetune import (BEST_JSON, _read_json, load_classifier, resolve_checkpoint,
                                   validation_for_step)
-    from tfmicle.models.classifier import probabilities
+    from tfmicle.tasks import probabilities
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model dir {model_dir} not found")

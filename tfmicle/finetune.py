@@ -28,8 +28,9 @@ from tfmicle.config import Config, ConfigError, load_config
 from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, evaluation, read_cases, supervised
 from tfmicle.data.pipeline import image_examples as pipeline_image_examples
-from tfmicle.models.classifier import (EXCLUDE, IMAGENET_ENCODER, MULTICLASS, Classifier,
-                                       build_classifier, probabilities, task_loss)
+from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier, build_classifier
+from tfmicle.tasks import MULTICLASS, probabilities, task_loss
+from tfmicle.models.resnet import small_stem
 from tfmicle.optim import LARS, WarmupCosine, make_optimizer
 from tfmicle.pretrain import augment_config, resnet_spec, restore_encoder, schedule_steps
 
@@ -121,8 +122,8 @@ def check_encoder_compatible(cfg: Config, pre: Config, checkpoint: str) -> None:
         if getattr(mine, key) != getattr(theirs, key):
             raise ConfigError(f"model.{key} is {getattr(mine, key)} but the checkpoint "
                               f"{checkpoint} was pretrained with {getattr(theirs, key)}")
-    small = cfg.data.image_size <= 32
-    if small != (pre.data.image_size <= 32):
+    small = small_stem(cfg.data.image_size)
+    if small != small_stem(pre.data.image_size):
         raise ConfigError(f"data.image_size {cfg.data.image_size} needs a "
                           f"{'3x3' if small else '7x7'} stem but the checkpoint was "
                           f"pretrained at {pre.data.image_size} px (other stem)")

@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from tfmicle import cli
+from tfmicle.tasks import MULTICLASS
 
 log = logging.getLogger("tfmicle.score")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FORMATS = ("csv", "parquet")
-MULTICLASS = "multiclass"
 
 
 class ScoreError(ValueError):

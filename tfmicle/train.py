@@ -6,6 +6,7 @@ import logging
 import sys
 
 from tfmicle import cli
+from tfmicle.config import CHOICES
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -16,7 +17,7 @@ def build_parser() -> cli.ArgumentParser:
                     "--model-dir resumes from its latest checkpoint.")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--model-dir", help="output folder (overrides model_dir)")
-    p.add_argument("--strategy", help="default | one_device | mirrored | multiworker | tpu")
+    p.add_argument("--strategy", help=" | ".join(CHOICES["distribute.strategy"]))
     p.add_argument("--tpu", help="TPU name or grpc:// address (with --strategy tpu)")
     p.add_argument("--num-cpu-devices", type=int,
                    help="mirrored on a CPU-only machine: split the CPU into N replicas")
