@@ -22,17 +22,17 @@ import numpy as np
 import tensorflow as tf
 import yaml
 
+from tfmicle import build
 from tfmicle import metrics as M
 from tfmicle import runner
 from tfmicle.config import Config, ConfigError, load_config
 from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, evaluation, read_cases, supervised
 from tfmicle.data.pipeline import image_examples as pipeline_image_examples
-from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier, build_classifier
+from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
 from tfmicle.tasks import MULTICLASS, probabilities, task_loss
 from tfmicle.models.resnet import small_stem
-from tfmicle.optim import LARS, WarmupCosine, make_optimizer
-from tfmicle.pretrain import augment_config, resnet_spec, restore_encoder, schedule_steps
+from tfmicle.pretrain import restore_encoder
 
 log = logging.getLogger(__name__)
 
@@ -166,18 +166,7 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
         weights = f.imagenet_weights or "imagenet"
         if f.imagenet_weights and not os.path.isfile(f.imagenet_weights):
             raise FileNotFoundError(f"finetune.imagenet_weights: {f.imagenet_weights} not found")
-    spec = resnet_spec(cfg, global_bn=None if for_training else False)
-    try:
-        model = build_classifier(
-            spec, num_classes, task, f.uncertainty_policy, cfg.train.weight_decay,
-            fine_tune_after_block=f.fine_tune_after_block if for_training else -1,
-            imagenet_weights=weights, use_imagenet_encoder=imagenet,
-            zero_init_head=f.zero_init_head and for_training)
-    except (ValueError, OSError) as e:
-        if imagenet and weights:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(f"cannot load ImageNet weights from {weights}: {first}") from None
-        raise
+    model = build.classifier(cfg, num_classes, task, for_training, weights)
     if initialise and f.init == "checkpoint":
         pre = _pretraining_config(f.checkpoint)
         if pre is not None:
@@ -355,7 +344,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     if n_images == 0:
         raise ConfigError(f"no labeled images in split '{cfg.data.train_split}' of "
                           f"{cfg.data.dir} (label_fraction {cfg.data.label_fraction})")
-    total, warmup = schedule_steps(cfg, n_images)
+    total, warmup = build.schedule_steps(cfg, n_images)
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
     _write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
@@ -374,19 +363,12 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     if case_ids is not None and not cfg.data.cache:
         log.info("label fraction %g: every pass re-reads the split to filter it; "
                  "data.cache: true keeps the subset in memory", cfg.data.label_fraction)
-    ds = supervised(pcfg, augment_config(cfg), task)
+    ds = supervised(pcfg, build.augment_config(cfg), task)
     resuming = runner.latest_checkpoint(cfg.model_dir) is not None
     keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_model(cfg, len(class_names), task, initialise=not resuming)
-        lr = WarmupCosine(cfg.train.learning_rate, cfg.train.batch_size, total, warmup,
-                          cfg.train.lr_scaling)
-        if cfg.train.optimizer == "lars":  # also skip keras.applications' batch norms
-            opt = LARS(lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay,
-                       exclude_from_weight_decay=EXCLUDE)
-        else:
-            opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
-                                 cfg.train.weight_decay)
+        opt = build.optimizer(cfg, total, warmup, EXCLUDE)  # + keras.applications' BNs
         model.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
         opt.build(model.trainable_variables)
 
