@@ -15,7 +15,7 @@ import _finetune_runs as runs
 from tfmicle import export as ex
 from tfmicle.config import config_hash, load_config
 from tfmicle.data.augment import decode_image, preprocess_eval
-from tfmicle.finetune import load_classifier
+from tfmicle.rundir import load_classifier
 
 pytestmark = pytest.mark.slow  # every test here needs a fine-tuned run
 

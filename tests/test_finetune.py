@@ -12,7 +12,8 @@ import tensorflow as tf
 
 import _finetune_runs as runs
 from tfmicle.config import ConfigError, load_config
-from tfmicle.finetune import finetune, load_classifier
+from tfmicle.finetune import finetune
+from tfmicle.rundir import load_classifier
 from tfmicle.models.classifier import build_classifier
 from tfmicle.tasks import multiclass_loss, multilabel_loss, task_loss
 from tfmicle.models.resnet import ResNetSpec, stage_of

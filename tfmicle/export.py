@@ -117,8 +117,8 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     import tfmicle
     from tfmicle.config import config_hash, to_dict
     from tfmicle.data.augment import preprocess_eval
-    from tfmicle.finetune import (BEST_JSON, _read_json, load_classifier, resolve_checkpoint,
-                                  validation_for_step)
+    from tfmicle.rundir import (BEST_JSON, load_classifier, read_json, resolve_checkpoint,
+                                validation_for_step)
     from tfmicle.tasks import probabilities
 
     if not os.path.isdir(model_dir):
@@ -130,7 +130,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     size = cfg.data.image_size
     m = re.search(r"ckpt-(\d+)$", prefix)
     step = int(m.group(1)) if m else None
-    best = _read_json(os.path.join(model_dir, BEST_JSON)) or {}
+    best = read_json(os.path.join(model_dir, BEST_JSON)) or {}
     if kind == "best":
         step = best.get("step")
         validation = best.get("metrics")

@@ -4,64 +4,34 @@ freeze by stage, train on a label fraction through the shared runner, validate o
 eval split every epoch, keep the best checkpoint by a chosen metric and optionally stop
 early.
 
-Files in the model dir, besides the runner's (config.yaml, checkpoints/, logs/):
-- ``finetune.json``: task, class names and the data the run was trained on;
-- ``validation.jsonl``: one line per validation ({"step", metric: value, ...});
-- ``best/ckpt.*`` and ``best.json``: the best checkpoint by finetune.best_metric and
-  its metrics (what ``tfmicle.export`` exports by default).
+The run folder's files (finetune.json, validation.jsonl, best/) and their readers are
+tfmicle.rundir's; validation is tfmicle.train.validation. Map: docs/architecture.md.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 import yaml
 
 from tfmicle import build
-from tfmicle import metrics as M
 from tfmicle import runner
-from tfmicle.config import Config, ConfigError, load_config
+from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
-from tfmicle.data.pipeline import PipelineConfig, evaluation, read_cases, supervised
-from tfmicle.data.pipeline import image_examples as pipeline_image_examples
+from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
-from tfmicle.tasks import MULTICLASS, probabilities, task_loss
 from tfmicle.models.resnet import small_stem
-from tfmicle.pretrain import restore_encoder
+from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint, config_of,
+                            read_json, restore_encoder, write_json)
+from tfmicle.tasks import MULTICLASS
+from tfmicle.train.validation import Validation, eval_batches
 
 log = logging.getLogger(__name__)
 
-FINETUNE_JSON = "finetune.json"
-VALIDATION_LOG = "validation.jsonl"
-BEST_JSON = "best.json"
-BEST_PREFIX = os.path.join("best", "ckpt")
 MULTICLASS_ONLY_METRICS = ("val_accuracy", "val_top3_accuracy", "val_case_accuracy")
-
-
-# --------------------------------------------------------------------------- helpers
-
-def _write_json(path: str, data: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(M.to_json_safe(data), f, indent=2)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def metric_mode(name: str) -> str:
-    """"min" for losses, "max" for everything else."""
-    return "min" if name.endswith("loss") else "max"
 
 
 def resolve_auc_classes(spec: str, class_names: list[str]) -> list[str]:
@@ -87,32 +57,6 @@ def count_labeled(data_dir: str, split: str, task: str,
         (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
         lambda acc, x: (acc[0] + x[0], acc[1] + x[1]))
     return int(cases), int(images)
-
-
-def image_examples(data_dir: str, split: str, num_classes: int,
-                   case_ids: tuple[str, ...] | None = None) -> tf.data.Dataset:
-    """pipeline.image_examples of a split (label_multi padded to num_classes)."""
-    return pipeline_image_examples(PipelineConfig(data_dir, split, case_ids=case_ids),
-                                   num_classes)
-
-
-def eval_batches(data_dir: str, split: str, num_classes: int, batch_size: int,
-                 image_size: int) -> tf.data.Dataset:
-    """pipeline.evaluation of a split: every image once through the eval preprocessing."""
-    return evaluation(PipelineConfig(data_dir, split, batch_size, image_size), num_classes)
-
-
-def _pretraining_config(checkpoint: str) -> Config | None:
-    """The resolved config of the pretraining run a checkpoint path belongs to."""
-    path = os.path.abspath(checkpoint)
-    for d in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-        f = os.path.join(d, runner.CONFIG_FILE)
-        if os.path.isfile(f):
-            try:
-                return load_config(f)
-            except ConfigError:
-                return None
-    return None
 
 
 def check_encoder_compatible(cfg: Config, pre: Config, checkpoint: str) -> None:
@@ -168,7 +112,7 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
             raise FileNotFoundError(f"finetune.imagenet_weights: {f.imagenet_weights} not found")
     model = build.classifier(cfg, num_classes, task, for_training, weights)
     if initialise and f.init == "checkpoint":
-        pre = _pretraining_config(f.checkpoint)
+        pre = config_of(f.checkpoint)
         if pre is not None:
             check_encoder_compatible(cfg, pre, f.checkpoint)
         try:
@@ -183,123 +127,6 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
     elif initialise:
         log.info("encoder initialised from scratch")
     return model
-
-
-# --------------------------------------------------------------------------- validation
-
-def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
-                       case_ids, policy: str, auc_indices) -> dict:
-    """val_loss (the training loss, same uncertainty policy) and image / case metrics
-    (definite labels only)."""
-    loss = float(task_loss(task, tf.constant(labels), tf.constant(logits), policy))
-    probs = probabilities(task, tf.constant(logits)).numpy()
-    img = M.classification_metrics(task, labels, probs, auc_indices, per_class=False)
-    _, cprobs, clabels, _ = M.aggregate_cases(case_ids, probs, labels)
-    case = M.classification_metrics(task, clabels, cprobs, auc_indices, per_class=False)
-    out = {"val_loss": loss, "val_auc": img["mean_auc"], "val_pr_auc": img["mean_pr_auc"],
-           "val_case_auc": case["mean_auc"]}
-    if task == MULTICLASS:
-        out.update(val_accuracy=img["top1_accuracy"], val_top3_accuracy=img["top3_accuracy"],
-                   val_case_accuracy=case["top1_accuracy"])
-    return out
-
-
-class Validation(keras.callbacks.Callback):
-    """Validates every `every` steps and at the last step; keeps the best checkpoint
-    (best/ckpt + best.json) by `best_metric`; stops after `patience` validations
-    without improvement (0 = never). State survives a resume (best.json)."""
-
-    def __init__(self, dataset: tf.data.Dataset, every: int, total_steps: int, task: str,
-                 policy: str, auc_indices, best_metric: str, patience: int, model_dir: str,
-                 image_size: int):
-        super().__init__()
-        self.dataset = dataset
-        self.every = max(int(every), 1)
-        self.total_steps = int(total_steps)
-        self.task = task
-        self.policy = policy
-        self.auc_indices = list(auc_indices)
-        self.best_metric = best_metric
-        self.mode = metric_mode(best_metric)
-        self.patience = int(patience)
-        self.model_dir = model_dir
-        self.image_size = image_size
-        self.state = _read_json(os.path.join(model_dir, BEST_JSON)) or {}
-        self.last: dict | None = None
-        self.last_step = -1
-        self.writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs", "validation"))
-        self._predict = None
-
-    def _predict_fn(self):
-        if self._predict is None:
-            model = self.model
-            self._predict = tf.function(
-                lambda x: model(x, training=False), reduce_retracing=True,
-                input_signature=[tf.TensorSpec([None, self.image_size, self.image_size, 3],
-                                               tf.float32)])
-        return self._predict
-
-    def run(self, step: int) -> dict:
-        predict = self._predict_fn()
-        logits, labels, cases = [], [], []
-        for batch in self.dataset:
-            logits.append(predict(batch["image"]).numpy())
-            labels.append(batch["label_class" if self.task == MULTICLASS else "label_multi"]
-                          .numpy())
-            cases.extend(c.decode() for c in batch["case_id"].numpy())
-        if not logits:
-            raise FileNotFoundError("the eval split has no images")
-        values = validation_metrics(self.task, np.concatenate(logits), np.concatenate(labels),
-                                    cases, self.policy, self.auc_indices)
-        return values
-
-    def _better(self, value: float) -> bool:
-        if value is None or not math.isfinite(value):
-            return False
-        best = self.state.get("value")
-        if best is None:
-            return True
-        return value < best if self.mode == "min" else value > best
-
-    def evaluate(self, step: int) -> None:
-        values = self.run(step)
-        self.last, self.last_step = values, step
-        with open(os.path.join(self.model_dir, VALIDATION_LOG), "a") as f:
-            f.write(json.dumps(M.to_json_safe({"step": step, **values})) + "\n")
-        with self.writer.as_default(step=step):
-            for k, v in values.items():
-                if v is not None and math.isfinite(v):
-                    tf.summary.scalar(k, v)
-        self.writer.flush()
-        value = values.get(self.best_metric)
-        if self._better(value):
-            ckpt = tf.train.Checkpoint(model=self.model)
-            _ = ckpt.save_counter  # created, so the best checkpoint restores like any other
-            ckpt.write(os.path.join(self.model_dir, BEST_PREFIX))
-            self.state.update({"metric": self.best_metric, "mode": self.mode, "value": value,
-                               "step": step, "metrics": values, "checkpoint": BEST_PREFIX,
-                               "evals_since_best": 0})
-            log.info("step %d: %s", step, _fmt(values) + f" (best {self.best_metric})")
-        else:
-            self.state["evals_since_best"] = int(self.state.get("evals_since_best", 0)) + 1
-            log.info("step %d: %s", step, _fmt(values))
-        if self.patience and self.state["evals_since_best"] >= self.patience:
-            self.state["early_stopped_at"] = step
-            self.model.stop_training = True
-            log.info("early stopping at step %d: no better %s in %d validations (best %.4f "
-                     "at step %d)", step, self.best_metric, self.patience,
-                     self.state.get("value", math.nan), self.state.get("step", -1))
-        _write_json(os.path.join(self.model_dir, BEST_JSON), self.state)
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        if step != self.last_step and (step % self.every == 0 or step >= self.total_steps):
-            self.evaluate(step)
-
-
-def _fmt(values: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" for k, v in values.items()
-                     if v is not None and math.isfinite(v))
 
 
 # --------------------------------------------------------------------------- training
@@ -326,14 +153,14 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     auc_classes = resolve_auc_classes(cfg.finetune.auc_classes, class_names)
     auc_indices = [class_names.index(c) for c in auc_classes]
 
-    old = os.path.join(cfg.model_dir, runner.CONFIG_FILE)
+    old = os.path.join(cfg.model_dir, CONFIG_FILE)
     if os.path.isfile(old):
         with open(old) as fh:
             previous = yaml.safe_load(fh) or {}
         if previous.get("mode", "pretrain") != "finetune":
             raise ConfigError(f"{cfg.model_dir} holds a pretraining run; fine-tune into "
                               "a new model dir (finetune.checkpoint points at it)")
-    best_state = _read_json(os.path.join(cfg.model_dir, BEST_JSON)) or {}
+    best_state = read_json(os.path.join(cfg.model_dir, BEST_JSON)) or {}
     case_ids = None
     if cfg.data.label_fraction < 1:
         case_ids = tuple(records.read_subset(cfg.data.dir, cfg.data.train_split,
@@ -346,7 +173,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                           f"{cfg.data.dir} (label_fraction {cfg.data.label_fraction})")
     total, warmup = build.schedule_steps(cfg, n_images)
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
-    _write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), {
+    write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
         "data_dir": os.path.abspath(cfg.data.dir), "train_split": cfg.data.train_split,
         "eval_split": cfg.data.eval_split, "label_fraction": cfg.data.label_fraction,
@@ -406,12 +233,11 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                                   cfg.train.log_steps, cfg.train.keep_checkpoints, None, None,
                                   cbs, verbose)
     state = validator.state if validator is not None else best_state
-    best_prefix = os.path.join(cfg.model_dir, BEST_PREFIX)
     result.update({
         "model_dir": cfg.model_dir, "total_steps": total, "task": task,
         "class_names": class_names, "train_images": n_images, "train_cases": n_cases,
         "checkpoint": runner.latest_checkpoint(cfg.model_dir),
-        "best_checkpoint": best_prefix if tf.io.gfile.exists(best_prefix + ".index") else None,
+        "best_checkpoint": best_checkpoint(cfg.model_dir),
         "best": {k: state.get(k) for k in ("metric", "value", "step")} if state else None,
         "validation": validator.last if validator is not None else None,
         "early_stopped": state.get("early_stopped_at") is not None if state else False,
@@ -423,76 +249,5 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     return result
 
 
-# --------------------------------------------------------------------------- loading
-
-def run_info(model_dir: str) -> tuple[Config, dict]:
-    """(resolved config, finetune.json) of a fine-tuning run; FileNotFoundError /
-    ConfigError when model_dir is not one."""
-    cfg_path = os.path.join(model_dir, runner.CONFIG_FILE)
-    info_path = os.path.join(model_dir, FINETUNE_JSON)
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{model_dir} is not a training run (no {runner.CONFIG_FILE})")
-    cfg = load_config(cfg_path)
-    if cfg.mode != "finetune" or not os.path.isfile(info_path):
-        raise ConfigError(f"{model_dir} is not a fine-tuning run (mode: {cfg.mode}); "
-                          "export a model fine-tuned with mode: finetune")
-    return cfg, _read_json(info_path)
-
-
-def resolve_checkpoint(model_dir: str, which: str = "auto") -> tuple[str, str]:
-    """("best" | "latest" | "path", prefix) for which = auto (best if kept, else latest),
-    best, latest, or a checkpoint prefix / folder."""
-    best = os.path.join(model_dir, BEST_PREFIX)
-    has_best = tf.io.gfile.exists(best + ".index")
-    if which in ("auto", "best"):
-        if has_best:
-            return "best", best
-        if which == "best":
-            raise FileNotFoundError(f"{model_dir} has no best checkpoint (no eval split?); "
-                                    "use --checkpoint latest")
-    if which in ("auto", "latest"):
-        prefix = runner.latest_checkpoint(model_dir)
-        if prefix is None:
-            raise FileNotFoundError(f"{model_dir} has no checkpoint yet")
-        return "latest", prefix
-    prefix = runner.latest_checkpoint(which)
-    if prefix is None:
-        raise FileNotFoundError(f"no checkpoint at {which}")
-    return "path", prefix
-
-
-def load_classifier(model_dir: str, checkpoint: str = "auto"
-                    ) -> tuple[Classifier, Config, dict, str]:
-    """Rebuilds a fine-tuned Classifier (inference: no freezing, plain BN) and restores
-    its weights. Returns (model, config, finetune.json, checkpoint prefix)."""
-    cfg, info = run_info(model_dir)
-    _, prefix = resolve_checkpoint(model_dir, checkpoint)
-    model = build_model(cfg, info["num_classes"], info["task"], initialise=False,
-                        for_training=False)
-    status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise ConfigError(f"checkpoint {prefix} does not match the run's model: "
-                          f"{str(e).splitlines()[0][:200]}") from None
-    return model, cfg, info, prefix
-
-
-def validation_for_step(model_dir: str, step: int | None) -> dict | None:
-    """The validation metrics logged at a step (None when not validated there)."""
-    path = os.path.join(model_dir, VALIDATION_LOG)
-    if step is None or not os.path.isfile(path):
-        return None
-    found = None
-    with open(path) as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("step") == step:
-                found = row
-    return found
-
-
-__all__ = ["finetune", "build_model", "load_classifier", "run_info", "resolve_checkpoint",
-           "validation_metrics", "Validation", "count_labeled", "resolve_auc_classes",
-           "image_examples", "eval_batches",
-           "FINETUNE_JSON", "BEST_JSON", "VALIDATION_LOG", "BEST_PREFIX"]
+__all__ = ["finetune", "build_model", "count_labeled", "resolve_auc_classes",
+           "validate_config", "check_encoder_compatible"]

@@ -15,6 +15,7 @@ from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import build_resnet
 from tfmicle.optim import WarmupCosine, make_optimizer
 from tfmicle import runner
+from tfmicle.rundir import restore_encoder  # noqa: F401 - re-exported (experiments)
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +83,6 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     log.info("pretraining done at step %d: %s", result["end_step"],
              ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return result
-
-
-def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
-    """Loads the encoder weights of a pretraining checkpoint (a model dir, its
-    checkpoints folder or a prefix) into `encoder`; heads and optimizer are ignored.
-    Returns the checkpoint prefix used."""
-    import tensorflow as tf
-    prefix = runner.latest_checkpoint(checkpoint)
-    if prefix is None:
-        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
-    # Match the saved object graph root -> model -> encoder by attribute names.
-    tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
-        prefix).expect_partial().assert_existing_objects_matched()
-    return prefix
 
 
 __all__ = ["pretrain", "build_contrastive_model", "restore_encoder", "augment_config",

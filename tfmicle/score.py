@@ -162,9 +162,9 @@ class Source:
         records image_id, case_id, label_class, label_multi."""
         import tensorflow as tf
         if self.kind == "records":
-            from tfmicle.finetune import image_examples
+            from tfmicle.data.pipeline import PipelineConfig, image_examples
             data_dir, split, k = self.records
-            return image_examples(data_dir, split, k).enumerate().map(
+            return image_examples(PipelineConfig(data_dir, split), k).enumerate().map(
                 lambda i, el: {"index": i, **el})
         idx = tf.data.Dataset.range(len(self.paths))
         files = tf.data.Dataset.from_tensor_slices(tf.constant(self.paths, tf.string))

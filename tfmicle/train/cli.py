@@ -1,9 +1,8 @@
 """`python -m tfmicle.train`: pretraining (SimCLR / MICLe) and fine-tuning from a YAML
-config. A thin CLI over tfmicle.pretrain (and tfmicle.finetune)."""
+config. A thin CLI over tfmicle.train.pretrain and tfmicle.train.finetune."""
 from __future__ import annotations
 
 import logging
-import sys
 
 from tfmicle import cli
 from tfmicle.config import CHOICES
@@ -51,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             from tfmicle.pretrain import pretrain
             result = pretrain(cfg, verbose=verbose)
         else:
-            try:
-                from tfmicle.finetune import finetune
-            except ImportError:
-                raise cli.UsageError("mode: finetune is not available in this version") from None
+            from tfmicle.finetune import finetune
             result = finetune(cfg, verbose=verbose)
         print(f"done: steps {result['start_step']} -> {result['end_step']} of "
               f"{result['total_steps']}; checkpoint {result.get('checkpoint')}")
@@ -67,6 +63,3 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("tfmicle.train").error("%s", e)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())
