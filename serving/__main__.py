@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(config.model_base_path)
     if not base.is_dir():
         _fail(f"--model-base-path {base} is not a folder")
-    from .repository import list_versions
+    from tfmicle.model_format import list_versions
 
     if not list_versions(base):
         _fail(f"--model-base-path {base} has no integer version folders (expected e.g. {base / '1'})")
