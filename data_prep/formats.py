@@ -18,6 +18,7 @@ from typing import Iterable
 from data_prep.cases import UNLABELED, CaseSpec, ImageRef, Skip
 from data_prep.errors import UserError
 from data_prep.images import IMAGE_EXTENSIONS
+from tfmicle.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger(__name__)
 
@@ -301,9 +302,9 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         log.info("%s: no case column: each image is its own case", path)
 
     if multi_cols:
-        task, class_names = "multilabel", list(multi_cols)
+        task, class_names = MULTILABEL, list(multi_cols)
     else:
-        task = "multiclass"
+        task = MULTICLASS
         present = sorted({r[label_col] for r in rows if r.get(label_col)}) if label_col else []
         if opts.class_names:
             class_names = list(opts.class_names)
@@ -395,7 +396,7 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
         log.info("--case-regex matched no case in %d file names: those images are cases "
                  "of their own", unmatched)
     cases, skipped = g.result()
-    return Manifest("folders", "multiclass", class_names, cases, skipped,
+    return Manifest("folders", MULTICLASS, class_names, cases, skipped,
                     [SourceFile(os.path.abspath(root), listing.hexdigest())])
 
 
@@ -423,7 +424,7 @@ def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
         g.add(lesion, lesion, ref, where, index[r["dx"]])
     files.log_unused()
     cases, skipped = g.result()
-    return Manifest("ham10000", "multiclass", list(HAM10000_CLASSES), cases, skipped,
+    return Manifest("ham10000", MULTICLASS, list(HAM10000_CLASSES), cases, skipped,
                     [SourceFile(os.path.abspath(meta), sha256_file(meta))])
 
 
@@ -469,7 +470,7 @@ def read_isic2019(folder: str, opts: FormatOptions) -> Manifest:
         g.add(case_id, case_id, ref, where, hot[0])
     files.log_unused()
     cases, skipped = g.result()
-    return Manifest("isic2019", "multiclass", classes, cases, skipped, sources)
+    return Manifest("isic2019", MULTICLASS, classes, cases, skipped, sources)
 
 
 def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
@@ -526,7 +527,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
                  mixed)
     files.log_unused()
     cases, skipped = g.result()
-    return Manifest("isic2020", "multiclass", classes, cases, skipped,
+    return Manifest("isic2020", MULTICLASS, classes, cases, skipped,
                     [SourceFile(os.path.abspath(meta), sha256_file(meta))])
 
 
@@ -572,4 +573,4 @@ def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
             g.add(case_id, patient, ImageRef(full, rel, view), where,
                   UNLABELED, labels, split)
     cases, skipped = g.result()
-    return Manifest("chexpert", "multilabel", list(CHEXPERT_CLASSES), cases, skipped, sources)
+    return Manifest("chexpert", MULTILABEL, list(CHEXPERT_CLASSES), cases, skipped, sources)
