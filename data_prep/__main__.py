@@ -175,7 +175,7 @@ def _run_convert(argv: list[str]) -> int:
     import shlex
 
     from data_prep.convert import ConvertConfig, convert
-    from data_prep.formats import CsvColumns, FormatOptions
+    from data_prep.manifest import CsvColumns, FormatOptions
     from data_prep.images import ImageOptions
 
     if args.max_side < 0:

@@ -23,6 +23,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", "
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 
 
+def is_image_file(name: str) -> bool:
+    """A file data_prep reads as an image (and tfmicle.score scores): by extension, no
+    hidden files."""
+    base = os.path.basename(name)
+    return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
+
+
 class ImageError(Exception):
     """An image that cannot be used; the message is the reason written to skipped.csv."""
 

@@ -9,24 +9,18 @@ they would have been written into records. Map: docs/architecture.md.
 """
 from __future__ import annotations
 
-import csv
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from data_prep.images import IMAGE_EXTENSIONS, ImageOptions, load_image
+from data_prep.errors import UserError
+from data_prep.images import IMAGE_EXTENSIONS, ImageOptions, is_image_file, load_image
+from data_prep.manifest import parse_multi_value, read_csv
 from tfmicle.score.model import ScoreError, ScoringModel
 from tfmicle.tasks import MULTICLASS
 
 TF_DECODES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what tf.io.decode_image reads
 FULL_SIZE = ImageOptions(max_side=0)  # no resize: the model's preprocessing crops and resizes
-
-
-def is_image_file(name: str) -> bool:
-    """A file a folder source scores (data_prep's image types; no hidden files)."""
-    base = os.path.basename(name)
-    return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
 
 
 def needs_conversion(path: str) -> bool:
@@ -104,16 +98,11 @@ class Source:
 
 
 def _multi_value(raw: str, where: str) -> float:
-    s = (raw or "").strip()
-    if s == "":
-        return math.nan
+    """A multi-label cell, read as data_prep reads one (1, 0, -1, blank -> NaN)."""
     try:
-        v = float(s)
+        return parse_multi_value(raw or "")
     except ValueError:
         raise ScoreError(f"{where}: {raw!r} is not 1, 0, -1 or blank") from None
-    if v not in (1.0, 0.0, -1.0):
-        raise ScoreError(f"{where}: {raw!r} is not 1, 0, -1 or blank")
-    return v
 
 
 def _empty_labels(task: str, n: int, k: int):
@@ -188,10 +177,10 @@ def folder_source(root: str, model: ScoringModel) -> Source:
 def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -> Source:
     import numpy as np
     root = images_root or os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        rows = list(reader)
+    try:
+        cols, rows = read_csv(path)  # data_prep's reader: , or tab or ; and stripped cells
+    except UserError as e:
+        raise ScoreError(str(e)) from None
     col = "image" if "image" in cols else "path" if "path" in cols else None
     if col is None:
         raise ScoreError(f"{path}: no 'image' column (columns: {', '.join(cols) or 'none'})")
