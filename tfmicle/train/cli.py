@@ -47,16 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError("no model dir: pass --model-dir or set model_dir")
         verbose = 0 if args.quiet else 1
         if cfg.mode == "pretrain":
-            from tfmicle.pretrain import pretrain
+            from tfmicle.train.pretrain import pretrain
             result = pretrain(cfg, verbose=verbose)
         else:
-            from tfmicle.finetune import finetune
+            from tfmicle.train.finetune import finetune
             result = finetune(cfg, verbose=verbose)
         print(f"done: steps {result['start_step']} -> {result['end_step']} of "
               f"{result['total_steps']}; checkpoint {result.get('checkpoint')}")
         return 0
 
-    from tfmicle.runner import NaNLossError
+    from tfmicle.train.runner import NaNLossError
     try:
         return cli.run("tfmicle.train", body, (ConfigError, StrategyError))
     except NaNLossError as e:

@@ -14,7 +14,7 @@ from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import build_resnet
 from tfmicle.optim import WarmupCosine, make_optimizer
-from tfmicle import runner
+from tfmicle.train import runner
 from tfmicle.rundir import restore_encoder  # noqa: F401 - re-exported (experiments)
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import tensorflow as tf
 import yaml
 
 from tfmicle import build
-from tfmicle import runner
+from tfmicle.train import runner
 from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
