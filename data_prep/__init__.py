@@ -1,4 +1,5 @@
-"""data_prep: raw medical image datasets -> case-grouped TFRecords (DESIGN.md schema v1).
+"""data_prep: raw medical image datasets -> case-grouped TFRecords (schema v1, see
+docs/architecture.md and tfmicle/data/records.py).
 
 ``python -m data_prep --help``; the library entry point is :func:`data_prep.convert.convert`.
 This package's top level imports nothing heavy: worker processes import it.

@@ -13,6 +13,7 @@ import sys
 import time
 
 from data_prep import FORMATS
+from tfmicle import cli
 
 PROG = "python -m data_prep"
 EPILOG = """\
@@ -30,11 +31,6 @@ other commands:
 
 exit status: 0 done, 1 inspect found problems, 2 bad usage or input (--strict: any skip)
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):          # one line, no usage dump
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _csv_list(text: str) -> list[str]:
@@ -64,7 +60,7 @@ def _fractions(text: str) -> dict[str, float]:
 
 
 def convert_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Convert a medical image dataset to case-grouped "
+    p = cli.ArgumentParser(prog=PROG, description="Convert a medical image dataset to case-grouped "
                 "TFRecords (one tf.train.Example per case, patient-level splits).",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     io = p.add_argument_group("input and output")
@@ -137,7 +133,7 @@ def convert_parser() -> argparse.ArgumentParser:
 
 
 def inspect_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=f"{PROG} inspect",
+    p = cli.ArgumentParser(prog=f"{PROG} inspect",
                 description="Print a dataset's summary and check that every shard parses "
                             "and agrees with dataset.json (exit 1 when not).")
     p.add_argument("out", metavar="DIR", help="a data_prep output folder")
@@ -179,17 +175,17 @@ def _run_convert(argv: list[str]) -> int:
     import shlex
 
     from data_prep.convert import ConvertConfig, convert
-    from data_prep.formats import CsvColumns, FormatOptions
+    from data_prep.manifest import CsvColumns, FormatOptions
     from data_prep.images import ImageOptions
 
     if args.max_side < 0:
-        raise _usage("--max-side must be >= 0")
+        raise cli.UsageError("--max-side must be >= 0")
     if not 1 <= args.jpeg_quality <= 100:
-        raise _usage("--jpeg-quality must be within 1..100")
+        raise cli.UsageError("--jpeg-quality must be within 1..100")
     if args.shard_mb <= 0:
-        raise _usage("--shard-mb must be > 0")
+        raise cli.UsageError("--shard-mb must be > 0")
     if args.workers < 0:
-        raise _usage("--workers must be >= 0")
+        raise cli.UsageError("--workers must be >= 0")
     cfg = ConvertConfig(
         format=args.format, input=args.input, out=args.out,
         format_options=FormatOptions(
@@ -238,47 +234,24 @@ def _run_inspect(argv: list[str]) -> int:
     args = inspect_parser().parse_args(argv)
     _setup_logging(args.log_level)
     from data_prep.inspect_dataset import inspect_dataset
-    try:
-        r = inspect_dataset(args.out, decode_images=args.decode_images)
-    except FileNotFoundError as e:
-        raise _usage(str(e)) from None
+    r = inspect_dataset(args.out, decode_images=args.decode_images)
     print("\n".join(r.lines))
     for p in r.problems:
         print(f"PROBLEM: {p}", file=sys.stderr)
     return 0 if r.ok else 1
 
 
-class _UsageExit(Exception):
-    pass
-
-
-def _usage(msg: str) -> _UsageExit:
-    return _UsageExit(msg)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0, 1 or 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> int:
         if argv and argv[0] == "inspect":
             return _run_inspect(argv[1:])
-        if argv and argv[0] == "convert":
-            argv = argv[1:]
-        return _run_convert(argv)
-    except SystemExit as e:                      # argparse: --help (0) or usage error (2)
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except _UsageExit as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as e:
-        from data_prep.errors import UserError
-        if isinstance(e, UserError):
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return 2
-        raise
+        return _run_convert(argv[1:] if argv and argv[0] == "convert" else argv)
+
+    from data_prep.errors import UserError
+    return cli.run(PROG, body, (UserError,))
 
 
 if __name__ == "__main__":

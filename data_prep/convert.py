@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from data_prep.errors import StrictError, UserError
-from data_prep.formats import FormatOptions, Manifest, read_manifest
+from data_prep.formats import read_manifest
+from data_prep.manifest import FormatOptions, Manifest
 from data_prep.images import ImageOptions
 from data_prep.local_runner import Progress, RunResult, run_local
 from data_prep.plan import Plan, make_plan

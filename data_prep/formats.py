@@ -1,4 +1,6 @@
-"""Readers of the source layouts: each turns its input into a :class:`Manifest`.
+"""Readers of the source layouts: each turns its input into a :class:`Manifest`
+(data_prep.manifest). To add a dataset format, write a reader here and register it in
+read_manifest (and data_prep.FORMATS); see docs/architecture.md.
 
 A manifest lists the cases (grouped images, labels, patient, source split) and the
 rows that cannot become part of one (bad label, conflict, duplicate) as skips. It
@@ -6,18 +8,17 @@ reads metadata and lists folders; it opens no image.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
-import math
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Iterable
 
-from data_prep.cases import UNLABELED, CaseSpec, ImageRef, Skip
+from data_prep.cases import UNLABELED, ImageRef, Skip
 from data_prep.errors import UserError
-from data_prep.images import IMAGE_EXTENSIONS
+from data_prep.manifest import (CaseGrouper, FormatOptions, Manifest, SourceFile, StemIndex,
+                                first_existing, missing_ref, parse_multi_value, read_csv,
+                                require_columns, sha256_file, walk_images)
+from tfmicle.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger(__name__)
 
@@ -29,222 +30,6 @@ CHEXPERT_CLASSES = [
     "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
     "Pneumothorax", "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices",
 ]
-# Preferred file when one image id has several files (e.g. ISIC 2020 jpeg/ and DICOM).
-_EXT_RANK = {e: i for i, e in enumerate((".jpg", ".jpeg", ".png", ".dcm", ".dicom",
-                                         ".tif", ".tiff", ".bmp"))}
-
-
-@dataclass
-class SourceFile:
-    path: str
-    sha256: str
-
-
-@dataclass
-class Manifest:
-    format: str
-    task: str                       # "multiclass" | "multilabel"
-    class_names: list[str]
-    cases: list[CaseSpec]
-    skipped: list[Skip] = field(default_factory=list)
-    sources: list[SourceFile] = field(default_factory=list)
-
-    @property
-    def num_images(self) -> int:
-        return sum(len(c.images) for c in self.cases)
-
-
-@dataclass
-class CsvColumns:
-    """Column names of the generic csv format (None: use the default if present)."""
-    image: str | None = None          # default "image"
-    case: str | None = None           # default "case_id"; absent: each image is a case
-    patient: str | None = None        # default "patient_id"
-    view: str | None = None           # default "view"
-    split: str | None = None          # default "split"
-    label: str | None = None          # default "label" (multi-class, class names as text)
-    labels: list[str] | None = None   # several columns: multi-label 1/0/-1/blank
-
-
-@dataclass
-class FormatOptions:
-    images: str | None = None               # csv: image root (default: the manifest's folder)
-    columns: CsvColumns = field(default_factory=CsvColumns)
-    class_names: list[str] | None = None    # csv/folders/isic2020-diagnosis: class order
-    case_regex: str | None = None           # folders
-    unlabeled_dirs: tuple[str, ...] = ("unlabeled",)   # folders
-    isic2020_label: str = "target"          # "target" | "diagnosis"
-    exclude: tuple[str, ...] = ()           # folders never walked (the output folder)
-
-
-# --------------------------------------------------------------------------- helpers
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-class _Semicolon(csv.excel):
-    delimiter = ";"
-
-
-def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV (comma; tab or semicolon when the header has more of those),
-    values stripped."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: file not found")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
-            f.seek(0)
-            delim = max(",\t;", key=first.count) if first else ","
-            dialect = {",": csv.excel, "\t": csv.excel_tab, ";": _Semicolon}[delim]
-            reader = csv.DictReader(f, dialect=dialect)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: not a readable CSV ({e})") from None
-    if not header:
-        raise UserError(f"{path}: empty CSV (no header)")
-    return header, rows
-
-
-def _require(path: str, header: list[str], cols: Iterable[str]) -> None:
-    missing = [c for c in cols if c not in header]
-    if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
-                        f"has {', '.join(header)}")
-
-
-def _first_existing(folder: str, names: Iterable[str]) -> str | None:
-    for n in names:
-        p = os.path.join(folder, n)
-        if os.path.isfile(p):
-            return p
-    return None
-
-
-def _is_image_file(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def _walk_images(root: str, exclude: Iterable[str] = ()) -> Iterable[str]:
-    """All image files under root (sorted, hidden entries and excluded folders skipped)."""
-    excl = {os.path.realpath(e) for e in exclude}
-    seen = {os.path.realpath(root)}             # symlinked folders are followed once
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        keep = []
-        for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if not d.startswith(".") and real not in excl and real not in seen:
-                seen.add(real)
-                keep.append(d)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            if _is_image_file(name):
-                yield os.path.join(dirpath, name)
-
-
-class StemIndex:
-    """Finds an image file by id (file name without extension) anywhere under a folder."""
-
-    def __init__(self, root: str, exclude: Iterable[str] = ()):
-        self.root = root
-        self._by_stem: dict[str, list[str]] = {}
-        for path in _walk_images(root, exclude):
-            stem, _ = os.path.splitext(os.path.basename(path))
-            self._by_stem.setdefault(stem, []).append(path)
-        self._used: set[str] = set()
-        log.info("found %d image files under %s", self.num_files, root)
-
-    @property
-    def num_files(self) -> int:
-        return sum(len(v) for v in self._by_stem.values())
-
-    def find(self, image_id: str) -> str | None:
-        stem, ext = os.path.splitext(image_id)
-        cands = self._by_stem.get(image_id) or (
-            self._by_stem.get(stem) if ext.lower() in _EXT_RANK else None)
-        if not cands:
-            return None
-        best = min(cands, key=lambda p: (_EXT_RANK.get(os.path.splitext(p)[1].lower(), 99), p))
-        self._used.add(image_id if image_id in self._by_stem else stem)
-        return best
-
-    def log_unused(self) -> None:
-        unused = sum(len(v) for k, v in self._by_stem.items() if k not in self._used)
-        if unused:
-            log.info("%d image files under %s are not listed in the metadata and are not "
-                     "part of the dataset", unused, self.root)
-
-
-class CaseGrouper:
-    """Groups rows into cases in source order; a row that contradicts its case (other
-    label, patient or source split) or repeats an image file is skipped with a reason."""
-
-    def __init__(self):
-        self.cases: dict[str, CaseSpec] = {}
-        self.skipped: list[Skip] = []
-        self._seen_paths: dict[str, str] = {}
-
-    def add(self, case_id: str, patient_id: str, image: ImageRef, where: str,
-            label_class: int = UNLABELED, label_multi: list[float] | None = None,
-            source_split: str | None = None) -> None:
-        key = os.path.normpath(os.path.abspath(image.path)) if image.path else "\0" + image.image_id
-        if key in self._seen_paths:
-            self.skipped.append(Skip(image.path or image.image_id,
-                                     f"duplicate: same image as {self._seen_paths[key]}",
-                                     image.image_id, case_id))
-            return
-        case = self.cases.get(case_id)
-        if case is None:
-            self.cases[case_id] = CaseSpec(case_id, patient_id or case_id, [image], label_class,
-                                           label_multi, source_split)
-            self._seen_paths[key] = where
-            return
-        problem = None
-        if (patient_id or case_id) != case.patient_id:
-            problem = f"patient {patient_id!r} differs from {case.patient_id!r}"
-        elif label_class != case.label_class or not _same_multi(label_multi, case.label_multi):
-            problem = "label differs from the case's earlier rows"
-        elif source_split != case.source_split:
-            problem = f"split {source_split!r} differs from {case.source_split!r}"
-        if problem:
-            self.skipped.append(Skip(image.path or image.image_id,
-                                     f"conflict: {where}: case {case_id!r}: {problem}",
-                                     image.image_id, case_id))
-            return
-        case.images.append(image)
-        self._seen_paths[key] = where
-
-    def result(self) -> tuple[list[CaseSpec], list[Skip]]:
-        return list(self.cases.values()), self.skipped
-
-
-def _same_multi(a: list[float] | None, b: list[float] | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return len(a) == len(b) and all(
-        (math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b))
-
-
-def parse_multi_value(text: str) -> float:
-    """CheXpert-style label cell: 1 positive, 0 negative, -1 uncertain, blank -> NaN."""
-    t = text.strip()
-    if t == "":
-        return math.nan
-    v = float(t)                       # ValueError for anything else
-    if v not in (1.0, 0.0, -1.0):
-        raise ValueError(t)
-    return v
-
-
-def _missing_ref(image_id: str, where: str, view: str = "") -> ImageRef:
-    return ImageRef("", image_id, view, missing=f"missing: no image file for {image_id!r} {where}")
 
 
 # --------------------------------------------------------------------------- formats
@@ -277,7 +62,7 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         if given is not None:
             if given == "":
                 return None
-            _require(path, header, [given])
+            require_columns(path, header, [given])
             return given
         if default in header:
             return default
@@ -293,7 +78,7 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
     split_col = pick(cols.split, "split")
     multi_cols = cols.labels
     if multi_cols:
-        _require(path, header, multi_cols)
+        require_columns(path, header, multi_cols)
         label_col = None
     else:
         label_col = pick(cols.label, "label")
@@ -301,9 +86,9 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         log.info("%s: no case column: each image is its own case", path)
 
     if multi_cols:
-        task, class_names = "multilabel", list(multi_cols)
+        task, class_names = MULTILABEL, list(multi_cols)
     else:
-        task = "multiclass"
+        task = MULTICLASS
         present = sorted({r[label_col] for r in rows if r.get(label_col)}) if label_col else []
         if opts.class_names:
             class_names = list(opts.class_names)
@@ -376,7 +161,7 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
     g = CaseGrouper()
     listing = hashlib.sha256()
     unmatched = 0
-    for path in _walk_images(root, opts.exclude):
+    for path in walk_images(root, opts.exclude):
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         listing.update(f"{rel}\t{os.path.getsize(path)}\n".encode())
         top = rel.split("/", 1)[0] if "/" in rel else ""
@@ -395,18 +180,18 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
         log.info("--case-regex matched no case in %d file names: those images are cases "
                  "of their own", unmatched)
     cases, skipped = g.result()
-    return Manifest("folders", "multiclass", class_names, cases, skipped,
+    return Manifest("folders", MULTICLASS, class_names, cases, skipped,
                     [SourceFile(os.path.abspath(root), listing.hexdigest())])
 
 
 def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
     """HAM10000_metadata.csv (lesion_id, image_id, dx, ...) + image folders; case = lesion."""
-    meta = _first_existing(folder, ["HAM10000_metadata.csv", "HAM10000_metadata.tab",
+    meta = first_existing(folder, ["HAM10000_metadata.csv", "HAM10000_metadata.tab",
                                     "HAM10000_metadata"]) if os.path.isdir(folder) else None
     if meta is None:
         raise UserError(f"--input {folder}: no HAM10000_metadata.csv in this folder")
     header, rows = read_csv(meta)
-    _require(meta, header, ["lesion_id", "image_id", "dx"])
+    require_columns(meta, header, ["lesion_id", "image_id", "dx"])
     index = {c: i for i, c in enumerate(HAM10000_CLASSES)}
     files = StemIndex(folder, opts.exclude)
     g = CaseGrouper()
@@ -419,11 +204,11 @@ def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
                                             f"{', '.join(HAM10000_CLASSES)}", image_id, lesion))
             continue
         path = files.find(image_id)
-        ref = ImageRef(path, image_id) if path else _missing_ref(image_id, f"under {folder}")
+        ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
         g.add(lesion, lesion, ref, where, index[r["dx"]])
     files.log_unused()
     cases, skipped = g.result()
-    return Manifest("ham10000", "multiclass", list(HAM10000_CLASSES), cases, skipped,
+    return Manifest("ham10000", MULTICLASS, list(HAM10000_CLASSES), cases, skipped,
                     [SourceFile(os.path.abspath(meta), sha256_file(meta))])
 
 
@@ -432,18 +217,18 @@ def read_isic2019(folder: str, opts: FormatOptions) -> Manifest:
     (lesion_id; empty: the image is its own case)."""
     if not os.path.isdir(folder):
         raise UserError(f"--input {folder}: not a folder")
-    gt = _first_existing(folder, ["ISIC_2019_Training_GroundTruth.csv"])
+    gt = first_existing(folder, ["ISIC_2019_Training_GroundTruth.csv"])
     if gt is None:
         raise UserError(f"--input {folder}: no ISIC_2019_Training_GroundTruth.csv in this folder")
     header, rows = read_csv(gt)
-    _require(gt, header, ["image"] + ISIC2019_CLASSES[:-1])
+    require_columns(gt, header, ["image"] + ISIC2019_CLASSES[:-1])
     classes = [c for c in ISIC2019_CLASSES if c in header]
     sources = [SourceFile(os.path.abspath(gt), sha256_file(gt))]
     lesions: dict[str, str] = {}
-    meta = _first_existing(folder, ["ISIC_2019_Training_Metadata.csv"])
+    meta = first_existing(folder, ["ISIC_2019_Training_Metadata.csv"])
     if meta:
         mh, mrows = read_csv(meta)
-        _require(meta, mh, ["image", "lesion_id"])
+        require_columns(meta, mh, ["image", "lesion_id"])
         lesions = {r["image"]: r["lesion_id"] for r in mrows}
         sources.append(SourceFile(os.path.abspath(meta), sha256_file(meta)))
     else:
@@ -465,11 +250,11 @@ def read_isic2019(folder: str, opts: FormatOptions) -> Manifest:
                                             f"{', '.join(classes)}", image_id, case_id))
             continue
         path = files.find(image_id)
-        ref = ImageRef(path, image_id) if path else _missing_ref(image_id, f"under {folder}")
+        ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
         g.add(case_id, case_id, ref, where, hot[0])
     files.log_unused()
     cases, skipped = g.result()
-    return Manifest("isic2019", "multiclass", classes, cases, skipped, sources)
+    return Manifest("isic2019", MULTICLASS, classes, cases, skipped, sources)
 
 
 def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
@@ -481,7 +266,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
     """
     if not os.path.isdir(folder):
         raise UserError(f"--input {folder}: not a folder")
-    meta = _first_existing(folder, ["train.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
+    meta = first_existing(folder, ["train.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
                                     "ISIC_2020_Training_GroundTruth.csv"])
     if meta is None:
         raise UserError(f"--input {folder}: no train.csv (or ISIC_2020_Training_GroundTruth.csv)")
@@ -489,7 +274,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
     if opts.isic2020_label not in ("target", "diagnosis"):
         raise UserError(f"--isic2020-label {opts.isic2020_label!r}: use target or diagnosis")
     label_col = opts.isic2020_label
-    _require(meta, header, ["image_name", "patient_id", label_col])
+    require_columns(meta, header, ["image_name", "patient_id", label_col])
     if label_col == "target":
         classes = list(ISIC2020_TARGET_CLASSES)
         to_index = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
@@ -509,7 +294,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
             continue
         label = to_index[r[label_col]]
         path = files.find(image_id)
-        ref = ImageRef(path, image_id) if path else _missing_ref(image_id, f"under {folder}")
+        ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
         labelled.append((patient, where, label, ref))
         per_patient.setdefault(patient, set()).add(label)
     g = CaseGrouper()
@@ -526,7 +311,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
                  mixed)
     files.log_unused()
     cases, skipped = g.result()
-    return Manifest("isic2020", "multiclass", classes, cases, skipped,
+    return Manifest("isic2020", MULTICLASS, classes, cases, skipped,
                     [SourceFile(os.path.abspath(meta), sha256_file(meta))])
 
 
@@ -545,7 +330,7 @@ def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
     for name, split in csvs:
         path = os.path.join(folder, name)
         header, rows = read_csv(path)
-        _require(path, header, ["Path"] + CHEXPERT_CLASSES)
+        require_columns(path, header, ["Path"] + CHEXPERT_CLASSES)
         sources.append(SourceFile(os.path.abspath(path), sha256_file(path)))
         for n, r in enumerate(rows, start=2):
             where = f"{name} line {n}"
@@ -572,4 +357,4 @@ def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
             g.add(case_id, patient, ImageRef(full, rel, view), where,
                   UNLABELED, labels, split)
     cases, skipped = g.result()
-    return Manifest("chexpert", "multilabel", list(CHEXPERT_CLASSES), cases, skipped, sources)
+    return Manifest("chexpert", MULTILABEL, list(CHEXPERT_CLASSES), cases, skipped, sources)

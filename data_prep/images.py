@@ -18,8 +18,16 @@ from PIL import Image
 
 # Decompression-bomb guard stays on (PIL's default), but as an error, not a warning.
 Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff")
+# The image types data_prep prepares and tfmicle.score scores (one list for both).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
+
+
+def is_image_file(name: str) -> bool:
+    """A file data_prep reads as an image (and tfmicle.score scores): by extension, no
+    hidden files."""
+    base = os.path.basename(name)
+    return base.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith(".")
 
 
 class ImageError(Exception):

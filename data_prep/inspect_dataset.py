@@ -8,6 +8,8 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tfmicle.tasks import MULTICLASS
+
 log = logging.getLogger(__name__)
 
 
@@ -82,7 +84,7 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
                        f"patients, {len(s.get('shards', []))} shard(s); unlabeled cases "
                        f"{s.get('unlabeled_cases', 0)}")
         lc = s.get("label_counts", {})
-        if info.get("task") == "multiclass":
+        if info.get("task") == MULTICLASS:
             r.lines.append("    labels: " + ", ".join(f"{k} {v}" for k, v in lc.items()))
         else:
             r.lines.append("    positives: " + ", ".join(f"{k} {v.get('positive', 0)}"

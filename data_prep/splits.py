@@ -13,6 +13,7 @@ import numpy as np
 
 from data_prep.cases import CaseSpec
 from data_prep.errors import UserError
+from tfmicle.tasks import MULTICLASS
 
 UNLABELED_SPLIT = "unlabeled"
 DEFAULT_SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -105,7 +106,7 @@ def label_subsets(case_ids: Sequence[str], label_class: Sequence[int],
     """
     fractions = validate_label_fractions(fractions)
     n = len(case_ids)
-    if task == "multiclass":
+    if task == MULTICLASS:
         by_class: dict[int, list[str]] = {}
         for cid, lc in zip(case_ids, label_class):
             if lc >= 0:

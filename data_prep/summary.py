@@ -10,6 +10,7 @@ from typing import Sequence
 from data_prep.cases import SKIPPED_COLUMNS, Skip
 from data_prep.local_runner import CaseSummary
 from data_prep.splits import label_subsets
+from tfmicle.tasks import MULTICLASS
 
 
 def split_stats(cases: Sequence[CaseSummary], task: str, class_names: list[str]) -> dict:
@@ -21,7 +22,7 @@ def split_stats(cases: Sequence[CaseSummary], task: str, class_names: list[str])
         "patients": len({c.patient_id for c in cases}),
         "images_per_case": {str(k): per_case[k] for k in sorted(per_case)},
     }
-    if task == "multiclass":
+    if task == MULTICLASS:
         counts = Counter(c.label_class for c in cases)
         stats["label_counts"] = {name: counts.get(i, 0) for i, name in enumerate(class_names)}
         stats["unlabeled_cases"] = sum(v for k, v in counts.items() if k < 0)

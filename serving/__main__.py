@@ -1,33 +1,25 @@
-"""`python -m serving --model-base-path MODELS/<name>`: serve the highest version over HTTP."""
+"""`python -m serving --model-base-path MODELS/<name>`: serve the highest version over HTTP.
+Usage errors go through tfmicle.cli like every CLI of the project (one line, exit 2).
+Map: docs/architecture.md."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
 import sys
 from pathlib import Path
 
-from .config import API_KEY_ENV, CONFIG_ENV, ServingConfig
+from tfmicle import cli
+
+from .config import API_KEY_ENV, CONFIG_ENV, ServingConfig, setup_logging
 
 log = logging.getLogger("serving")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(2)
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(f"serving: error: {message}\n")
-    raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.ArgumentParser:
     d = ServingConfig(model_base_path="x")
-    p = _Parser(
+    p = cli.ArgumentParser(
         prog="python -m serving",
         description="Serve a TF-Serving-style model repository (MODELS/<name>/<version>/saved_model.pb) over HTTP: "
         "POST /classify, TF Serving REST (/v1), Open Inference Protocol v2 (/v2), GET /metrics, /docs.",
@@ -59,13 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -74,13 +59,19 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+        raise cli.UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .repository import NoModelError
+
+    return cli.run("serving", lambda: serve(args), (NoModelError,))
+
+
+def serve(args) -> int:
     api_key = args.api_key if args.api_key is not None else (os.environ.get(API_KEY_ENV) or None)
     config = ServingConfig(
         model_base_path=args.model_base_path, model_name=args.model_name or "", host=args.host, port=args.port,
@@ -92,14 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config.validate()
     except ValueError as e:
-        _fail(str(e))
+        raise cli.UsageError(str(e)) from None
     base = Path(config.model_base_path)
     if not base.is_dir():
-        _fail(f"--model-base-path {base} is not a folder")
-    from .repository import list_versions
+        raise cli.UsageError(f"--model-base-path {base} is not a folder")
+    from tfmicle.model_format import list_versions
 
     if not list_versions(base):
-        _fail(f"--model-base-path {base} has no integer version folders (expected e.g. {base / '1'})")
+        raise cli.UsageError(f"--model-base-path {base} has no integer version folders (expected e.g. {base / '1'})")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's INFO banner out of the log
     setup_logging(config.log_level)
@@ -107,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if config.workers > 1:
         if config.port == 0:
-            _fail("--port 0 needs --workers 1 (the workers must share a known port)")
+            raise cli.UsageError("--port 0 needs --workers 1 (the workers must share a known port)")
         os.environ[CONFIG_ENV] = config.to_json()
         log.info("starting %d workers on http://%s:%d", config.workers, config.host, config.port)
         uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
@@ -116,13 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 
     sock = _listen(config.host, config.port)
     from .app import create_app
-    from .repository import NoModelError
 
     try:
         app = create_app(config)
-    except NoModelError as e:
+    except BaseException:
         sock.close()
-        _fail(str(e))
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     # Printed whatever the log level: scripts (and the tests) read the port from it.

@@ -65,3 +65,13 @@ class ServingConfig:
     @classmethod
     def from_json(cls, text: str) -> "ServingConfig":
         return cls(**json.loads(text))
+
+
+def setup_logging(level: str) -> None:
+    """The server's log format, for the CLI and for each --workers process."""
+    import logging
+
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

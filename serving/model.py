@@ -4,12 +4,13 @@ Contract: ``serving_default`` takes ONE 1-D ``tf.string`` tensor of encoded
 images and returns a dict holding ``probabilities`` float [batch, K] (other
 outputs, e.g. ``embedding``, are ignored) or, failing that, exactly one float
 [batch, K] output under any name. Class names come from
-``<version>/assets/labels.txt`` when present, else "0".."K-1".
+``<version>/assets/labels.txt`` when present, else "0".."K-1". File names, the
+labels reader and the probe images are tfmicle.model_format's (no TensorFlow, no
+training code). Map: docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,11 +19,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tfmicle.model_format import (LABELS_FILE, PROBABILITIES_OUTPUT, SIGNATURE, has_saved_model,
+                                  probe_images, read_labels)
+
 log = logging.getLogger(__name__)
 
-SIGNATURE = "serving_default"
-PREFERRED_OUTPUT = "probabilities"
-LABELS_FILE = Path("assets") / "labels.txt"
+PREFERRED_OUTPUT = PROBABILITIES_OUTPUT
 
 
 class ModelLoadError(Exception):
@@ -70,34 +72,12 @@ def _tensor_info(name: str, spec: Any) -> TensorInfo:
     return TensorInfo(name=name, dtype=spec.dtype.name, shape=shape)
 
 
-def read_labels(version_dir: Path) -> list[str] | None:
-    path = version_dir / LABELS_FILE
-    if not path.is_file():
-        return None
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    while lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
-def probe_images() -> list[bytes]:
-    """A tiny PNG and a tiny JPEG: the smoke test every new version must pass."""
-    from PIL import Image
-
-    out = []
-    for fmt, colour in (("PNG", (200, 30, 60)), ("JPEG", (20, 120, 220))):
-        buf = io.BytesIO()
-        Image.new("RGB", (16, 16), colour).save(buf, format=fmt)
-        out.append(buf.getvalue())
-    return out
-
-
 def load_version(version_dir: Path, name: str, version: int) -> ServedModel:
     """Load, check the contract, run the smoke test. Raises ModelLoadError."""
     import tensorflow as tf
 
     version_dir = Path(version_dir)
-    if not ((version_dir / "saved_model.pb").is_file() or (version_dir / "saved_model.pbtxt").is_file()):
+    if not has_saved_model(version_dir):
         raise ModelLoadError(f"{version_dir} has no saved_model.pb")
     started = time.perf_counter()
     try:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tfmicle.model_format import list_versions
+
 from .model import ModelLoadError, ServedModel, load_version
 
 log = logging.getLogger(__name__)
@@ -33,19 +35,6 @@ class VersionState:
     version: int
     state: str  # AVAILABLE | END (TF Serving's names)
     error: str = ""
-
-
-def list_versions(base: Path) -> list[int]:
-    """Integer-named sub-folders, highest first (hidden and temp folders ignored)."""
-    try:
-        entries = list(os.scandir(base))
-    except OSError:
-        return []
-    out = []
-    for e in entries:
-        if e.name.isdigit() and e.is_dir():
-            out.append(int(e.name))
-    return sorted(set(out), reverse=True)
 
 
 def fingerprint(folder: Path) -> Fingerprint:

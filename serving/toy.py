@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from tfmicle.model_format import write_labels
+
 
 def _decode(size: int, method: str):
     import tensorflow as tf
@@ -37,8 +39,7 @@ def _decode(size: int, method: str):
 
 def _write_labels(export_dir: Path, labels: Sequence[str] | None) -> None:
     if labels is not None:
-        (export_dir / "assets").mkdir(parents=True, exist_ok=True)
-        (export_dir / "assets" / "labels.txt").write_text("".join(f"{x}\n" for x in labels), encoding="utf-8")
+        write_labels(export_dir, labels)
 
 
 def save_mean_colour_model(

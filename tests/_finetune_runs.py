@@ -84,7 +84,7 @@ def pretrained(root) -> str:
     """A 2-step MICLe pretraining run (the foundation's pretrain()) on the multiclass
     records; returns its model dir."""
     def make():
-        from tfmicle.pretrain import pretrain
+        from tfmicle.train.pretrain import pretrain
         d = multiclass_records(root)
         model_dir = os.path.join(str(root), "pretrain")
         cfg = load_config(TINY, [f"data.dir={d}", f"model_dir={model_dir}", "train.batch_size=8",
@@ -115,7 +115,7 @@ def finetuned(root) -> dict:
     """Full fine-tuning (fine_tune_after_block -1) from the pretraining checkpoint, 4 steps,
     validation every 2: {"result", "snapshot", "model_dir", "pretrain_dir", "data"}."""
     def make():
-        from tfmicle.finetune import finetune
+        from tfmicle.train.finetune import finetune
         pre = pretrained(root)
         data = multiclass_records(root)
         cfg = finetune_cfg(root, "ft_full", [
@@ -133,7 +133,7 @@ def finetuned_multilabel(root) -> dict:
     """Multi-label fine-tuning from scratch on the 50 % subset with U-Ones; lr 0 so the
     validation metric never improves and early stopping (patience 1) stops at step 4."""
     def make():
-        from tfmicle.finetune import finetune
+        from tfmicle.train.finetune import finetune
         data = multilabel_records(root)
         cfg = finetune_cfg(root, "ft_ml", [
             "finetune.init=scratch", "data.label_fraction=0.5", "train.train_steps=10",

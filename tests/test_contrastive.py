@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfmicle import runner
+from tfmicle.train import runner
 from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import ResNetSpec, build_resnet

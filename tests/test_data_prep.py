@@ -3,6 +3,10 @@ CSV the test wrote; skipped.csv accounting; --strict; --overwrite; inspect; the 
 
 Fixtures follow the published layouts (file names, headers, value formats) with tiny
 generated 32 px images.
+
+Over 400 lines on purpose: one fixture kit (image, DICOM and CSV writers, read-back
+and skipped.csv accounting checks) serves one test per source layout and the CLI
+tests; split per layout, each file would need the whole kit.
 """
 from __future__ import annotations
 
@@ -374,7 +378,7 @@ def test_csv_multilabel_columns_and_unlabeled(tmp_path):
         labs = [vals[(i + k) % 4] for k in range(3)] if i < 8 else ["", "", ""]
         rows.append([f"{i}.jpg", f"s{i}", f"p{i}"] + labs)
     write_csv(root / "m.csv", ["file", "study", "pid", "effusion", "edema", "mass"], rows)
-    from data_prep.formats import CsvColumns
+    from data_prep.manifest import CsvColumns
     cols = CsvColumns(image="file", case="study", patient="pid",
                       labels=["effusion", "edema", "mass"])
     info = run("csv", root / "m.csv", tmp_path / "out",

@@ -37,7 +37,7 @@ if BEAM_PYTHON is None:
                 "TFMICLE_BEAM_PYTHON", allow_module_level=True)
 
 from data_prep.convert import ConvertConfig, convert        # noqa: E402
-from data_prep.formats import CsvColumns, FormatOptions     # noqa: E402
+from data_prep.manifest import CsvColumns, FormatOptions    # noqa: E402
 from tfmicle.data import records                             # noqa: E402
 
 

@@ -13,9 +13,10 @@ import tensorflow as tf
 
 import _finetune_runs as runs
 from tfmicle import export as ex
+from tfmicle import model_format as mf
 from tfmicle.config import config_hash, load_config
 from tfmicle.data.augment import decode_image, preprocess_eval
-from tfmicle.finetune import load_classifier
+from tfmicle.rundir import load_classifier
 
 pytestmark = pytest.mark.slow  # every test here needs a fine-tuned run
 
@@ -105,7 +106,7 @@ def test_cli_export_next_version_and_saved_model_cli(root, capsys):
     rc = ex.main(["--model-dir", run["model_dir"], "--out", str(base), "--checkpoint", "latest",
                   "--no-verify"])
     assert rc == 0 and capsys.readouterr().out.strip().splitlines()[-1] == str(base / "4")
-    assert ex.next_version(str(base)) == 5
+    assert mf.next_version(str(base)) == 5
     assert not [n for n in os.listdir(base) if n.startswith(".tmp")]
     meta = json.load(open(base / "4" / "assets" / "metadata.json"))
     lines = [json.loads(x) for x in open(os.path.join(run["model_dir"], "validation.jsonl"))]

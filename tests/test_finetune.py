@@ -12,11 +12,12 @@ import tensorflow as tf
 
 import _finetune_runs as runs
 from tfmicle.config import ConfigError, load_config
-from tfmicle.finetune import finetune, load_classifier
-from tfmicle.models.classifier import (build_classifier, multiclass_loss, multilabel_loss,
-                                       task_loss)
+from tfmicle.train.finetune import finetune
+from tfmicle.rundir import load_classifier
+from tfmicle.models.classifier import build_classifier
+from tfmicle.tasks import multiclass_loss, multilabel_loss, task_loss
 from tfmicle.models.resnet import ResNetSpec, stage_of
-from tfmicle.pretrain import build_contrastive_model
+from tfmicle.train.pretrain import build_contrastive_model
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 
 import _finetune_runs as runs
-from tfmicle.finetune import finetune, load_classifier
+from tfmicle.train.finetune import finetune
+from tfmicle.rundir import load_classifier
 from tfmicle.models.classifier import (IMAGENET_ENCODER, build_imagenet_encoder,
                                        freeze_encoder)
 

@@ -14,6 +14,8 @@ from sklearn import metrics as skm
 import _finetune_runs as runs
 from conftest import png_bytes
 from tfmicle import score as sc
+from tfmicle.score import cli as score_cli
+from tfmicle.score import report as score_report
 from tfmicle.data import records
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -215,8 +217,49 @@ def test_model_without_scoring_function_goes_through_serving_default(tmp_path):
     assert model_dir.name == "1"
 
 
+def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
+    """score accepts what data_prep accepts: .dcm (and .tif) files go through
+    data_prep's reader. Pixel values span 0..255, so data_prep's 8-bit scaling is the
+    identity and the numpy reference needs no tfmicle code."""
+    from PIL import Image
+    from serving.toy import expected_mean_colour, save_mean_colour_model
+    from test_data_prep_images import _dicom
+    rng = np.random.default_rng(3)
+    w, b = rng.normal(0, 3, (3, 4)), rng.normal(0, 0.5, 4)
+    save_mean_colour_model(tmp_path / "toy" / "1", w, b, ["r", "g", "b", "k"], size=8)
+    pics = tmp_path / "dicoms"
+    grays = []
+    for i, cls in enumerate(("r", "r", "k")):
+        g = rng.integers(0, 256, (16, 24)).astype(np.uint16)
+        g[0, 0], g[0, 1] = 0, 255
+        (pics / cls).mkdir(parents=True, exist_ok=True)
+        _dicom(pics / cls / f"{i}.dcm", g)
+        grays.append(np.repeat(g[..., None], 3, axis=-1).astype(np.uint8))
+    colour = rng.integers(0, 256, (16, 24, 3)).astype(np.uint8)
+    Image.fromarray(colour, "RGB").save(pics / "k" / "colour.tif")
+    (pics / "k" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
+    out = tmp_path / "out"
+    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), batch_size=2, replicates=10)
+    run = result["runs"][0]
+    assert run["scored"] == 4 and run["skipped"] == 1
+    img = {r["image_id"]: r for r in read_csv(out / "predictions_images.csv")}
+    assert sorted(img) == ["k/2.dcm", "k/colour.tif", "r/0.dcm", "r/1.dcm"]
+    assert [img[k]["label"] for k in sorted(img)] == ["k", "k", "r", "r"]
+    order = ["r/0.dcm", "r/1.dcm", "k/2.dcm", "k/colour.tif"]
+    got = probs_of([img[k] for k in order], ["r", "g", "b", "k"])
+    want = np.stack([expected_mean_colour(a, w, b) for a in grays + [colour]])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    skipped = read_csv(out / "skipped.csv")
+    assert [s["image_id"] for s in skipped] == ["k/broken.dcm"]
+    from data_prep.images import ImageError, load_image
+    with pytest.raises(ImageError) as why:  # the reason data_prep's skipped.csv would give
+        load_image(str(pics / "k" / "broken.dcm"))
+    assert skipped[0]["reason"] == str(why.value) and "DICOM" in skipped[0]["reason"]
+    assert json.load(open(out / "metrics.json"))["num_images"] == 4
+
+
 def test_parquet_needs_pyarrow_or_writes_it(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sc, "parquet_available", lambda: False)
+    monkeypatch.setattr(score_cli, "parquet_available", lambda: False)
     rc = sc.main(["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path),
                   "--format", "parquet"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -225,8 +268,8 @@ def test_parquet_needs_pyarrow_or_writes_it(tmp_path, capsys, monkeypatch):
 
 def test_write_table_parquet_round_trip(tmp_path):
     pq = pytest.importorskip("pyarrow.parquet")
-    path = sc.write_table(str(tmp_path / "t"), ["case_id", "num_images", "prob_a"],
-                          [["c1", 2, "0.25"], ["c2", 1, "0.5"]], "parquet")
+    path = score_report.write_table(str(tmp_path / "t"), ["case_id", "num_images", "prob_a"],
+                                    [["c1", 2, "0.25"], ["c2", 1, "0.5"]], "parquet")
     t = pq.read_table(path).to_pydict()
     assert t == {"case_id": ["c1", "c2"], "num_images": [2, 1], "prob_a": [0.25, 0.5]}
 

@@ -267,16 +267,37 @@ def test_bad_input_gets_a_json_4xx(client, case):
     assert_error(send(client), status, words)
 
 
-def test_clients_that_hang_up_mid_body_are_not_server_errors(server):
+def _posts_by_status(client) -> dict[str, float]:
+    """{status: count} of the POST requests the server has finished, from /metrics."""
+    found: dict[str, float] = {}
+    for status, n in re.findall(r'serving_requests_total\{method="POST",route="[^"]*",status="(\d+)"\} ([0-9.e+]+)',
+                                client.get("/metrics").text):
+        found[status] = found.get(status, 0.0) + float(n)
+    return found
+
+
+def test_clients_that_hang_up_mid_body_are_not_server_errors(server, client):
     import socket
+    import time
     from urllib.parse import urlsplit
 
+    before = sum(_posts_by_status(client).values())
     u = urlsplit(server.url)
     for path, ctype in (("/classify", "application/json"), ("/classify", "multipart/form-data; boundary=xyz"),
                         ("/v1/models/colours:predict", "application/json")):
         with socket.create_connection((u.hostname, u.port)) as s:
             s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
                       f"Content-Type: {ctype}\r\nContent-Length: 5000\r\n\r\n".encode() + b'{"images": ["')
+    deadline = time.monotonic() + 30
+    while sum((after := _posts_by_status(client)).values()) < before + 3:  # the server saw all three end
+        assert time.monotonic() < deadline, after
+        time.sleep(0.05)
+    assert not [status for status in after if status.startswith("5")], after
+    assert "Traceback" not in server.log_text()
+    pixels = picture(321)
+    r = client.post("/classify", files={"files": ("ok.png", encode(pixels))}, params={"top_k": 4})
+    assert r.status_code == 200  # and it still serves
+    np.testing.assert_allclose(scores_by_label(r.json()["images"][0]["top"]), expected(pixels), atol=1e-5)
 
 
 def test_server_still_serves_after_bad_input_and_never_answered_5xx(client):

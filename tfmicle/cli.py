@@ -1,5 +1,8 @@
-"""What every tfmicle CLI shares: one-line usage errors (exit 2), quiet TensorFlow
-start-up and logging set-up. Kept free of TensorFlow imports so --help is instant."""
+"""What every CLI of the project shares (tfmicle.train, .export, .score, .demo,
+``python -m data_prep`` and ``python -m serving``): one-line usage errors (exit 2, no
+traceback for expected mistakes), quiet TensorFlow start-up and logging set-up.
+Imports nothing but the standard library, so --help is instant and data_prep's worker
+processes and the server can use it. Map: docs/architecture.md."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +22,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line on stderr and exits 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         raise SystemExit(USAGE_EXIT)
 
 
@@ -40,9 +43,14 @@ def setup_logging(verbose: bool = False) -> None:
 def run(prog: str, body: Callable[[], int | None],
         user_errors: Sequence[type[BaseException]] = ()) -> int:
     """Runs a CLI body; expected mistakes (UsageError, FileNotFoundError and the given
-    types) print one line `prog: error: ...` and return 2, without a traceback."""
+    types) print one line `prog: error: ...` and return 2, without a traceback. A
+    parser run inside the body exits through here too: --help returns 0, a bad flag 2."""
     try:
         return int(body() or 0)
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return int(e.code or 0)
+        raise
     except (UsageError, FileNotFoundError, *user_errors) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         sys.stderr.write(f"{prog}: error: {msg}\n")

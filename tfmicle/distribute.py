@@ -5,9 +5,11 @@ import logging
 
 import tensorflow as tf
 
+from tfmicle.config import CHOICES
+
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
+STRATEGIES = CHOICES["distribute.strategy"]  # the config owns the names
 
 
 class StrategyError(RuntimeError):

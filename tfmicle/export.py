@@ -3,11 +3,11 @@ TensorFlow Serving, ``python -m serving`` and ``tfmicle.score`` load unchanged.
 
     python -m tfmicle.export --model-dir RUN --out MODELS/<name>[/<version>]
 
-Layout (TF Serving's model repository): ``MODELS/<name>/<version>/`` with
-saved_model.pb, variables/, assets/labels.txt (class names, one per line, index order)
-and assets/metadata.json. Without a version, the next free integer is used. The
-version folder is written under a temporary name and renamed into place, so a server
-polling the repository never sees half a model.
+Layout (TF Serving's model repository, written through tfmicle.model_format):
+``MODELS/<name>/<version>/`` with saved_model.pb, variables/, assets/labels.txt (class
+names, one per line, index order) and assets/metadata.json. Without a version, the next
+free integer is used. The version folder is written under a temporary name and renamed
+into place, so a server polling the repository never sees half a model.
 
 Signatures:
 - ``serving_default``: ``images`` 1-D tf.string (encoded JPEG / PNG / BMP / GIF) ->
@@ -19,11 +19,11 @@ Signatures:
   exactly what ``serving_default`` gives for the encoded image.
 The module also keeps ``predict_preprocessed(pixels [batch, S, S, 3])`` (no
 preprocessing; not a signature) for batch scoring that preprocesses in tf.data.
+Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import re
@@ -32,22 +32,9 @@ import sys
 import tempfile
 
 from tfmicle import cli
+from tfmicle import model_format as mf
 
 log = logging.getLogger("tfmicle.export")
-
-LABELS_FILE = os.path.join("assets", "labels.txt")
-METADATA_FILE = os.path.join("assets", "metadata.json")
-FORMAT = "tfmicle-classifier"
-FORMAT_VERSION = 1
-
-
-def next_version(base: str) -> int:
-    """1 + the highest integer-named folder in base (1 when none)."""
-    if not os.path.isdir(base):
-        return 1
-    versions = [int(n) for n in os.listdir(base)
-                if n.isdigit() and os.path.isdir(os.path.join(base, n))]
-    return max(versions, default=0) + 1
 
 
 def resolve_out(out: str) -> tuple[str, int]:
@@ -65,7 +52,7 @@ def resolve_out(out: str) -> tuple[str, int]:
         return base, version
     if os.path.isfile(out):
         raise cli.UsageError(f"{out} is a file, not a model folder")
-    return out, next_version(out)
+    return out, mf.next_version(out)
 
 
 def build_module(model, task: str, image_size: int):
@@ -73,7 +60,7 @@ def build_module(model, task: str, image_size: int):
     import tensorflow as tf
 
     from tfmicle.data.augment import center_crop_resize, preprocess_eval
-    from tfmicle.models.classifier import probabilities
+    from tfmicle.tasks import probabilities
 
     size = int(image_size)
     pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
@@ -85,10 +72,10 @@ def build_module(model, task: str, image_size: int):
 
         def _outputs(self, pixels):
             feats, logits = self.model.features_and_logits(pixels, training=False)
-            return {"probabilities": tf.cast(probabilities(task, logits), tf.float32),
-                    "embedding": tf.cast(feats, tf.float32)}
+            return {mf.PROBABILITIES_OUTPUT: tf.cast(probabilities(task, logits), tf.float32),
+                    mf.EMBEDDING_OUTPUT: tf.cast(feats, tf.float32)}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=mf.IMAGES_INPUT)])
         def serve_images(self, images):
             pixels = tf.map_fn(lambda s: preprocess_eval(s, size), images,
                                fn_output_signature=pixel_spec)
@@ -116,10 +103,10 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
 
     import tfmicle
     from tfmicle.config import config_hash, to_dict
-    from tfmicle.data.augment import preprocess_eval
-    from tfmicle.finetune import (BEST_JSON, _read_json, load_classifier, resolve_checkpoint,
-                                  validation_for_step)
-    from tfmicle.models.classifier import probabilities
+    from tfmicle.data.augment import CROP_PROPORTION, preprocess_eval
+    from tfmicle.rundir import (BEST_JSON, load_classifier, read_json, resolve_checkpoint,
+                                validation_for_step)
+    from tfmicle.tasks import probabilities
 
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model dir {model_dir} not found")
@@ -130,7 +117,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     size = cfg.data.image_size
     m = re.search(r"ckpt-(\d+)$", prefix)
     step = int(m.group(1)) if m else None
-    best = _read_json(os.path.join(model_dir, BEST_JSON)) or {}
+    best = read_json(os.path.join(model_dir, BEST_JSON)) or {}
     if kind == "best":
         step = best.get("step")
         validation = best.get("metrics")
@@ -139,9 +126,9 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
         validation = {k: v for k, v in row.items() if k != "step"} if row else None
     module = build_module(model, task, size)
     metadata = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
         "task": task, "class_names": class_names, "num_classes": len(class_names),
-        "image_size": size, "crop_proportion": 0.875, "embedding_dim":
+        "image_size": size, "crop_proportion": CROP_PROPORTION, "embedding_dim":
             int(model.encoder.output_shape[-1]),
         "encoder": info.get("encoder", "resnet"),
         "config_hash": config_hash(cfg), "config": to_dict(cfg),
@@ -166,20 +153,17 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     tmp = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=base)
     try:
         tf.saved_model.save(module, tmp, signatures={
-            "serving_default": module.serve_images,
-            "serving_pixels": module.serve_pixels})
-        os.makedirs(os.path.join(tmp, "assets"), exist_ok=True)
-        with open(os.path.join(tmp, LABELS_FILE), "w", encoding="utf-8") as f:
-            f.write("".join(f"{c}\n" for c in class_names))
-        with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2)
+            mf.SIGNATURE: module.serve_images,
+            mf.PIXELS_SIGNATURE: module.serve_pixels})
+        mf.write_labels(tmp, class_names)
+        mf.write_metadata(tmp, metadata)
         if verify:
-            probes = _probe_images()
+            probes = mf.probe_images()
             loaded = tf.saved_model.load(tmp)
-            got = loaded.signatures["serving_default"](images=tf.constant(probes))
+            got = loaded.signatures[mf.SIGNATURE](**{mf.IMAGES_INPUT: tf.constant(probes)})
             pixels = tf.stack([preprocess_eval(tf.constant(p), size) for p in probes])
             want = probabilities(task, model(pixels, training=False)).numpy()
-            err = float(np.max(np.abs(got["probabilities"].numpy() - want)))
+            err = float(np.max(np.abs(got[mf.PROBABILITIES_OUTPUT].numpy() - want)))
             if not err <= 1e-4:
                 raise RuntimeError(f"exported model disagrees with the Keras model "
                                    f"(max |diff| {err:.2e}); not published")
@@ -193,15 +177,6 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     log.info("exported %s (%s checkpoint %s, step %s) to %s", model_dir, kind, prefix, step,
              final)
     return {"path": final, "version": version, "metadata": metadata}
-
-
-def _probe_images() -> list[bytes]:
-    """A small PNG and JPEG (the serving smoke-test shapes) for the export check."""
-    import numpy as np
-    import tensorflow as tf
-    rng = np.random.default_rng(0)
-    a = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
-    return [tf.io.encode_png(a).numpy(), tf.io.encode_jpeg(a).numpy()]
 
 
 def build_parser() -> cli.ArgumentParser:

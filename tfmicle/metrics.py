@@ -20,8 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-MULTICLASS = "multiclass"
-MULTILABEL = "multilabel"
+from tfmicle.tasks import MULTICLASS
 
 
 # --------------------------------------------------------------------------- binary

@@ -133,11 +133,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(name: str, learning_rate, momentum: float = 0.9, weight_decay: float = 0.0,
-                   ) -> keras.optimizers.Optimizer:
-    """lars | momentum | sgd | adam. Weight decay is handled by LARS itself; for the others
-    the model adds an L2 term that skips batch norm (see ContrastiveModel)."""
+                   exclude: Sequence[str] = EXCLUDE_DEFAULT) -> keras.optimizers.Optimizer:
+    """lars | momentum | sgd | adam. Weight decay is handled by LARS itself (skipping the
+    variables whose path matches an `exclude` pattern); for the others the model adds
+    an L2 term that skips batch norm (see ContrastiveModel)."""
     if name == "lars":
-        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay)
+        return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay,
+                    exclude_from_weight_decay=exclude)
     if name == "momentum":
         return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
     if name == "sgd":

@@ -1,5 +1,5 @@
-"""The case-grouped TFRecord schema (version 1) of DESIGN.md: one owner, shared by
-data_prep (writing) and training / scoring (reading).
+"""The case-grouped TFRecord schema (version 1; its table is in docs/architecture.md):
+one owner, shared by data_prep (writing) and training / scoring (reading).
 
 One ``tf.train.Example`` per case. Shards are ``<dir>/<split>-00000-of-000NN.tfrecord``;
 ``<dir>/dataset.json`` describes the dataset; nested label-fraction subsets are

@@ -1,6 +1,6 @@
-"""The fine-tuning model: an encoder plus a linear supervised head, with the paper's
-losses (softmax cross-entropy for multi-class, masked sigmoid cross-entropy with a
-CheXpert uncertainty policy for multi-label) and freezing by stage.
+"""The fine-tuning model: an encoder plus a linear supervised head, trained with its
+task's loss (tfmicle.tasks: softmax cross-entropy for multi-class, masked sigmoid
+cross-entropy with a CheXpert uncertainty policy for multi-label), and freezing by stage.
 
 Encoders:
 - ours (tfmicle.models.resnet), initialised from a tfmicle pretraining checkpoint or
@@ -23,79 +23,25 @@ import logging
 import re
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
 from tfmicle.models.heads import supervised_head
 from tfmicle.models.resnet import STAGES, ResNetSpec, build_resnet, stage_of
 from tfmicle.optim import EXCLUDE_DEFAULT, LARS
+from tfmicle.tasks import MULTICLASS, POLICIES, check_task, task_loss
 
 log = logging.getLogger(__name__)
 
-MULTICLASS = "multiclass"
-MULTILABEL = "multilabel"
-POLICIES = ("ones", "zeros", "ignore")
 IMAGENET_ENCODER = "resnet50_imagenet"
 # keras.applications.resnet50.preprocess_input ("caffe"): BGR, 0-255, minus these means.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-# keras.applications ResNet50 layer-name prefixes -> our stage index (STAGES).
 # Variables kept out of weight decay and LARS trust ratio: the optimizer's defaults plus
 # keras.applications' batch norms ("conv2_block1_1_bn/gamma").
 EXCLUDE = EXCLUDE_DEFAULT + (r"_bn/",)
+# keras.applications ResNet50 layer-name prefixes -> our stage index (STAGES).
 _IMAGENET_STAGES = (("conv1", 0), ("pool1", 0), ("conv2", 1), ("conv3", 2), ("conv4", 3),
                     ("conv5", 4))
-
-
-# --------------------------------------------------------------------------- losses
-
-def uncertainty_targets(targets: tf.Tensor, policy: str) -> tuple[tf.Tensor, tf.Tensor]:
-    """Multi-label targets as stored (1, 0, -1 uncertain, NaN not mentioned) -> (targets
-    in {0, 1}, mask 1.0 where the entry counts). U-Ones: -1 -> 1; U-Zeros: -1 -> 0;
-    U-Ignore: -1 masked. NaN is always masked."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown uncertainty policy {policy!r} (ones | zeros | ignore)")
-    t = tf.cast(targets, tf.float32)
-    known = tf.logical_not(tf.math.is_nan(t))
-    uncertain = tf.logical_and(known, t < 0)
-    if policy == "ones":
-        t = tf.where(uncertain, 1.0, t)
-    elif policy == "zeros":
-        t = tf.where(uncertain, 0.0, t)
-    else:
-        known = tf.logical_and(known, tf.logical_not(uncertain))
-    return tf.where(known, t, 0.0), tf.cast(known, tf.float32)
-
-
-def multilabel_loss(targets: tf.Tensor, logits: tf.Tensor, policy: str = "ignore") -> tf.Tensor:
-    """Sigmoid cross-entropy averaged over the (example, class) entries that count
-    (0 when none does)."""
-    t, mask = uncertainty_targets(targets, policy)
-    ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=t, logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
-
-
-def multiclass_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """Softmax cross-entropy averaged over labeled examples (label >= 0)."""
-    labels = tf.cast(labels, tf.int32)
-    mask = tf.cast(labels >= 0, tf.float32)
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
-
-
-def task_loss(task: str, labels, logits, policy: str = "ignore") -> tf.Tensor:
-    if task == MULTICLASS:
-        return multiclass_loss(labels, logits)
-    if task == MULTILABEL:
-        return multilabel_loss(labels, logits, policy)
-    raise ValueError(f"unknown task {task!r} (multiclass | multilabel)")
-
-
-def probabilities(task: str, logits):
-    """Softmax (multiclass) or per-class sigmoid (multilabel) in float32."""
-    logits = tf.cast(logits, tf.float32)
-    return tf.nn.softmax(logits, axis=-1) if task == MULTICLASS else tf.nn.sigmoid(logits)
 
 
 # --------------------------------------------------------------------------- encoders
@@ -187,8 +133,7 @@ class Classifier(keras.Model):
     def __init__(self, encoder: keras.Model, num_classes: int, task: str = MULTICLASS,
                  uncertainty_policy: str = "ignore", weight_decay: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        if task not in (MULTICLASS, MULTILABEL):
-            raise ValueError(f"unknown task {task!r} (multiclass | multilabel)")
+        check_task(task)
         if uncertainty_policy not in POLICIES:
             raise ValueError(f"unknown uncertainty policy {uncertainty_policy!r}")
         self.encoder = encoder
@@ -296,12 +241,5 @@ def build_classifier(spec: ResNetSpec | None, num_classes: int, task: str = MULT
     return model
 
 
-def encoder_weights(model: Classifier) -> dict[str, np.ndarray]:
-    """All encoder variables (trainable and not) by path, as numpy (tools and tests)."""
-    return {v.path: np.array(v.numpy()) for v in model.encoder.weights}
-
-
 __all__ = ["Classifier", "build_classifier", "build_imagenet_encoder", "freeze_encoder",
-           "imagenet_stage_of", "multilabel_loss", "multiclass_loss", "task_loss",
-           "uncertainty_targets", "probabilities", "CaffePreprocess", "MULTICLASS",
-           "MULTILABEL", "IMAGENET_ENCODER", "EXCLUDE"]
+           "imagenet_stage_of", "CaffePreprocess", "IMAGENET_ENCODER", "EXCLUDE"]

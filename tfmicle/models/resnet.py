@@ -16,6 +16,12 @@ from keras import layers, ops
 BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3],
           152: [3, 8, 36, 3], 200: [3, 24, 36, 3]}
 STAGES = ("stem", "block_group1", "block_group2", "block_group3", "block_group4")
+SMALL_IMAGE_MAX = 32  # SimCLR's CIFAR-10 rule: images this small get the 3x3 stem
+
+
+def small_stem(image_size: int) -> bool:
+    """True when images of this size get the small-image stem (3x3 conv, no max-pool)."""
+    return image_size <= SMALL_IMAGE_MAX
 
 
 @dataclass
@@ -103,7 +109,7 @@ class _Builder:
             raise ValueError(f"unsupported ResNet depth {s.depth} (one of {sorted(BLOCKS)})")
         inputs = keras.Input((None, None, 3), name="images")
         x = inputs
-        if s.image_size <= 32:
+        if small_stem(s.image_size):
             x = self.conv_bn(x, self.filters(64), 3, 1, "stem")
         else:
             if s.sk_ratio > 0:  # SimCLRv2's three-conv stem with SK

@@ -3,42 +3,22 @@ model and optimizer, then trains through the shared runner."""
 from __future__ import annotations
 
 import logging
-import math
 
 import keras
 
+from tfmicle.build import augment_config, resnet_spec, schedule_steps
 from tfmicle.config import Config
 from tfmicle.data import records
-from tfmicle.data.augment import AugmentConfig, preset
 from tfmicle.data.pipeline import (PipelineConfig, count_examples, pretrain_dataset,
                                    pretrain_examples)
 from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
-from tfmicle.models.resnet import ResNetSpec, build_resnet
+from tfmicle.models.resnet import build_resnet
 from tfmicle.optim import WarmupCosine, make_optimizer
-from tfmicle import runner
+from tfmicle.train import runner
+from tfmicle.rundir import restore_encoder  # noqa: F401 - re-exported (experiments)
 
 log = logging.getLogger(__name__)
-
-
-def augment_config(cfg: Config) -> AugmentConfig:
-    d = cfg.data
-    return preset(d.augment,
-                  color_strength=d.color_strength if d.color_strength >= 0 else None,
-                  crop_min_area=d.crop_min_area if d.crop_min_area >= 0 else None,
-                  rotation_degrees=d.rotation_degrees if d.rotation_degrees >= 0 else None,
-                  blur_p=(d.blur_p if d.blur_p >= 0 else None) if d.blur else 0.0,
-                  color_p=d.color_p if d.color_p >= 0 else None,
-                  grayscale_p=d.grayscale_p if d.grayscale_p >= 0 else None,
-                  crop=None if d.crop else False, flip=None if d.flip else False)
-
-
-def resnet_spec(cfg: Config, global_bn: bool | None = None) -> ResNetSpec:
-    m = cfg.model
-    return ResNetSpec(depth=m.depth, width_multiplier=m.width_multiplier, sk_ratio=m.sk_ratio,
-                      image_size=cfg.data.image_size, bn_momentum=m.bn_momentum,
-                      global_bn=m.global_bn if global_bn is None else global_bn,
-                      dtype=cfg.train.precision)
 
 
 def build_contrastive_model(cfg: Config, num_classes: int) -> ContrastiveModel:
@@ -53,15 +33,6 @@ def build_contrastive_model(cfg: Config, num_classes: int) -> ContrastiveModel:
                              weight_decay=cfg.train.weight_decay, name="contrastive")
     model.build_all(cfg.data.image_size)
     return model
-
-
-def schedule_steps(cfg: Config, num_examples: int) -> tuple[int, int]:
-    """(total_steps, warmup_steps) from train_steps or epochs over num_examples."""
-    t = cfg.train
-    per_epoch = num_examples / t.batch_size
-    total = t.train_steps or max(int(math.ceil(t.train_epochs * per_epoch)), 1)
-    warmup = int(round(t.warmup_epochs * per_epoch))
-    return total, min(warmup, total)
 
 
 def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
@@ -116,20 +87,6 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     log.info("pretraining done at step %d: %s", result["end_step"],
              ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
     return result
-
-
-def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
-    """Loads the encoder weights of a pretraining checkpoint (a model dir, its
-    checkpoints folder or a prefix) into `encoder`; heads and optimizer are ignored.
-    Returns the checkpoint prefix used."""
-    import tensorflow as tf
-    prefix = runner.latest_checkpoint(checkpoint)
-    if prefix is None:
-        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
-    # Match the saved object graph root -> model -> encoder by attribute names.
-    tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
-        prefix).expect_partial().assert_existing_objects_matched()
-    return prefix
 
 
 __all__ = ["pretrain", "build_contrastive_model", "restore_encoder", "augment_config",

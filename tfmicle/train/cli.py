@@ -1,11 +1,11 @@
 """`python -m tfmicle.train`: pretraining (SimCLR / MICLe) and fine-tuning from a YAML
-config. A thin CLI over tfmicle.pretrain (and tfmicle.finetune)."""
+config. A thin CLI over tfmicle.train.pretrain and tfmicle.train.finetune."""
 from __future__ import annotations
 
 import logging
-import sys
 
 from tfmicle import cli
+from tfmicle.config import CHOICES
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> cli.ArgumentParser:
                     "--model-dir resumes from its latest checkpoint.")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("--model-dir", help="output folder (overrides model_dir)")
-    p.add_argument("--strategy", help="default | one_device | mirrored | multiworker | tpu")
+    p.add_argument("--strategy", help=" | ".join(CHOICES["distribute.strategy"]))
     p.add_argument("--tpu", help="TPU name or grpc:// address (with --strategy tpu)")
     p.add_argument("--num-cpu-devices", type=int,
                    help="mirrored on a CPU-only machine: split the CPU into N replicas")
@@ -47,25 +47,19 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError("no model dir: pass --model-dir or set model_dir")
         verbose = 0 if args.quiet else 1
         if cfg.mode == "pretrain":
-            from tfmicle.pretrain import pretrain
+            from tfmicle.train.pretrain import pretrain
             result = pretrain(cfg, verbose=verbose)
         else:
-            try:
-                from tfmicle.finetune import finetune
-            except ImportError:
-                raise cli.UsageError("mode: finetune is not available in this version") from None
+            from tfmicle.train.finetune import finetune
             result = finetune(cfg, verbose=verbose)
         print(f"done: steps {result['start_step']} -> {result['end_step']} of "
               f"{result['total_steps']}; checkpoint {result.get('checkpoint')}")
         return 0
 
-    from tfmicle.runner import NaNLossError
+    from tfmicle.train.runner import NaNLossError
     try:
         return cli.run("tfmicle.train", body, (ConfigError, StrategyError))
     except NaNLossError as e:
         logging.getLogger("tfmicle.train").error("%s", e)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,8 @@
-"""The training-run machinery shared by pretraining and fine-tuning: model dir, resolved
-config, checkpoints every N steps with optimizer state, exact resume, TensorBoard,
-stop on NaN, and a step-budgeted ``fit``."""
+"""The training-run machinery shared by pretraining and fine-tuning: the strategy,
+checkpoints every N steps with optimizer state, exact resume, TensorBoard, stop on NaN,
+and a step-budgeted ``fit``. The run folder's files are tfmicle.rundir's (its
+prepare_model_dir, latest_checkpoint and checkpoint_manager are used from here too).
+Map: docs/architecture.md."""
 from __future__ import annotations
 
 import logging
@@ -10,12 +12,11 @@ import os
 import keras
 import tensorflow as tf
 
-from tfmicle.config import Config, dump_config
+from tfmicle.config import Config
+from tfmicle.rundir import (LOGS_DIR, checkpoint_manager, checkpoint_step, latest_checkpoint,
+                            prepare_model_dir)
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.yaml"
 
 
 class NaNLossError(RuntimeError):
@@ -47,13 +48,6 @@ class StepCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def prepare_model_dir(cfg: Config) -> str:
-    """Creates the model dir and writes the resolved config into it."""
-    os.makedirs(cfg.model_dir, exist_ok=True)
-    dump_config(cfg, os.path.join(cfg.model_dir, CONFIG_FILE))
-    return cfg.model_dir
-
-
 def run_strategy(cfg: Config) -> tf.distribute.Strategy:
     """The run's tf.distribute strategy (distribute.make_strategy), checking that the
     global batch splits evenly over its replicas."""
@@ -65,35 +59,6 @@ def run_strategy(cfg: Config) -> tf.distribute.Strategy:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by "
                           f"{strategy.num_replicas_in_sync} replicas")
     return strategy
-
-
-def checkpoint_manager(model: keras.Model, model_dir: str, keep: int
-                       ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
-    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return ckpt, tf.train.CheckpointManager(ckpt, os.path.join(model_dir, CHECKPOINT_DIR),
-                                            max_to_keep=keep)
-
-
-def latest_checkpoint(path: str) -> str | None:
-    """The newest checkpoint prefix of a model dir, its checkpoints folder, or the prefix
-    itself."""
-    for d in (os.path.join(path, CHECKPOINT_DIR), path):
-        if os.path.isdir(d):
-            found = tf.train.latest_checkpoint(d)
-            if found:
-                return found
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    return None
-
-
-def checkpoint_step(model_dir: str) -> int:
-    """The step of the newest checkpoint in model_dir (0 when there is none): checkpoints
-    are numbered by the optimizer step they were saved at (StepCheckpoint)."""
-    prefix = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
-    if not prefix:
-        return 0
-    return int(prefix.rsplit("-", 1)[1])
 
 
 def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, model_dir: str,
@@ -115,7 +80,7 @@ def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, mo
         return {"start_step": start, "end_step": start, "history": {}}
     chunk = max(min(int(log_steps), total_steps), 1)
     saver = StepCheckpoint(manager, checkpoint_steps, total_steps)
-    cbs = [saver, keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"),
+    cbs = [saver, keras.callbacks.TensorBoard(os.path.join(model_dir, LOGS_DIR),
                                               update_freq="epoch", write_graph=False)]
     cbs += list(callbacks or [])
     hist = model.fit(dataset, epochs=math.ceil(total_steps / chunk), steps_per_epoch=chunk,
@@ -127,3 +92,8 @@ def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, mo
         raise NaNLossError(f"loss became NaN/inf at step {saver.nan_at}; stopped "
                            f"(last good checkpoint: {manager.latest_checkpoint})")
     return {"start_step": start, "end_step": end, "history": hist.history}
+
+
+__all__ = ["NaNLossError", "StepCheckpoint", "run_strategy", "fit_steps",
+           # the run folder's, used through the runner by both trainers
+           "prepare_model_dir", "latest_checkpoint", "checkpoint_manager", "checkpoint_step"]

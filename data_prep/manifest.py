@@ -1,0 +1,232 @@
+"""What every dataset format reader (data_prep.formats) produces and shares: the
+Manifest (cases, skipped rows, source files), the reader options, and the helpers to
+read metadata CSVs, find image files by id and group rows into cases. tfmicle.score
+reads its CSV manifests' label cells with the same rules (parse_multi_value).
+Map: docs/architecture.md.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from data_prep.cases import UNLABELED, CaseSpec, ImageRef, Skip
+from data_prep.errors import UserError
+from data_prep.images import is_image_file
+
+log = logging.getLogger(__name__)
+
+# Preferred file when one image id has several files (e.g. ISIC 2020 jpeg/ and DICOM).
+_EXT_RANK = {e: i for i, e in enumerate((".jpg", ".jpeg", ".png", ".dcm", ".dicom",
+                                         ".tif", ".tiff", ".bmp"))}
+
+
+@dataclass
+class SourceFile:
+    path: str
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    format: str
+    task: str                       # "multiclass" | "multilabel"
+    class_names: list[str]
+    cases: list[CaseSpec]
+    skipped: list[Skip] = field(default_factory=list)
+    sources: list[SourceFile] = field(default_factory=list)
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(c.images) for c in self.cases)
+
+
+@dataclass
+class CsvColumns:
+    """Column names of the generic csv format (None: use the default if present)."""
+    image: str | None = None          # default "image"
+    case: str | None = None           # default "case_id"; absent: each image is a case
+    patient: str | None = None        # default "patient_id"
+    view: str | None = None           # default "view"
+    split: str | None = None          # default "split"
+    label: str | None = None          # default "label" (multi-class, class names as text)
+    labels: list[str] | None = None   # several columns: multi-label 1/0/-1/blank
+
+
+@dataclass
+class FormatOptions:
+    images: str | None = None               # csv: image root (default: the manifest's folder)
+    columns: CsvColumns = field(default_factory=CsvColumns)
+    class_names: list[str] | None = None    # csv/folders/isic2020-diagnosis: class order
+    case_regex: str | None = None           # folders
+    unlabeled_dirs: tuple[str, ...] = ("unlabeled",)   # folders
+    isic2020_label: str = "target"          # "target" | "diagnosis"
+    exclude: tuple[str, ...] = ()           # folders never walked (the output folder)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Semicolon(csv.excel):
+    delimiter = ";"
+
+
+def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Rows of a CSV (comma; tab or semicolon when the header has more of those),
+    values stripped."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: file not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            delim = max(",\t;", key=first.count) if first else ","
+            dialect = {",": csv.excel, "\t": csv.excel_tab, ";": _Semicolon}[delim]
+            reader = csv.DictReader(f, dialect=dialect)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+    if not header:
+        raise UserError(f"{path}: empty CSV (no header)")
+    return header, rows
+
+
+def require_columns(path: str, header: list[str], cols: Iterable[str]) -> None:
+    missing = [c for c in cols if c not in header]
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
+                        f"has {', '.join(header)}")
+
+
+def first_existing(folder: str, names: Iterable[str]) -> str | None:
+    for n in names:
+        p = os.path.join(folder, n)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def walk_images(root: str, exclude: Iterable[str] = ()) -> Iterable[str]:
+    """All image files under root (sorted, hidden entries and excluded folders skipped)."""
+    excl = {os.path.realpath(e) for e in exclude}
+    seen = {os.path.realpath(root)}             # symlinked folders are followed once
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in excl and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if is_image_file(name):
+                yield os.path.join(dirpath, name)
+
+
+class StemIndex:
+    """Finds an image file by id (file name without extension) anywhere under a folder."""
+
+    def __init__(self, root: str, exclude: Iterable[str] = ()):
+        self.root = root
+        self._by_stem: dict[str, list[str]] = {}
+        for path in walk_images(root, exclude):
+            stem, _ = os.path.splitext(os.path.basename(path))
+            self._by_stem.setdefault(stem, []).append(path)
+        self._used: set[str] = set()
+        log.info("found %d image files under %s", self.num_files, root)
+
+    @property
+    def num_files(self) -> int:
+        return sum(len(v) for v in self._by_stem.values())
+
+    def find(self, image_id: str) -> str | None:
+        stem, ext = os.path.splitext(image_id)
+        cands = self._by_stem.get(image_id) or (
+            self._by_stem.get(stem) if ext.lower() in _EXT_RANK else None)
+        if not cands:
+            return None
+        best = min(cands, key=lambda p: (_EXT_RANK.get(os.path.splitext(p)[1].lower(), 99), p))
+        self._used.add(image_id if image_id in self._by_stem else stem)
+        return best
+
+    def log_unused(self) -> None:
+        unused = sum(len(v) for k, v in self._by_stem.items() if k not in self._used)
+        if unused:
+            log.info("%d image files under %s are not listed in the metadata and are not "
+                     "part of the dataset", unused, self.root)
+
+
+class CaseGrouper:
+    """Groups rows into cases in source order; a row that contradicts its case (other
+    label, patient or source split) or repeats an image file is skipped with a reason."""
+
+    def __init__(self):
+        self.cases: dict[str, CaseSpec] = {}
+        self.skipped: list[Skip] = []
+        self._seen_paths: dict[str, str] = {}
+
+    def add(self, case_id: str, patient_id: str, image: ImageRef, where: str,
+            label_class: int = UNLABELED, label_multi: list[float] | None = None,
+            source_split: str | None = None) -> None:
+        key = os.path.normpath(os.path.abspath(image.path)) if image.path else "\0" + image.image_id
+        if key in self._seen_paths:
+            self.skipped.append(Skip(image.path or image.image_id,
+                                     f"duplicate: same image as {self._seen_paths[key]}",
+                                     image.image_id, case_id))
+            return
+        case = self.cases.get(case_id)
+        if case is None:
+            self.cases[case_id] = CaseSpec(case_id, patient_id or case_id, [image], label_class,
+                                           label_multi, source_split)
+            self._seen_paths[key] = where
+            return
+        problem = None
+        if (patient_id or case_id) != case.patient_id:
+            problem = f"patient {patient_id!r} differs from {case.patient_id!r}"
+        elif label_class != case.label_class or not same_multi(label_multi, case.label_multi):
+            problem = "label differs from the case's earlier rows"
+        elif source_split != case.source_split:
+            problem = f"split {source_split!r} differs from {case.source_split!r}"
+        if problem:
+            self.skipped.append(Skip(image.path or image.image_id,
+                                     f"conflict: {where}: case {case_id!r}: {problem}",
+                                     image.image_id, case_id))
+            return
+        case.images.append(image)
+        self._seen_paths[key] = where
+
+    def result(self) -> tuple[list[CaseSpec], list[Skip]]:
+        return list(self.cases.values()), self.skipped
+
+
+def same_multi(a: list[float] | None, b: list[float] | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return len(a) == len(b) and all(
+        (math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b))
+
+
+def parse_multi_value(text: str) -> float:
+    """CheXpert-style label cell: 1 positive, 0 negative, -1 uncertain, blank -> NaN."""
+    t = text.strip()
+    if t == "":
+        return math.nan
+    v = float(t)                       # ValueError for anything else
+    if v not in (1.0, 0.0, -1.0):
+        raise ValueError(t)
+    return v
+
+
+def missing_ref(image_id: str, where: str, view: str = "") -> ImageRef:
+    return ImageRef("", image_id, view, missing=f"missing: no image file for {image_id!r} {where}")

@@ -1,0 +1,82 @@
+"""Configs to objects: what a run's Config means as an augmentation, an encoder spec,
+a step schedule, an optimizer and a fine-tuning classifier. Both trainers and the
+run-folder reader (tfmicle.rundir) build through here, so a config means the same
+thing wherever it is read. Map: docs/architecture.md.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import keras
+
+from tfmicle.config import Config, ConfigError
+from tfmicle.data.augment import AugmentConfig, preset
+from tfmicle.models.classifier import Classifier, build_classifier
+from tfmicle.models.resnet import ResNetSpec
+from tfmicle.optim import EXCLUDE_DEFAULT, WarmupCosine, make_optimizer
+
+
+def augment_config(cfg: Config) -> AugmentConfig:
+    d = cfg.data
+    return preset(d.augment,
+                  color_strength=d.color_strength if d.color_strength >= 0 else None,
+                  crop_min_area=d.crop_min_area if d.crop_min_area >= 0 else None,
+                  rotation_degrees=d.rotation_degrees if d.rotation_degrees >= 0 else None,
+                  blur_p=(d.blur_p if d.blur_p >= 0 else None) if d.blur else 0.0,
+                  color_p=d.color_p if d.color_p >= 0 else None,
+                  grayscale_p=d.grayscale_p if d.grayscale_p >= 0 else None,
+                  crop=None if d.crop else False, flip=None if d.flip else False)
+
+
+def resnet_spec(cfg: Config, global_bn: bool | None = None) -> ResNetSpec:
+    m = cfg.model
+    return ResNetSpec(depth=m.depth, width_multiplier=m.width_multiplier, sk_ratio=m.sk_ratio,
+                      image_size=cfg.data.image_size, bn_momentum=m.bn_momentum,
+                      global_bn=m.global_bn if global_bn is None else global_bn,
+                      dtype=cfg.train.precision)
+
+
+def schedule_steps(cfg: Config, num_examples: int) -> tuple[int, int]:
+    """(total_steps, warmup_steps) from train_steps or epochs over num_examples."""
+    t = cfg.train
+    per_epoch = num_examples / t.batch_size
+    total = t.train_steps or max(int(math.ceil(t.train_epochs * per_epoch)), 1)
+    warmup = int(round(t.warmup_epochs * per_epoch))
+    return total, min(warmup, total)
+
+
+def optimizer(cfg: Config, total_steps: int, warmup_steps: int,
+              exclude: Sequence[str] = EXCLUDE_DEFAULT) -> keras.optimizers.Optimizer:
+    """train.optimizer over the warmup + cosine schedule of train.learning_rate.
+    exclude: variable-path patterns LARS keeps out of weight decay and trust ratio."""
+    t = cfg.train
+    lr = WarmupCosine(t.learning_rate, t.batch_size, total_steps, warmup_steps, t.lr_scaling)
+    return make_optimizer(t.optimizer, lr, t.momentum, t.weight_decay, exclude)
+
+
+def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = True,
+               imagenet_weights: str | None = None) -> Classifier:
+    """The fine-tuning Classifier of a config, every variable created. for_training:
+    freeze by finetune.fine_tune_after_block, synchronized BN as configured and a zero
+    head (finetune.zero_init_head); otherwise plain BN, nothing frozen (inference).
+    imagenet_weights: with finetune.init imagenet, the weights to load (None: random).
+    Call inside the strategy scope."""
+    f = cfg.finetune
+    imagenet = f.init == "imagenet"
+    spec = resnet_spec(cfg, global_bn=None if for_training else False)
+    try:
+        return build_classifier(
+            spec, num_classes, task, f.uncertainty_policy, cfg.train.weight_decay,
+            fine_tune_after_block=f.fine_tune_after_block if for_training else -1,
+            imagenet_weights=imagenet_weights, use_imagenet_encoder=imagenet,
+            zero_init_head=f.zero_init_head and for_training)
+    except (ValueError, OSError) as e:
+        if imagenet and imagenet_weights:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"cannot load ImageNet weights from {imagenet_weights}: "
+                              f"{first}") from None
+        raise
+
+
+__all__ = ["augment_config", "resnet_spec", "schedule_steps", "optimizer", "classifier"]

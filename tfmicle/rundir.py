@@ -1,0 +1,209 @@
+"""Run folders (a ``model_dir``): what a training run writes, and how the tools that
+come after it (fine-tuning from a pretraining run, export, experiments) read it back.
+One owner for the file names, so writer and readers cannot drift apart.
+
+Every run (tfmicle.train.runner):
+- ``config.yaml``: the resolved config (tfmicle.config.dump_config);
+- ``checkpoints/ckpt-<step>``: model + optimizer, numbered by the global step;
+- ``logs/``: TensorBoard.
+A fine-tuning run (tfmicle.train.finetune) adds:
+- ``finetune.json``: task, class names and the data the run was trained on;
+- ``validation.jsonl``: one line per validation ({"step", metric: value, ...});
+- ``best/ckpt.*`` and ``best.json``: the best checkpoint by finetune.best_metric and
+  its metrics (what ``tfmicle.export`` exports by default).
+
+Map of the code: docs/architecture.md.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from tfmicle import build
+from tfmicle.config import Config, ConfigError, dump_config, load_config
+from tfmicle.metrics import to_json_safe
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LOGS_DIR = "logs"
+FINETUNE_JSON = "finetune.json"
+VALIDATION_LOG = "validation.jsonl"
+BEST_JSON = "best.json"
+BEST_PREFIX = os.path.join("best", "ckpt")
+
+
+# --------------------------------------------------------------------------- files
+
+def write_json(path: str, data: dict) -> None:
+    """Writes JSON atomically (a reader never sees half a file)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(to_json_safe(data), f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def prepare_model_dir(cfg: Config) -> str:
+    """Creates the model dir and writes the resolved config into it."""
+    os.makedirs(cfg.model_dir, exist_ok=True)
+    dump_config(cfg, os.path.join(cfg.model_dir, CONFIG_FILE))
+    return cfg.model_dir
+
+
+def config_of(path: str) -> Config | None:
+    """The resolved config of the run a model dir, its checkpoints folder or a
+    checkpoint prefix belongs to (None when there is none or it does not load)."""
+    path = os.path.abspath(path)
+    for d in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        f = os.path.join(d, CONFIG_FILE)
+        if os.path.isfile(f):
+            try:
+                return load_config(f)
+            except ConfigError:
+                return None
+    return None
+
+
+def append_validation(model_dir: str, row: dict) -> None:
+    """One line of validation.jsonl."""
+    with open(os.path.join(model_dir, VALIDATION_LOG), "a") as f:
+        f.write(json.dumps(to_json_safe(row)) + "\n")
+
+
+def validation_for_step(model_dir: str, step: int | None) -> dict | None:
+    """The validation metrics logged at a step (None when not validated there)."""
+    path = os.path.join(model_dir, VALIDATION_LOG)
+    if step is None or not os.path.isfile(path):
+        return None
+    found = None
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get("step") == step:
+                found = row
+    return found
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+def checkpoint_manager(model: keras.Model, model_dir: str, keep: int
+                       ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
+    ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    return ckpt, tf.train.CheckpointManager(ckpt, os.path.join(model_dir, CHECKPOINT_DIR),
+                                            max_to_keep=keep)
+
+
+def checkpoint_step(model_dir: str) -> int:
+    """The step of the newest checkpoint in model_dir (0 when there is none): checkpoints
+    are numbered by the optimizer step they were saved at (runner.StepCheckpoint)."""
+    prefix = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    if not prefix:
+        return 0
+    return int(prefix.rsplit("-", 1)[1])
+
+
+def latest_checkpoint(path: str) -> str | None:
+    """The newest checkpoint prefix of a model dir, its checkpoints folder, or the prefix
+    itself."""
+    for d in (os.path.join(path, CHECKPOINT_DIR), path):
+        if os.path.isdir(d):
+            found = tf.train.latest_checkpoint(d)
+            if found:
+                return found
+    if tf.io.gfile.exists(path + ".index"):
+        return path
+    return None
+
+
+def best_checkpoint(model_dir: str) -> str | None:
+    """The best/ckpt prefix of a fine-tuning run, None when it kept none."""
+    prefix = os.path.join(model_dir, BEST_PREFIX)
+    return prefix if tf.io.gfile.exists(prefix + ".index") else None
+
+
+def write_best(model: keras.Model, model_dir: str) -> None:
+    """Writes the model's weights as the run's best checkpoint."""
+    ckpt = tf.train.Checkpoint(model=model)
+    _ = ckpt.save_counter  # created, so the best checkpoint restores like any other
+    ckpt.write(os.path.join(model_dir, BEST_PREFIX))
+
+
+def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
+    """Loads the encoder weights of a pretraining checkpoint (a model dir, its
+    checkpoints folder or a prefix) into `encoder`; heads and optimizer are ignored.
+    Returns the checkpoint prefix used."""
+    prefix = latest_checkpoint(checkpoint)
+    if prefix is None:
+        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
+    # Match the saved object graph root -> model -> encoder by attribute names.
+    tf.train.Checkpoint(model=tf.train.Checkpoint(encoder=encoder)).restore(
+        prefix).expect_partial().assert_existing_objects_matched()
+    return prefix
+
+
+# --------------------------------------------------------------------------- fine-tuning runs
+
+def run_info(model_dir: str) -> tuple[Config, dict]:
+    """(resolved config, finetune.json) of a fine-tuning run; FileNotFoundError /
+    ConfigError when model_dir is not one."""
+    cfg_path = os.path.join(model_dir, CONFIG_FILE)
+    info_path = os.path.join(model_dir, FINETUNE_JSON)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{model_dir} is not a training run (no {CONFIG_FILE})")
+    cfg = load_config(cfg_path)
+    if cfg.mode != "finetune" or not os.path.isfile(info_path):
+        raise ConfigError(f"{model_dir} is not a fine-tuning run (mode: {cfg.mode}); "
+                          "export a model fine-tuned with mode: finetune")
+    return cfg, read_json(info_path)
+
+
+def resolve_checkpoint(model_dir: str, which: str = "auto") -> tuple[str, str]:
+    """("best" | "latest" | "path", prefix) for which = auto (best if kept, else latest),
+    best, latest, or a checkpoint prefix / folder."""
+    best = best_checkpoint(model_dir)
+    if which in ("auto", "best"):
+        if best is not None:
+            return "best", best
+        if which == "best":
+            raise FileNotFoundError(f"{model_dir} has no best checkpoint (no eval split?); "
+                                    "use --checkpoint latest")
+    if which in ("auto", "latest"):
+        prefix = latest_checkpoint(model_dir)
+        if prefix is None:
+            raise FileNotFoundError(f"{model_dir} has no checkpoint yet")
+        return "latest", prefix
+    prefix = latest_checkpoint(which)
+    if prefix is None:
+        raise FileNotFoundError(f"no checkpoint at {which}")
+    return "path", prefix
+
+
+def load_classifier(model_dir: str, checkpoint: str = "auto"):
+    """Rebuilds a fine-tuned Classifier (inference: no freezing, plain BN) and restores
+    its weights. Returns (model, config, finetune.json, checkpoint prefix)."""
+    cfg, info = run_info(model_dir)
+    _, prefix = resolve_checkpoint(model_dir, checkpoint)
+    model = build.classifier(cfg, info["num_classes"], info["task"], for_training=False)
+    status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as e:
+        raise ConfigError(f"checkpoint {prefix} does not match the run's model: "
+                          f"{str(e).splitlines()[0][:200]}") from None
+    return model, cfg, info, prefix
+
+
+__all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "LOGS_DIR", "FINETUNE_JSON", "VALIDATION_LOG",
+           "BEST_JSON", "BEST_PREFIX", "write_json", "read_json", "prepare_model_dir",
+           "config_of", "append_validation", "validation_for_step", "checkpoint_manager",
+           "latest_checkpoint", "best_checkpoint", "write_best", "restore_encoder",
+           "run_info", "resolve_checkpoint", "load_classifier"]

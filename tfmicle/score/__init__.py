@@ -1,0 +1,36 @@
+"""`python -m tfmicle.score`: batch-score held-out data with an exported SavedModel and
+write predictions, metrics and a report.
+
+    python -m tfmicle.score --model MODELS/<name>[/<version>] --data SRC --out DIR \\
+        [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet]
+
+SRC is one of
+- a records folder (a data_prep output, dataset.json inside): one split (--split);
+- a folder of images (searched recursively); an image inside a first-level folder
+  named like a model class is labeled with that class;
+- a CSV manifest: column ``image`` (path, relative to the CSV's folder or --images),
+  optional ``case_id`` (default: the image), optional ``label`` (a class name) for a
+  multi-class model, or one column per class (1 / 0 / -1 / blank) for a multi-label one.
+
+DIR gets predictions_images.csv (one row per image: ids, label, predicted class,
+prob_<class>...), predictions_cases.csv (the mean of the image probabilities of each
+case), skipped.csv (images that could not be read or decoded: listed, never fatal),
+metrics.json when labels exist (tfmicle.metrics.evaluate: image and case level, bootstrap
+95 % CIs resampling cases), and report.md with roc.png, pr.png and confusion.png.
+--compare SRC2 scores a second dataset (e.g. an external test set) into DIR/compare/
+and puts it beside the first in report.md and the figures.
+
+Scoring preprocesses in tf.data with tfmicle's one eval preprocessing (the same
+function the exported graph runs), in parallel with the model, and calls the model's
+``predict_preprocessed``; a SavedModel without it (any model that follows the serving
+contract) is called through ``serving_default`` with the encoded images.
+
+Modules: model (the exported model as the scorer sees it), sources, predict, report,
+job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
+"""
+from __future__ import annotations
+
+from tfmicle.score.cli import main
+from tfmicle.score.job import score
+
+__all__ = ["main", "score"]

@@ -1,0 +1,84 @@
+"""`python -m tfmicle.score`: the CLI over tfmicle.score.job.score (usage in
+tfmicle/score/__init__.py)."""
+from __future__ import annotations
+
+import math
+import sys
+
+from tfmicle import cli
+from tfmicle.score.job import FORMATS, score
+from tfmicle.score.model import ScoreError
+from tfmicle.score.report import parquet_available
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
+        prog="python -m tfmicle.score",
+        description="Batch-score a records split, an image folder or a CSV manifest with an "
+                    "exported model: per-image and per-case predictions, metrics.json "
+                    "(when labeled) and report.md with ROC / PR / confusion figures.")
+    p.add_argument("--model", required=True, help="MODELS/<name> (highest version) or "
+                                                  "MODELS/<name>/<version>")
+    p.add_argument("--data", required=True, help="records folder, image folder or CSV manifest")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--split", help="records split to score (default: test)")
+    p.add_argument("--compare", metavar="SRC2", help="a second dataset, reported side by side")
+    p.add_argument("--compare-split", help="split of --compare records (default: --split)")
+    p.add_argument("--images", help="root folder of the CSV manifest's image paths "
+                                    "(default: the CSV's folder)")
+    p.add_argument("--format", default="csv", choices=FORMATS,
+                   help="prediction tables as csv (default) or parquet (needs pyarrow)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap replicates for the 95%% CIs (0 = none; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--auc-classes", help="comma-separated classes for the mean AUC "
+                                         "(default: all), e.g. the CheXpert competition five")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.format == "parquet" and not parquet_available():
+        sys.stderr.write("tfmicle.score: error: --format parquet needs pyarrow "
+                         "(pip install pyarrow); or use --format csv\n")
+        return cli.USAGE_EXIT
+    cli.quiet_tensorflow()
+    cli.setup_logging(args.verbose)
+
+    def progress_factory(total: int, name: str):
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit="img", desc=name, disable=args.quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+
+        class Bar:
+            def __call__(self, n):
+                bar.update(n)
+
+            def close(self):
+                bar.close()
+        return Bar()
+
+    def body() -> int:
+        auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
+            if args.auc_classes else None
+        result = score(args.model, args.data, args.out, args.split, args.compare,
+                       args.compare_split, args.format, args.batch_size, args.bootstrap,
+                       args.seed, auc, args.images, True, progress_factory)
+        for run in result["runs"]:
+            m = run["metrics"]
+            summary = ""
+            if m:
+                c = m["case"]
+                parts = [f"{k}={c[k]:.4f}" for k in ("top1_accuracy", "mean_auc")
+                         if c.get(k) is not None and math.isfinite(c[k])]
+                summary = " (case level: " + ", ".join(parts) + ")" if parts else ""
+            print(f"{run['name']}: {run['scored']} images scored, {run['skipped']} skipped"
+                  f"{summary}")
+        print(result.get("report", args.out))
+        return 0
+
+    return cli.run("tfmicle.score", body, (ScoreError,))
+

@@ -1,0 +1,100 @@
+"""Scoring: the whole job. Load the model, open the sources, predict, write each
+source's tables and metrics.json, then the report. The library entry point is
+``score()``; ``python -m tfmicle.score`` is its CLI. Map: docs/architecture.md."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable, Sequence
+
+from tfmicle.score.model import ScoreError, ScoringModel, load_model
+from tfmicle.score.predict import predict
+from tfmicle.score.report import (Scored, parquet_available, tables, write_figures, write_report,
+                                  write_table)
+from tfmicle.score.sources import Source, open_source
+
+log = logging.getLogger("tfmicle.score")
+
+FORMATS = ("csv", "parquet")
+
+
+def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv",
+              batch_size: int = 64, replicates: int = 1000, seed: int = 0,
+              auc_classes: Sequence[str] | None = None,
+              progress: Callable[[int], None] | None = None, name: str = "") -> Scored:
+    """Predicts one source and writes its tables and metrics.json into out_dir."""
+    import numpy as np
+    from tfmicle import metrics as M
+    os.makedirs(out_dir, exist_ok=True)
+    pred = predict(model, source, batch_size, progress)
+    files = {}
+    for stem, (header, rows) in tables(model, pred).items():
+        if stem == "skipped":
+            files[stem] = write_table(os.path.join(out_dir, stem), header, rows, "csv")
+        else:
+            files[stem] = write_table(os.path.join(out_dir, stem), header, rows, fmt)
+    labels = np.asarray(source.labels)[pred.rows] if len(pred.rows) else None
+    result = None
+    if labels is not None and M.has_labels(model.task, labels):
+        case_ids = [source.case_ids[r] for r in pred.rows]
+        # The metrics see exactly the probabilities written (float32 -> float64).
+        result = M.evaluate(model.task, pred.probs.astype(np.float64), labels, case_ids,
+                            model.class_names, auc_classes, replicates, seed)
+        result.update({"source": source.spec, "num_skipped": len(pred.skipped),
+                       "model": model.path, "model_version": model.version})
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(M.to_json_safe(result), f, indent=2)
+        files["metrics"] = os.path.join(out_dir, "metrics.json")
+    else:
+        log.info("%s has no labels: predictions only (no metrics.json)", source.spec)
+    return Scored(name or source.spec, pred, result, out_dir, files)
+
+
+def score(model_path: str, data: str, out_dir: str, split: str | None = None,
+          compare: str | None = None, compare_split: str | None = None, fmt: str = "csv",
+          batch_size: int = 64, replicates: int = 1000, seed: int = 0,
+          auc_classes: Sequence[str] | None = None, images_root: str | None = None,
+          report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None
+          ) -> dict:
+    """The whole scoring job; returns {"runs": [...], "report": path, ...}.
+    progress_factory(total, name) -> callback(n_done) (and an optional .close())."""
+    if fmt not in FORMATS:
+        raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
+    if fmt == "parquet" and not parquet_available():
+        raise ScoreError("--format parquet needs pyarrow (pip install pyarrow); "
+                         "or use --format csv")
+    if batch_size < 1:
+        raise ScoreError("--batch-size must be >= 1")
+    model = load_model(model_path)
+    classes = list(auc_classes) if auc_classes else list(model.class_names)
+    for c in classes:
+        if c not in model.class_names:
+            raise ScoreError(f"--auc-classes: unknown class {c!r} (classes: "
+                             f"{', '.join(model.class_names)})")
+    sources = [("primary", open_source(data, model, split, images_root), out_dir)]
+    if compare:
+        sources.append(("compare", open_source(compare, model, compare_split or split,
+                                               images_root), os.path.join(out_dir, "compare")))
+    runs = []
+    for name, src, d in sources:
+        bar = progress_factory(len(src), name) if progress_factory else None
+        try:
+            runs.append(score_one(model, src, d, fmt, batch_size, replicates, seed, classes,
+                                  bar, name))
+        finally:
+            if bar is not None and hasattr(bar, "close"):
+                bar.close()
+    out = {"model": model.path, "version": model.version, "runs": [
+        {"name": r.name, "source": r.pred.source.spec, "scored": int(len(r.pred.rows)),
+         "skipped": len(r.pred.skipped), "files": r.files, "metrics": r.metrics}
+        for r in runs]}
+    if report:
+        figures = write_figures(model, [r for r in runs if r.metrics], out_dir, classes) \
+            if any(r.metrics for r in runs) else {}
+        out["report"] = write_report(model, runs, out_dir, figures, classes)
+        out["figures"] = figures
+    return out
+
+
+__all__ = ["score", "score_one", "FORMATS"]
