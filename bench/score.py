@@ -31,20 +31,21 @@ def make_run(root: str, depth: int, width: float, size: int, classes: list[str])
     import keras
     import tensorflow as tf
 
-    from tfmicle import runner
+    from tfmicle import rundir
     from tfmicle.config import load_config
-    from tfmicle.finetune import FINETUNE_JSON, build_model
+    from tfmicle.tasks import MULTICLASS
+    from tfmicle.train.finetune import build_model
     run = os.path.join(root, "run")
     cfg = load_config(None, [f"mode=finetune", f"model_dir={run}", f"model.depth={depth}",
                              f"model.width_multiplier={width}", f"data.image_size={size}",
                              "finetune.init=scratch", "model.global_bn=false"])
-    runner.prepare_model_dir(cfg)
+    rundir.prepare_model_dir(cfg)
     keras.utils.set_random_seed(0)
-    model = build_model(cfg, len(classes), "multiclass", initialise=False, for_training=False)
+    model = build_model(cfg, len(classes), MULTICLASS, initialise=False, for_training=False)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
-                               os.path.join(run, runner.CHECKPOINT_DIR), 1).save(0)
-    with open(os.path.join(run, FINETUNE_JSON), "w") as f:
-        json.dump({"task": "multiclass", "class_names": classes, "num_classes": len(classes),
+                               os.path.join(run, rundir.CHECKPOINT_DIR), 1).save(0)
+    with open(os.path.join(run, rundir.FINETUNE_JSON), "w") as f:
+        json.dump({"task": MULTICLASS, "class_names": classes, "num_classes": len(classes),
                    "image_size": size, "encoder": "resnet"}, f)
     return run
 

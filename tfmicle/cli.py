@@ -26,6 +26,23 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(USAGE_EXIT)
 
 
+def add_output_flags(p: argparse.ArgumentParser, quiet: bool = True) -> argparse.ArgumentParser:
+    """-q/--quiet (no progress bar; when the tool has one) and -v/--verbose (debug log)."""
+    if quiet:
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parses argv (a bad flag exits 2, --help 0), then quiets TensorFlow's start-up and
+    sets up logging (--verbose: debug)."""
+    args = parser.parse_args(argv)
+    quiet_tensorflow()
+    setup_logging(getattr(args, "verbose", False))
+    return args
+
+
 def quiet_tensorflow() -> None:
     """Keeps TensorFlow's C++ start-up chatter out of the user's terminal."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -193,14 +193,11 @@ def build_parser() -> cli.ArgumentParser:
                         "prefix (default: auto)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the SavedModel and comparing it with the Keras model")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    return cli.add_output_flags(p, quiet=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cli.quiet_tensorflow()
-    cli.setup_logging(args.verbose)
+    args = cli.start(build_parser(), argv)
 
     def body() -> int:
         from tfmicle.config import ConfigError

@@ -31,6 +31,8 @@ job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
 from __future__ import annotations
 
 from tfmicle.score.cli import main
-from tfmicle.score.job import score
+from tfmicle.score.job import score, score_one
+from tfmicle.score.model import ScoreError, load_model
+from tfmicle.score.sources import open_source
 
-__all__ = ["main", "score"]
+__all__ = ["main", "score", "score_one", "load_model", "open_source", "ScoreError"]

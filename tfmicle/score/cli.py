@@ -34,19 +34,15 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--auc-classes", help="comma-separated classes for the mean AUC "
                                          "(default: all), e.g. the CheXpert competition five")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    return cli.add_output_flags(p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.start(build_parser(), argv)
     if args.format == "parquet" and not parquet_available():
         sys.stderr.write("tfmicle.score: error: --format parquet needs pyarrow "
                          "(pip install pyarrow); or use --format csv\n")
         return cli.USAGE_EXIT
-    cli.quiet_tensorflow()
-    cli.setup_logging(args.verbose)
 
     def progress_factory(total: int, name: str):
         from tqdm import tqdm

@@ -22,15 +22,11 @@ def build_parser() -> cli.ArgumentParser:
                    help="mirrored on a CPU-only machine: split the CPU into N replicas")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.batch_size=64 (repeatable)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    return p
+    return cli.add_output_flags(p)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cli.quiet_tensorflow()
-    cli.setup_logging(args.verbose)
+    args = cli.start(build_parser(), argv)
     from tfmicle.config import ConfigError, load_config
     from tfmicle.distribute import StrategyError
 

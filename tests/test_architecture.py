@@ -1,0 +1,184 @@
+"""The import rule of docs/architecture.md, checked by reading every module's imports
+(function-level imports included): each module belongs to one unit, a unit imports
+only the units listed for it, and no two modules import each other in a cycle.
+The checker is tested too, on module sets with one planted upward, sideways or
+circular import."""
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("tfmicle", "data_prep", "serving")
+
+# unit: (modules it holds, by exact name or as a package prefix; units it may import)
+FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
+              "tfmicle.data", "tfmicle.data.records")
+UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # names and formats everyone shares; no TensorFlow at import time except records
+    "foundation": (FOUNDATION, ()),
+    # raw data -> records: the schema, the task names and the CLI helpers only
+    "data_prep": (("data_prep",), ("foundation",)),
+    # the library: data pipelines, models, losses, optimizers, metrics
+    "library": (("tfmicle.data.augment", "tfmicle.data.pipeline", "tfmicle.models",
+                 "tfmicle.losses", "tfmicle.optim", "tfmicle.metrics", "tfmicle.distribute"),
+                ("foundation",)),
+    # configs to objects, and the run folders both trainers write and the tools read
+    "runs": (("tfmicle.build", "tfmicle.rundir"), ("library", "foundation")),
+    # the tools: none imports another
+    "train": (("tfmicle.train",), ("runs", "library", "foundation")),
+    "export": (("tfmicle.export",), ("runs", "library", "foundation")),
+    "score": (("tfmicle.score",), ("data_prep", "library", "foundation")),
+    "serving": (("serving",), ("foundation",)),
+    # the whole recipe end to end, and old import paths kept for it
+    "recipes": (("tfmicle.demo", "tfmicle.pretrain", "tfmicle.finetune", "tfmicle.runner"),
+                ("train", "export", "score", "serving", "data_prep", "runs", "library",
+                 "foundation")),
+}
+PACKAGE_NAMES = {"tfmicle", "tfmicle.data"}  # these hold only their own __init__
+
+
+def unit_of(module: str) -> str | None:
+    best, unit = "", None
+    for name, (members, _) in UNITS.items():
+        for m in members:
+            exact_only = m in PACKAGE_NAMES
+            if (module == m or (not exact_only and module.startswith(m + "."))) and \
+                    len(m) > len(best):
+                best, unit = m, name
+    return unit
+
+
+def read_modules(root: str = ROOT) -> dict[str, str]:
+    """{dotted module name: source} of the three packages."""
+    out = {}
+    for pkg in PACKAGES:
+        for d, _, files in os.walk(os.path.join(root, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    rel = os.path.relpath(os.path.join(d, f), root)[:-3].replace(os.sep, ".")
+                    name = rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+                    with open(os.path.join(d, f), encoding="utf-8") as fh:
+                        out[name] = fh.read()
+    return out
+
+
+def imports_of(name: str, source: str, known: set[str]) -> set[str]:
+    """The known modules a module imports (anywhere in it), relative imports resolved."""
+    is_pkg = name in known and any(k.startswith(name + ".") for k in known) or \
+        name in PACKAGES
+    here = name if is_pkg else name.rpartition(".")[0]
+    found = set()
+
+    def deepest(dotted: str) -> str | None:
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            cand = ".".join(parts[:i])
+            if cand in known:
+                return cand
+        return None
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = here.split(".")
+                pkg = pkg[: len(pkg) - (node.level - 1)]
+                base = ".".join(pkg + ([base] if base else []))
+            targets = [f"{base}.{a.name}" for a in node.names]  # a submodule, else base
+        else:
+            continue
+        for t in targets:
+            m = deepest(t)
+            if m is not None and m != name:
+                found.add(m)
+    return found
+
+
+def violations(modules: dict[str, str]) -> list[str]:
+    known = set(modules)
+    graph = {n: imports_of(n, src, known) for n, src in modules.items()}
+    problems = []
+    for name, deps in sorted(graph.items()):
+        unit = unit_of(name)
+        if unit is None:
+            problems.append(f"{name}: in no unit (add it to UNITS and docs/architecture.md)")
+            continue
+        allowed = set(UNITS[unit][1]) | {unit}
+        for dep in sorted(deps):
+            dep_unit = unit_of(dep)
+            if dep_unit is not None and dep_unit not in allowed:
+                problems.append(f"{name} ({unit}) imports {dep} ({dep_unit})")
+    # cycles between modules (a unit may import itself, but not round in a circle); a
+    # module's own parent packages do not count: importing a module imports them anyway
+    graph = {n: {d for d in deps if not n.startswith(d + ".")} for n, deps in graph.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(graph.get(n, ())):
+            if state.get(d) == 1:
+                problems.append("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            elif d not in state:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n)
+    return problems
+
+
+def test_every_module_imports_only_downward_and_without_cycles():
+    modules = read_modules()
+    assert "tfmicle.rundir" in modules and "serving.app" in modules  # it read the tree
+    assert violations(modules) == []
+
+
+def test_tools_import_what_the_map_says():
+    """A few edges the map promises, read from the real tree (a checker that saw no
+    imports would pass the test above)."""
+    modules = read_modules()
+    graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
+    assert "tfmicle.rundir" in graph["tfmicle.export"]
+    assert "tfmicle.model_format" in graph["serving.model"]
+    assert "data_prep.images" in graph["tfmicle.score.sources"]
+    assert "tfmicle.data.records" in graph["data_prep.convert"]
+
+
+TOY = {
+    "tfmicle": "", "tfmicle.model_format": "import os\n",
+    "tfmicle.rundir": "from tfmicle import model_format\n",
+    "tfmicle.train": "", "tfmicle.train.finetune": "from tfmicle import rundir\n",
+    "tfmicle.export": "from tfmicle.rundir import load_classifier\n",
+    "serving": "", "serving.app": "from . import model\n",
+    "serving.model": "from tfmicle.model_format import read_labels\n",
+}
+
+
+def test_the_toy_tree_is_clean():
+    assert violations(TOY) == []
+
+
+@pytest.mark.parametrize("module,source,words", [
+    ("tfmicle.rundir", "def f():\n    from tfmicle import train\n",
+     "tfmicle.rundir (runs) imports tfmicle.train (train)"),
+    ("tfmicle.export", "from tfmicle.train.finetune import x\n",
+     "tfmicle.export (export) imports tfmicle.train.finetune (train)"),
+    ("serving.model", "from tfmicle import rundir\n",
+     "serving.model (serving) imports tfmicle.rundir (runs)"),
+    ("serving.model", "from .app import create_app\n", "import cycle: serving.app -> serving.model"),
+    ("tfmicle.newthing", "", "tfmicle.newthing: in no unit"),
+])
+def test_one_planted_bad_import_is_caught(module, source, words):
+    tree = dict(TOY)
+    tree[module] = tree.get(module, "") + source
+    found = violations(tree)
+    assert len(found) == 1 and found[0].startswith(words), found
