@@ -6,7 +6,7 @@ Per seed:
    changes with the seed);
 2. write a CSV manifest (case = lesion, split column = pretrain / held-out) and run
    data_prep on it (``data_prep.convert``, the same code as ``python -m data_prep``);
-3. pretrain SimCLR and MICLe (``tfmicle.pretrain.pretrain``) with the same encoder,
+3. pretrain SimCLR and MICLe (``tfmicle.train.pretrain.pretrain``) with the same encoder,
    step budget, batch, augmentations, optimizer and seed;
 4. features of the held-out patches (``tfmicle.data.pipeline.evaluation``, the eval
    preprocessing every tfmicle model uses) from the SimCLR encoder, the MICLe encoder
@@ -131,7 +131,7 @@ def pretrain_config(method: str, a: argparse.Namespace, data_dir: str, model_dir
 
 def run_pretraining(method: str, a, data_dir: str, model_dir: str, seed: int) -> dict:
     from tfmicle.data.pipeline import count_examples, pretrain_examples
-    from tfmicle.pretrain import pretrain
+    from tfmicle.train.pretrain import pretrain
 
     cfg = pretrain_config(method, a, data_dir, model_dir, seed, 0, 1)
     per = pretrain_examples(method, cfg.data.simclr_unit)
@@ -162,7 +162,8 @@ def encoder_features(cfg, data_dir: str, checkpoint: str | None, seed: int) -> n
     pretraining checkpoint, or randomly initialised (seeded) when checkpoint is None."""
     import keras
     from tfmicle.models.resnet import build_resnet
-    from tfmicle.pretrain import resnet_spec, restore_encoder
+    from tfmicle.build import resnet_spec
+    from tfmicle.rundir import restore_encoder
 
     keras.utils.set_random_seed(seed)
     encoder = build_resnet(resnet_spec(cfg, global_bn=False))

@@ -22,7 +22,8 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # raw data -> records: the schema, the task names and the CLI helpers only
     "data_prep": (("data_prep",), ("foundation",)),
     # the library: data pipelines, models, losses, optimizers, metrics
-    "library": (("tfmicle.data.augment", "tfmicle.data.pipeline", "tfmicle.models",
+    "library": (("tfmicle.data.augment", "tfmicle.data.pipeline", "tfmicle.data.ph2",
+                 "tfmicle.retrieval", "tfmicle.models",
                  "tfmicle.losses", "tfmicle.optim", "tfmicle.metrics", "tfmicle.distribute"),
                 ("foundation",)),
     # configs to objects, and the run folders both trainers write and the tools read

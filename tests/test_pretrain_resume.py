@@ -16,7 +16,8 @@ TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
 def _weights(model_dir: str, cfg) -> list[np.ndarray]:
     from tfmicle.models.resnet import build_resnet
-    from tfmicle.pretrain import resnet_spec, restore_encoder
+    from tfmicle.build import resnet_spec
+    from tfmicle.rundir import restore_encoder
     enc = build_resnet(resnet_spec(cfg, global_bn=False))
     restore_encoder(enc, model_dir)
     return [w.numpy() for w in enc.weights]
@@ -24,7 +25,7 @@ def _weights(model_dir: str, cfg) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("method", ["micle", "simclr"])
 def test_resumed_run_equals_the_uninterrupted_run(tmp_path, method):
-    from tfmicle.pretrain import pretrain
+    from tfmicle.train.pretrain import pretrain
     data = write_records(str(tmp_path / "rec"), "train",
                          synthetic_cases(20, lambda c: 1 + c % 3, size=32), ["a", "b", "c"])
     over = [f"data.dir={data}", f"method={method}", "train.train_steps=6",

@@ -86,7 +86,8 @@ def heldout_retrieval(records: str, split: str, pre_cfg_path: str, patches, seed
     from tfmicle.config import load_config
     from tfmicle.data.pipeline import PipelineConfig, evaluation
     from tfmicle.models.resnet import build_resnet
-    from tfmicle.pretrain import resnet_spec, restore_encoder
+    from tfmicle.build import resnet_spec
+    from tfmicle.rundir import restore_encoder
     from tfmicle.retrieval import evaluate_features, features_of, shared_block_mask
 
     cfg = load_config(pre_cfg_path)
