@@ -3,11 +3,11 @@ and eval. All randomness is seeded (stateless ops fed by a seeded random stream)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
 
 import tensorflow as tf
 
 from tfmicle.data import records
+from tfmicle.tasks import MULTICLASS
 from tfmicle.data.augment import (AugmentConfig, augment_batch, crop_view, decode_image,
                                   preprocess_eval)
 
@@ -233,13 +233,13 @@ def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
     return _finish_pairs(ds.map(views, num_parallel_calls=AUTOTUNE), cfg, aug, start_step)
 
 
-def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = "multiclass",
+def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
                repeat: bool = True) -> tf.data.Dataset:
     """Batches (image [B, S, S, 3], label) for fine-tuning. multiclass: label [B] int32,
     unlabeled (-1) images dropped; multilabel: label [B, K] float32 as stored (1, 0, -1,
     NaN), cases without targets dropped."""
     ds = _images_of_cases(read_cases(cfg, shuffle=True))
-    if task == "multiclass":
+    if task == MULTICLASS:
         ds = ds.filter(lambda el: el["label_class"] >= 0)
     else:
         ds = ds.filter(lambda el: tf.size(el["label_multi"]) > 0)
@@ -249,7 +249,7 @@ def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = "multiclass"
 
     def example(el, seed):
         img = crop_view(decode_image(el["image"]), seed, cfg.image_size, aug)
-        label = (tf.cast(el["label_class"], tf.int32) if task == "multiclass"
+        label = (tf.cast(el["label_class"], tf.int32) if task == MULTICLASS
                  else el["label_multi"])
         return img, label
 
@@ -322,7 +322,3 @@ def pretrain_dataset(method: str, cfg: PipelineConfig, aug: AugmentConfig,
 def pretrain_examples(method: str, simclr_unit: str = "case") -> str:
     """What one pretraining example is: "image" for image-level SimCLR, else "case"."""
     return "image" if method == "simclr" and simclr_unit == "image" else "case"
-
-
-def class_names(data_dir: str) -> Sequence[str]:
-    return records.load_dataset_info(data_dir).get("class_names", [])

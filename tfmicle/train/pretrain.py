@@ -8,6 +8,7 @@ import keras
 
 from tfmicle.build import augment_config, resnet_spec, schedule_steps
 from tfmicle.config import Config
+from tfmicle.tasks import MULTICLASS
 from tfmicle.data import records
 from tfmicle.data.pipeline import (PipelineConfig, count_examples, pretrain_dataset,
                                    pretrain_examples)
@@ -44,7 +45,7 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         raise FileNotFoundError(f"split '{cfg.data.train_split}' not in {cfg.data.dir} "
                                 f"(has: {', '.join(info.get('splits', {}))})")
     num_classes = (len(info.get("class_names", []))
-                   if cfg.model.online_probe and info.get("task") == "multiclass" else 0)
+                   if cfg.model.online_probe and info.get("task") == MULTICLASS else 0)
     runner.prepare_model_dir(cfg)
     strategy = runner.run_strategy(cfg)
     per = pretrain_examples(cfg.method, cfg.data.simclr_unit)
