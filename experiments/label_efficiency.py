@@ -1,34 +1,65 @@
-"""Experiment 2: label efficiency on Fashion-MNIST: does SimCLR pretraining on the
-training images (without labels) cut the labels needed?
+"""Experiment 2: label efficiency on Fashion-MNIST: does SimCLR pretraining on many
+unlabeled images make a few labels worth as much as many? Compared against a
+from-scratch baseline that gets the same care (learning rate and training length chosen
+on validation).
 
-1. Read the official IDX files (Debian package dataset-fashion-mnist,
+The setting is the hospital one, scaled to 2 CPU cores: many unlabeled images, few
+labels. By default:
+
+1. Data. Read the official IDX files (Debian package dataset-fashion-mnist,
    /usr/share/datasets/fashion-mnist), write the images as PNGs and two CSV manifests,
    and run data_prep (``data_prep.convert``, the code behind ``python -m data_prep``):
-   - labeled: train (the 60k training images less a validation split carved from them,
-     seeded), validation, and test = the official t10k images; nested, stratified
-     label subsets of train at the label fractions (default 1 %, 10 %, 100 %);
-   - unlabeled: all 60k training images, no label column (data_prep puts them in its
-     "unlabeled" split).
-2. SimCLR pretraining (``tfmicle.pretrain.pretrain``) on the unlabeled records.
-3. For each label fraction, fine-tune (``tfmicle.finetune.finetune``, every layer) from
-   the SimCLR checkpoint and from scratch, with the same label subset, step budget,
-   optimizer, augmentation and seed; the checkpoint kept is the best by validation
-   accuracy (validation split, never the test split).
-4. Test accuracy of that checkpoint (``tfmicle.finetune.load_classifier``) on the 10k
-   t10k images, through the same eval preprocessing as export and scoring.
+   - labeled records: ``validation`` = 1,000 training images (class-stratified,
+     seeded), ``train`` = the *labeled pool*, 2,000 other training images
+     (class-stratified, seed 0, disjoint from validation), ``test`` = the official 10k
+     t10k images; data_prep's nested, class-stratified label subsets of the pool at the
+     label fractions (default 10 % = 200 images and 100 % = 2,000 images);
+   - unlabeled records: all 60k training images, no label column.
+2. SimCLR pretraining (``tfmicle.train.pretrain.pretrain``, 1,000 steps of batch 64)
+   on the unlabeled records, once, with the first seed (``--pretrain-per-seed``: once
+   per seed).
+3. Fine-tuning of every layer (``tfmicle.train.finetune.finetune``) from the SimCLR
+   checkpoint and from scratch, with the same optimizer, schedule, augmentation and
+   budget. Each run trains for a generous step budget per fraction (default 200 steps
+   for 10 %, about 64 epochs of 200 images; 600 steps for 100 %, about 19 epochs of
+   2,000) and validates 6 times; the checkpoint kept is the best by validation accuracy, so the
+   training length is chosen on validation. The learning rate is chosen on validation
+   too, separately for each initialisation and fraction: a grid (default 0.02, 0.1) on
+   the first seed; the best LR is used for every seed.
+4. Test accuracy of each final run's kept checkpoint (``tfmicle.rundir.load_classifier``)
+   on the 10k t10k images, measured once per run and never used for a choice.
+5. results.json / results.md / results.png: test accuracy mean ± std (ddof 1) over the
+   seeds (default 0, 1, 2), per-seed rows, the LR grid's validation numbers (rejected
+   settings too), the step of each best validation (runs whose best came at their last
+   validation are flagged: they may not have converged), and a sentence, generated from
+   the numbers, saying whether SimCLR + 10 % labels reaches scratch + 100 %.
 
-    python experiments/label_efficiency.py            # default: ~27 min on 2 CPU cores
-    python experiments/label_efficiency.py --quick    # CI: subsampled, tiny sizes
-    python experiments/label_efficiency.py --pretrain-steps 20000 --finetune-steps \\
-        2000,4000,20000 --width 1 --batch-size 512 --seeds 0,1,2 \\
-        --set distribute.strategy=mirrored            # on GPUs
+    python experiments/label_efficiency.py            # default: ~35 min on 2 CPU cores
+                                                      # (an estimate, see below)
+    python experiments/label_efficiency.py --quick    # CI: every stage at tiny sizes, ~2 min
+    python experiments/label_efficiency.py --labeled-pool 0 --validation-size 5000 \\
+        --pretrain-steps 20000 --finetune-steps 3000,20000 --width 1 --batch-size 512 \\
+        --lr-grid 0.05,0.1,0.2 --seeds 0,1,2 --set distribute.strategy=mirrored  # GPUs
+
+Run time of the default: an estimate from short probe runs at the default model size
+(ResNet-18 width 0.25, 28 px, batch 64) on this 2-core machine while another job held
+most of one core, not a measurement of the full run: ~0.19 s per fine-tuning step,
+~0.40 s per pretraining step, ~11 s per test pass over the 10k t10k images. Data
+preparation (70k PNGs, two data_prep runs) ~1 min; pretraining 1,000 steps ~7 min;
+fine-tuning 16 runs (the LR grid's 8 runs on the first seed, 4 of which are that
+seed's final runs, and 8 runs for the other two seeds) = 6,400 steps ~20 min plus
+~10 s per run for model building and 6-7 validations of 1,000 images ~3 min; 12 test
+passes ~2 min: ~33 min in all. If a fine-tuning step costs 0.3-0.4 s (as measured
+for the previous version of this experiment), ~45-55 min.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import gzip
+import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -50,13 +81,14 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 INITS = ("simclr", "scratch")
 LABELS = {"simclr": "SimCLR-pretrained", "scratch": "from scratch"}
 
-DEFAULTS = dict(seeds=[0], width=0.25, depth=18, image_size=28, batch_size=64,
-                pretrain_steps=1500, finetune_steps=[200, 400, 600],
-                fractions=[0.01, 0.1, 1.0], validation_size=5000, train_limit=0,
-                test_limit=0)
+DEFAULTS = dict(seeds=[0, 1, 2], width=0.25, depth=18, image_size=28, batch_size=64,
+                pretrain_steps=1000, finetune_steps=[200, 600], fractions=[0.1, 1.0],
+                labeled_pool=2000, validation_size=1000, lr_grid=[0.02, 0.1],
+                validations=6, train_limit=0, test_limit=0)
 QUICK = dict(seeds=[0], width=0.125, depth=18, image_size=28, batch_size=16,
-             pretrain_steps=4, finetune_steps=[4, 4, 4], fractions=[0.01, 0.1, 1.0],
-             validation_size=200, train_limit=1500, test_limit=500)
+             pretrain_steps=4, finetune_steps=[6, 6], fractions=[0.1, 1.0],
+             labeled_pool=300, validation_size=200, lr_grid=[0.05], validations=2,
+             train_limit=1500, test_limit=500)
 
 
 # --------------------------------------------------------------------------- data
@@ -116,6 +148,19 @@ def carve_validation(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     return val
 
 
+def carve_pool(labels: np.ndarray, pool_size: int, validation_size: int,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(is_validation, is_pool), bool [N] each, over the training images: the validation
+    split (``carve_validation``, so it does not depend on the pool size), then the labeled
+    pool: a seeded, class-stratified sample of ~pool_size of the other images (all of
+    them when pool_size <= 0). Disjoint; pools of one seed are nested across sizes."""
+    is_val = carve_validation(labels, validation_size, seed)
+    rest = np.flatnonzero(~is_val)
+    is_pool = np.zeros(len(labels), bool)
+    is_pool[rest[stratified_head(labels[rest], pool_size, seed)]] = True
+    return is_val, is_pool
+
+
 def write_images(root: str, data: dict, train_idx: np.ndarray, test_idx: np.ndarray) -> dict:
     """PNG per image under root/{train,test}/; returns {"train": [rel paths], "test": [...]}."""
     from PIL import Image
@@ -133,14 +178,20 @@ def write_images(root: str, data: dict, train_idx: np.ndarray, test_idx: np.ndar
 
 
 def write_manifests(root: str, data: dict, rels: dict, train_idx, test_idx,
-                    is_val: np.ndarray) -> tuple[str, str]:
-    """labeled.csv (image, label, split) and unlabeled.csv (image) in root."""
+                    is_val: np.ndarray, is_pool: np.ndarray) -> tuple[str, str]:
+    """labeled.csv (image, label, split: the pool as train, validation, test) and
+    unlabeled.csv (image: every training image, pool and validation included, no label)
+    in root. Training images in neither the pool nor validation have no labeled row."""
+    if np.any(is_val & is_pool):
+        raise ValueError("the labeled pool and the validation split overlap")
     labeled = os.path.join(root, "labeled.csv")
     with open(labeled, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "label", "split"])
-        for rel, i, v in zip(rels["train"], train_idx, is_val):
-            w.writerow([rel, CLASS_NAMES[data["train"][1][i]], "validation" if v else "train"])
+        for rel, i, v, p in zip(rels["train"], train_idx, is_val, is_pool):
+            if v or p:
+                w.writerow([rel, CLASS_NAMES[data["train"][1][i]],
+                            "validation" if v else "train"])
         for rel, i in zip(rels["test"], test_idx):
             w.writerow([rel, CLASS_NAMES[data["test"][1][i]], "test"])
     unlabeled = os.path.join(root, "unlabeled.csv")
@@ -190,9 +241,16 @@ def pretrain_config(a, data_dir: str, model_dir: str, seed: int):
     return common.make_config(extra, a.overrides)
 
 
-def finetune_config(a, init: str, fraction: float, steps: int, data_dir: str,
+def eval_every(steps: int, validations: int) -> int:
+    """Validation period giving ~`validations` validations in a run of `steps` steps (the
+    last step is always validated)."""
+    return max(int(math.ceil(steps / max(validations, 1))), 1)
+
+
+def finetune_config(a, init: str, fraction: float, steps: int, lr: float, data_dir: str,
                     model_dir: str, checkpoint: str, seed: int, n_labeled: int):
-    """Identical for both initialisations except finetune.init / checkpoint."""
+    """Identical for both initialisations except finetune.init / checkpoint (and the
+    learning rate, which each chooses on validation)."""
     extra = {
         "mode": "finetune", "model_dir": model_dir,
         "data": {"dir": data_dir, "train_split": "train", "eval_split": "validation",
@@ -205,14 +263,14 @@ def finetune_config(a, init: str, fraction: float, steps: int, data_dir: str,
         "model": encoder_settings(a),
         "train": {"batch_size": a.batch_size, "train_steps": steps,
                   "warmup_epochs": 0.05 * steps * a.batch_size / max(n_labeled, 1),
-                  "optimizer": "momentum", "learning_rate": 0.05, "lr_scaling": "none",
+                  "optimizer": "momentum", "learning_rate": lr, "lr_scaling": "none",
                   "momentum": 0.9, "weight_decay": 0.0, "seed": seed,
                   "checkpoint_steps": steps, "keep_checkpoints": 1,
                   "log_steps": max(min(100, steps // 4), 1)},
         "finetune": {"init": "checkpoint" if init == "simclr" else "scratch",
                      "checkpoint": checkpoint if init == "simclr" else "",
                      "fine_tune_after_block": -1, "best_metric": "val_accuracy",
-                     "eval_every_steps": max(steps // 4, 1)},
+                     "eval_every_steps": eval_every(steps, a.validations)},
     }
     return common.make_config(extra, a.overrides)
 
@@ -220,8 +278,9 @@ def finetune_config(a, init: str, fraction: float, steps: int, data_dir: str,
 def test_accuracy(model_dir: str, data_dir: str, image_size: int) -> dict:
     """Accuracy of the run's best checkpoint (by validation) on the test split."""
     import tensorflow as tf
-    from tfmicle.finetune import eval_batches, load_classifier
     from tfmicle.metrics import top_k_accuracy
+    from tfmicle.rundir import load_classifier
+    from tfmicle.train.validation import eval_batches
 
     model, _, info, prefix = load_classifier(model_dir, "best")
     predict = tf.function(lambda x: tf.nn.softmax(model(x, training=False)),
@@ -235,33 +294,146 @@ def test_accuracy(model_dir: str, data_dir: str, image_size: int) -> dict:
             "checkpoint": os.path.basename(os.path.dirname(prefix))}
 
 
-def run_finetunes(a, seed: int, data_dir: str, pre_dir: str | None, sdir: str) -> list[dict]:
-    from tfmicle.finetune import count_labeled, finetune
-    from tfmicle.data import records
+def validation_curve(model_dir: str) -> list[list[float]]:
+    """[[step, val_accuracy], ...] from the run's validation log."""
+    from tfmicle.rundir import VALIDATION_LOG
+    path = os.path.join(model_dir, VALIDATION_LOG)
+    out = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    v = json.loads(line)
+                    out.append([int(v["step"]), v.get("val_accuracy")])
+    return out
 
-    rows = []
+
+def best_at_last_validation(row: dict) -> bool:
+    """True when the run's best validation accuracy came at its last validation (it may
+    still have been improving)."""
+    curve = row.get("validation_curve") or []
+    best = row.get("best_validation") or {}
+    return bool(curve) and best.get("step") == curve[-1][0]
+
+
+def finetune_run(a, init: str, fraction: float, steps: int, lr: float, seed: int,
+                 data_dir: str, checkpoint: str, mdir: str, n_labeled: int) -> dict:
+    """One fine-tuning run (validation only: the test split is scored separately, for
+    the final runs)."""
+    from tfmicle.train.finetune import finetune
+
+    if os.path.isdir(mdir):
+        shutil.rmtree(mdir)
+    cfg = finetune_config(a, init, fraction, steps, lr, data_dir, mdir, checkpoint, seed,
+                          n_labeled)
+    log.info("seed %d: fine-tuning from %s on %g of the pool (%d images), LR %g, %d steps "
+             "(%.1f epochs), validating every %d steps", seed, init, fraction, n_labeled, lr,
+             steps, steps * a.batch_size / n_labeled, cfg.finetune.eval_every_steps)
+    t, c = time.time(), time.process_time()
+    res = finetune(cfg, verbose=a.verbose)
+    row = {"seed": seed, "init": init, "fraction": fraction, "learning_rate": lr,
+           "labeled_images": n_labeled, "budget_steps": steps, "steps": res["end_step"],
+           "epochs": res["end_step"] * a.batch_size / n_labeled,
+           "best_validation": res["best"], "validation_curve": validation_curve(mdir),
+           "seconds": time.time() - t, "cpu_seconds": time.process_time() - c}
+    row["best_at_last_validation"] = best_at_last_validation(row)
+    log.info("seed %d: %s, %g of the pool, LR %g: best validation accuracy %.4f at step "
+             "%s of %d%s (%.0f s)", seed, init, fraction, lr, res["best"]["value"],
+             res["best"]["step"], res["end_step"],
+             " = the last validation" if row["best_at_last_validation"] else "",
+             row["seconds"])
+    return row
+
+
+def add_test(row: dict, mdir: str, data_dir: str, image_size: int) -> dict:
+    t = time.time()
+    test = test_accuracy(mdir, data_dir, image_size)
+    row.update(test_accuracy=test["accuracy"], test_images=test["images"],
+               test_seconds=time.time() - t)
+    log.info("seed %d: %s, %g of the pool, LR %g: test accuracy %.4f (%d images)",
+             row["seed"], row["init"], row["fraction"], row["learning_rate"],
+             test["accuracy"], test["images"])
+    return row
+
+
+def choose_lr(grid_rows: list[dict], init: str, fraction: float) -> float:
+    """The grid's LR with the best validation accuracy for (init, fraction); ties go to
+    the first LR in grid order."""
+    sel = [r for r in grid_rows if r["init"] == init and r["fraction"] == fraction]
+    if not sel:
+        raise ValueError(f"no grid run for {init} at fraction {fraction:g}")
+    best = max(sel, key=lambda r: (r["best_validation"]["value"]
+                                   if r["best_validation"]["value"] is not None else -1.0))
+    return best["learning_rate"]
+
+
+def lr_dir(work: str, init: str, fraction: float, lr: float, seed: int) -> str:
+    return os.path.join(work, f"seed{seed}", f"ft_{init}_{fraction:g}_lr{lr:g}")
+
+
+def run_all(a, labeled_dir: str, unlabeled_dir: str, work: str, n_labeled: dict):
+    """Pretraining, the LR grid on the first seed, the final runs of every seed.
+    Returns (pretraining rows, grid rows, final rows, chosen LRs, pretraining config)."""
+    from tfmicle.train.pretrain import pretrain
+
+    pre_rows, pre_cfg, pre_dirs = [], None, {}
+
+    def pretrained(seed: int) -> str:
+        key = seed if a.pretrain_per_seed else a.seeds[0]
+        if key in pre_dirs:
+            return pre_dirs[key]
+        nonlocal pre_cfg
+        pdir = os.path.join(work, f"pretrain_simclr_seed{key}")
+        if os.path.isdir(pdir):
+            shutil.rmtree(pdir)
+        pre_cfg = pretrain_config(a, unlabeled_dir, pdir, key)
+        log.info("SimCLR pretraining (seed %d) on %d unlabeled images for %d steps", key,
+                 a.num_unlabeled, a.pretrain_steps)
+        t, c = time.time(), time.process_time()
+        res = pretrain(pre_cfg, verbose=a.verbose)
+        pre_rows.append({"seed": key, "steps": res["end_step"],
+                         "final_loss": res["final_metrics"].get("loss"),
+                         "seconds": time.time() - t, "cpu_seconds": time.process_time() - c})
+        pre_dirs[key] = pdir
+        return pdir
+
+    first = a.seeds[0]
+    grid, final, chosen = [], [], {}
+    ckpt = pretrained(first)
     for fraction, steps in zip(a.fractions, a.finetune_steps):
-        ids = None if fraction >= 1 else tuple(records.read_subset(data_dir, "train", fraction))
-        _, n_labeled = count_labeled(data_dir, "train", "multiclass", ids)
         for init in INITS:
-            mdir = os.path.join(sdir, f"ft_{init}_{fraction:g}")
-            if os.path.isdir(mdir):
-                shutil.rmtree(mdir)
-            cfg = finetune_config(a, init, fraction, steps, data_dir, mdir, pre_dir or "",
-                                  seed, n_labeled)
-            log.info("seed %d: fine-tuning from %s on %g of the labels (%d images), %d steps",
-                     seed, init, fraction, n_labeled, steps)
-            t = time.time()
-            res = finetune(cfg, verbose=a.verbose)
-            test = test_accuracy(mdir, data_dir, a.image_size)
-            rows.append({"seed": seed, "init": init, "fraction": fraction,
-                         "labeled_images": n_labeled, "steps": res["end_step"],
-                         "best_validation": res["best"], "test_accuracy": test["accuracy"],
-                         "test_images": test["images"], "seconds": time.time() - t})
-            log.info("seed %d: %s, %g labels: validation %s %.4f at step %s; test accuracy "
-                     "%.4f", seed, init, fraction, res["best"]["metric"],
-                     res["best"]["value"], res["best"]["step"], test["accuracy"])
-    return rows
+            rows = []
+            for lr in a.lr_grid:
+                mdir = lr_dir(work, init, fraction, lr, first)
+                rows.append(finetune_run(a, init, fraction, steps, lr, first, labeled_dir,
+                                         ckpt, mdir, n_labeled[fraction]))
+            lr = choose_lr(rows, init, fraction)
+            chosen[f"{init} {fraction:g}"] = lr
+            log.info("%s, %g of the pool: LR %g chosen on validation (grid %s)", init,
+                     fraction, lr, ", ".join(f"{r['learning_rate']:g}: "
+                                             f"{r['best_validation']['value']:.4f}"
+                                             for r in rows))
+            for r in rows:
+                r["chosen"] = r["learning_rate"] == lr
+                mdir = lr_dir(work, init, fraction, r["learning_rate"], first)
+                if r["chosen"]:
+                    final.append(add_test(dict(r), mdir, labeled_dir, a.image_size))
+                if not a.keep_work:
+                    shutil.rmtree(mdir, ignore_errors=True)
+            grid += rows
+    for seed in a.seeds[1:]:
+        ckpt = pretrained(seed)
+        for fraction, steps in zip(a.fractions, a.finetune_steps):
+            for init in INITS:
+                lr = chosen[f"{init} {fraction:g}"]
+                mdir = lr_dir(work, init, fraction, lr, seed)
+                row = finetune_run(a, init, fraction, steps, lr, seed, labeled_dir, ckpt, mdir,
+                                   n_labeled[fraction])
+                row["chosen"] = True
+                final.append(add_test(row, mdir, labeled_dir, a.image_size))
+                if not a.keep_work:
+                    shutil.rmtree(mdir, ignore_errors=True)
+    return pre_rows, grid, final, chosen, pre_cfg
 
 
 # --------------------------------------------------------------------------- report
@@ -271,51 +443,145 @@ def summarise(rows: list[dict], fractions) -> dict:
     for init in INITS:
         out[init] = {}
         for f in fractions:
-            sel = [r for r in rows if r["init"] == init and r["fraction"] == f]
+            sel = sorted((r for r in rows if r["init"] == init and r["fraction"] == f),
+                         key=lambda r: r["seed"])
             out[init][f"{f:g}"] = {
                 "test_accuracy": common.mean_std([r["test_accuracy"] for r in sel]),
                 "validation_accuracy": common.mean_std([r["best_validation"]["value"]
                                                         for r in sel]),
                 "labeled_images": sel[0]["labeled_images"] if sel else 0,
-                "steps": sel[0]["steps"] if sel else 0}
+                "steps": sel[0]["budget_steps"] if sel else 0,
+                "epochs": sel[0]["epochs"] if sel else 0.0,
+                "learning_rate": sel[0]["learning_rate"] if sel else None,
+                "best_steps": [r["best_validation"]["step"] for r in sel],
+                "seeds": [r["seed"] for r in sel]}
     return out
 
 
+def verdict(summary: dict, fractions) -> dict:
+    """Does SimCLR with the smallest label fraction (10 % by default) reach scratch with
+    the largest (100 %)? Compares means; says whether the difference exceeds the larger
+    of the two standard deviations (seed spread)."""
+    lo, hi = min(fractions), max(fractions)
+    a = summary["simclr"][f"{lo:g}"]
+    b = summary["scratch"][f"{hi:g}"]
+    sa, sb = a["test_accuracy"], b["test_accuracy"]
+    diff = sa["mean"] - sb["mean"]
+    reaches = bool(diff >= 0)
+    n = min(sa["n"], sb["n"])
+    spread = max(sa["std"], sb["std"]) if n > 1 else math.nan
+    beyond = bool(n > 1 and abs(diff) > spread)
+    left = f"SimCLR + {lo:.0%} labels ({a['labeled_images']:,} images)"
+    right = f"scratch + {hi:.0%} labels ({b['labeled_images']:,} images)"
+    nums = (f"test accuracy {common.fmt_pm(sa, 4)} vs {common.fmt_pm(sb, 4)}, "
+            f"difference {diff:+.4f}")
+    if n <= 1:
+        text = (f"{'Yes' if reaches else 'No'}, on one seed only: {left} "
+                f"{'reaches' if reaches else 'does not reach'} {right} ({nums}); with one "
+                f"seed no spread is measured, so this says nothing about significance.")
+    elif beyond:
+        verb = "reaches" if reaches else "does not reach"
+        text = (f"{'Yes' if reaches else 'No'}: {left} {verb} "
+                f"{right} ({nums}, mean ± std over {n} seeds); the difference is larger than "
+                f"both standard deviations (the larger is {spread:.4f}).")
+    else:
+        text = (f"{'Yes' if reaches else 'No'} on average, but not clearly: {left} "
+                f"{'reaches' if reaches else 'falls short of'} {right} on the mean ({nums}, "
+                f"mean ± std over {n} seeds), and the difference is within the seed spread "
+                f"(standard deviation up to {spread:.4f}).")
+    return {"simclr_fraction": lo, "scratch_fraction": hi, "simclr": sa, "scratch": sb,
+            "difference": diff, "reaches": reaches, "seeds": n, "max_std": spread,
+            "difference_exceeds_std": beyond, "text": text}
+
+
+def _run_name(r: dict) -> str:
+    return (f"seed {r['seed']}, {LABELS[r['init']]}, {r['fraction']:.0%} labels, "
+            f"LR {r['learning_rate']:g}")
+
+
 def markdown(result: dict) -> str:
-    s, st = result["summary"], result["settings"]
+    s, st, d = result["summary"], result["settings"], result["data"]
     fr = st["fractions"]
     n_seeds = len(st["seeds"])
     spread = (f"mean ± std (ddof 1) over {n_seeds} seeds {st['seeds']}" if n_seeds > 1
               else f"one seed ({st['seeds'][0]}): no spread measured")
-    d = result["data"]
-    lines = ["# Label efficiency on Fashion-MNIST\n",
-             f"Test accuracy on the official t10k images ({d['test_images']}), {spread}. "
-             f"SimCLR pretraining on {d['unlabeled_images']} training images without "
-             f"labels ({st['pretrain_steps']} steps of batch {st['batch_size']}); "
-             f"fine-tuning of every layer on nested, class-stratified label subsets of the "
-             f"{d['train_images']} training images left after carving a "
-             f"{d['validation_images']}-image validation split, from the SimCLR checkpoint "
-             f"or from scratch with identical settings; the checkpoint kept is the best by "
-             f"validation accuracy. ResNet-{st['depth']} width {st['width']:g} at "
-             f"{st['image_size']} px. Wall time {result['wall_seconds'] / 60:.1f} min.\n"]
-    header = ["initialisation"] + [f"{f:.0%} labels ({s['scratch'][f'{f:g}']['labeled_images']}"
-                                   f" images, {s['scratch'][f'{f:g}']['steps']} steps)"
-                                   for f in fr]
+    pre = result["pretraining"]
+    pre_text = (f"one SimCLR pretraining run (seed {pre[0]['seed']}) shared by every seed: "
+                f"the seeds vary the fine-tuning only (head initialisation, data order, "
+                f"augmentation)" if not st["pretrain_per_seed"]
+                else "one SimCLR pretraining run per seed")
+    grid = ", ".join(f"{x:g}" for x in st["lr_grid"])
+    lines = [
+        "# Label efficiency on Fashion-MNIST\n",
+        f"**Scale** (chosen to fit 2 CPU cores): the labels come from a *labeled pool* of "
+        f"{d['train_images']:,} training images (class-stratified, seed 0); the label "
+        f"fractions are fractions of this pool (data_prep's nested, class-stratified "
+        f"subsets). SimCLR pretraining uses all {d['unlabeled_images']:,} training images "
+        f"without labels ({st['pretrain_steps']} steps of batch {st['batch_size']}; "
+        f"{pre_text}). Validation: {d['validation_images']:,} training images carved out "
+        f"(class-stratified, disjoint from the pool), the only split used for a choice. "
+        f"Test: {d['test_images']:,} t10k images, scored once per final run. "
+        f"ResNet-{st['depth']} width {st['width']:g} at {st['image_size']} px, every layer "
+        f"fine-tuned, batch {st['batch_size']}. Wall time "
+        f"{result['wall_seconds'] / 60:.1f} min.\n",
+        "## Does SimCLR + few labels reach scratch + all labels?\n",
+        result["verdict"]["text"] + "\n",
+        f"## Test accuracy ({spread})\n"]
+    header = ["initialisation"] + [
+        f"{f:.0%} labels ({s['scratch'][f'{f:g}']['labeled_images']:,} images)" for f in fr]
     rows = [[LABELS[i]] + [common.fmt_pm(s[i][f"{f:g}"]["test_accuracy"], 4) for f in fr]
             for i in INITS]
     rows.append(["difference (SimCLR − scratch)"] + [
         f"{s['simclr'][f'{f:g}']['test_accuracy']['mean'] - s['scratch'][f'{f:g}']['test_accuracy']['mean']:+.4f}"
         for f in fr])
     lines.append(common.markdown_table(header, rows))
-    lines.append("\nValidation accuracy of the kept checkpoints (the split used for model "
-                 "selection):\n")
+    lines.append(
+        f"\n## Model selection (validation split only)\n\n"
+        f"Both initialisations get the same care. Training length: each run trains for a "
+        f"fixed budget per fraction ("
+        + ", ".join(f"{f:.0%}: {n} steps = {s['scratch'][f'{f:g}']['epochs']:.1f} epochs"
+                    for f, n in zip(fr, st["finetune_steps"]))
+        + f"; {st['validations']} validations, cosine decay over the budget) and the "
+        f"checkpoint kept is the one with the best validation accuracy. Learning rate: "
+        f"grid {{{grid}}} on seed {st['seeds'][0]}, separately for each initialisation and "
+        f"fraction; the LR with the best validation accuracy is used for every seed.\n")
+    rows = []
+    for r in result["grid"]:
+        b = r["best_validation"]
+        rows.append([LABELS[r["init"]], f"{r['fraction']:.0%}", f"{r['learning_rate']:g}",
+                     f"{b['value']:.4f}", f"{b['step']} / {r['steps']}",
+                     "**chosen**" if r.get("chosen") else "rejected"])
+    lines.append(common.markdown_table(
+        ["initialisation", "labels", "LR", "best validation accuracy", "at step / steps",
+         "choice"], rows))
+    lines.append("\nValidation accuracy of the kept checkpoints (chosen LR, every seed):\n")
     rows = [[LABELS[i]] + [common.fmt_pm(s[i][f"{f:g}"]["validation_accuracy"], 4)
                            for f in fr] for i in INITS]
     lines.append(common.markdown_table(["initialisation"] + [f"{f:.0%}" for f in fr], rows))
-    p = result["pretraining"]
+    lines.append("\n## Per-seed runs\n")
+    rows = []
+    for r in sorted(result["runs"], key=lambda r: (r["fraction"], r["init"] != "simclr",
+                                                   r["seed"])):
+        b = r["best_validation"]
+        rows.append([r["seed"], LABELS[r["init"]], f"{r['fraction']:.0%}",
+                     f"{r['learning_rate']:g}", f"{b['value']:.4f}",
+                     f"{b['step']} / {r['steps']}", f"{r['test_accuracy']:.4f}"])
+    lines.append(common.markdown_table(
+        ["seed", "initialisation", "labels", "LR", "best validation accuracy",
+         "at step / steps", "test accuracy"], rows))
+    flagged = result["not_converged"]
+    n_all = len(result["grid"]) + len(result["runs"]) - sum(
+        1 for r in result["grid"] if r.get("chosen"))
+    if flagged:
+        lines.append(f"\n**Possibly not converged**: {len(flagged)} of the {n_all} runs had "
+                     f"their best validation accuracy at their last validation (a longer "
+                     f"budget might have helped them): " + "; ".join(flagged) + ".\n")
+    else:
+        lines.append(f"\nNone of the {n_all} runs had its best validation accuracy at its "
+                     f"last validation.\n")
     lines.append("\nPretraining: " + "; ".join(
         f"seed {r['seed']}: {r['steps']} steps, final loss {r['final_loss']:.3f}, "
-        f"{r['seconds'] / 60:.1f} min" for r in p) + ".\n")
+        f"{r['seconds'] / 60:.1f} min" for r in pre) + ".\n")
     lines.append(f"\nCommand: `{result['command']}`\n")
     return "\n".join(lines)
 
@@ -328,14 +594,19 @@ def plot(result: dict, path: str) -> None:
     s, st = result["summary"], result["settings"]
     fr = st["fractions"]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    n = [s["scratch"][f"{f:g}"]["labeled_images"] for f in fr]
     for init, colour in zip(INITS, ("#c0392b", "#2471a3")):
         m = np.array([s[init][f"{f:g}"]["test_accuracy"]["mean"] for f in fr])
         sd = np.array([s[init][f"{f:g}"]["test_accuracy"]["std"] for f in fr])
-        ax.errorbar([f * 100 for f in fr], m, yerr=sd if len(st["seeds"]) > 1 else None,
+        ax.errorbar(n, m, yerr=sd if len(st["seeds"]) > 1 else None,
                     marker="o", capsize=4, color=colour, label=LABELS[init])
+    top = s["scratch"][f"{max(fr):g}"]["test_accuracy"]["mean"]
+    ax.axhline(top, color="#2471a3", ls=":", lw=1,
+               label=f"from scratch, {max(fr):.0%} labels")
     ax.set_xscale("log")
-    ax.set_xticks([f * 100 for f in fr], [f"{f * 100:g} %" for f in fr])
-    ax.set_xlabel("labels used (share of the training labels)")
+    ax.set_xticks(n, [f"{f:.0%}\n({k:,})" for f, k in zip(fr, n)])
+    ax.minorticks_off()
+    ax.set_xlabel("labels used (share of the labeled pool, images)")
     ax.set_ylabel("test accuracy (t10k)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -352,7 +623,8 @@ def _steps_list(text: str) -> list[int]:
     try:
         out = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like 300,500,800, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 200,600, got {text!r}") from None
     if not out or min(out) < 1:
         raise argparse.ArgumentTypeError("steps must be >= 1")
     return out
@@ -361,26 +633,43 @@ def _steps_list(text: str) -> list[int]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python experiments/label_efficiency.py",
-        description="Label efficiency on Fashion-MNIST: SimCLR pretraining without labels, "
-                    "then fine-tuning on 1 %%, 10 %%, 100 %% of the labels vs training from "
-                    "scratch; test accuracy on t10k. Writes results.json, results.md and "
-                    "results.png to --out.")
+        description="Label efficiency on Fashion-MNIST: SimCLR pretraining on the 60k "
+                    "training images without labels, then fine-tuning on 10 %% and 100 %% "
+                    "of a labeled pool vs training from scratch, learning rate and training "
+                    "length chosen on validation for both; test accuracy on t10k, mean ± std "
+                    "over seeds. Writes results.json, results.md and results.png to --out.")
     common.add_common_args(p, NAME)
     p.add_argument("--fashion-dir", default=FASHION_DIR,
                    help=f"folder with the four IDX .gz files (default {FASHION_DIR})")
     p.add_argument("--fractions", type=common.float_list, default=None, metavar="F,F,...",
-                   help="label fractions (default 0.01,0.1,1)")
+                   help="label fractions of the labeled pool (default 0.1,1; other "
+                        "fractions need --finetune-steps)")
+    p.add_argument("--labeled-pool", type=int, default=None, metavar="N",
+                   help="labeled training images (class-stratified, seed 0, disjoint from "
+                        "validation) the fractions are taken of; 0: every training image "
+                        "not in validation (default 2000; --quick: 300)")
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help=f"SimCLR steps (default {DEFAULTS['pretrain_steps']})")
+    p.add_argument("--pretrain-per-seed", action="store_true",
+                   help="pretrain once per seed (default: once, with the first seed; the "
+                        "seeds then vary the fine-tuning only)")
     p.add_argument("--finetune-steps", type=_steps_list, default=None, metavar="N,N,...",
-                   help="fine-tuning steps per label fraction, one value for all or one "
-                        "per fraction (default "
-                        + ",".join(map(str, DEFAULTS["finetune_steps"])) + ")")
+                   help="fine-tuning step budget per label fraction, one value for all or "
+                        "one per fraction (default "
+                        + ",".join(map(str, DEFAULTS["finetune_steps"])) + "); the kept "
+                        "checkpoint is the best by validation within the budget")
+    p.add_argument("--validations", type=int, default=None, metavar="N",
+                   help="validations per fine-tuning run (default 6)")
+    p.add_argument("--lr-grid", type=common.float_list, default=None, metavar="LR,LR,...",
+                   help="fine-tuning learning rates tried on the first seed, per "
+                        "initialisation and fraction; the best on validation is used for "
+                        "every seed (default "
+                        + ",".join(f"{x:g}" for x in DEFAULTS["lr_grid"]) + ")")
     p.add_argument("--validation-size", type=int, default=None,
-                   help="training images carved out for validation (default 5000)")
+                   help="training images carved out for validation (default 1000)")
     p.add_argument("--train-limit", type=int, default=None,
-                   help="use a stratified subsample of this many training images "
-                        "(0: all 60k; --quick: 1500)")
+                   help="use a stratified subsample of this many training images for "
+                        "everything (0: all 60k; --quick: 1500)")
     p.add_argument("--test-limit", type=int, default=None,
                    help="use a stratified subsample of this many test images "
                         "(0: all 10k; --quick: 500)")
@@ -388,18 +677,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="keep the images, records and checkpoints in OUT/work")
     a = p.parse_args(argv)
     base = QUICK if a.quick else DEFAULTS
+    steps_given = a.finetune_steps is not None
     for k, v in base.items():
         if getattr(a, k, None) is None:
-            setattr(a, k, v)
+            setattr(a, k, list(v) if isinstance(v, list) else v)
     if len(a.finetune_steps) == 1:
         a.finetune_steps = a.finetune_steps * len(a.fractions)
     if len(a.finetune_steps) != len(a.fractions):
         p.error(f"--finetune-steps: {len(a.finetune_steps)} values for "
-                f"{len(a.fractions)} fractions")
+                f"{len(a.fractions)} fractions" + ("" if steps_given else
+                                                   " (give --finetune-steps)"))
     if any(not 0 < f <= 1 for f in a.fractions):
         p.error("--fractions must be in (0, 1]")
+    if len(set(a.fractions)) != len(a.fractions):
+        p.error("--fractions must differ")
     if a.pretrain_steps < 1 or a.batch_size < 2 or a.width <= 0:
         p.error("--pretrain-steps >= 1, --batch-size >= 2 and --width > 0 are required")
+    if not a.lr_grid or min(a.lr_grid) <= 0:
+        p.error("--lr-grid: learning rates must be > 0")
+    if a.validations < 1:
+        p.error("--validations must be >= 1")
+    if a.validation_size < len(CLASS_NAMES):
+        p.error(f"--validation-size must be >= {len(CLASS_NAMES)} (one image per class)")
+    if a.labeled_pool < 0:
+        p.error("--labeled-pool must be >= 0")
+    if len(set(a.seeds)) != len(a.seeds):
+        p.error("--seeds must differ")
+    a.lr_grid = list(dict.fromkeys(a.lr_grid))
     order = np.argsort(a.fractions)
     a.fractions = [a.fractions[i] for i in order]
     a.finetune_steps = [a.finetune_steps[i] for i in order]
@@ -410,6 +714,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     common.setup_logging()
     clock = common.Stopwatch()
+    cpu0 = time.process_time()
     from tfmicle.config import ConfigError
     try:
         common.make_config({}, a.overrides)
@@ -419,16 +724,17 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     work = os.path.join(a.out, "work")
     data = load_fashion_mnist(a.fashion_dir)
-    # Subsamples (quick mode) and the validation split do not depend on the run seed:
-    # every seed trains and is tested on the same data.
+    # Subsamples (quick mode), the validation split and the labeled pool do not depend on
+    # the run seed: every seed trains, validates and is tested on the same data.
     train_idx = stratified_head(data["train"][1], a.train_limit, 0)
     test_idx = stratified_head(data["test"][1], a.test_limit, 0)
-    is_val = carve_validation(data["train"][1][train_idx], a.validation_size, 0)
+    is_val, is_pool = carve_pool(data["train"][1][train_idx], a.labeled_pool,
+                                 a.validation_size, 0)
     t = time.time()
     img_root = os.path.join(work, "images")
     rels = write_images(img_root, data, train_idx, test_idx)
     labeled_csv, unlabeled_csv = write_manifests(img_root, data, rels, train_idx, test_idx,
-                                                 is_val)
+                                                 is_val, is_pool)
     log.info("wrote %d PNGs and the manifests in %.0fs", len(train_idx) + len(test_idx),
              time.time() - t)
     labeled_dir = os.path.join(work, "records_labeled")
@@ -439,38 +745,37 @@ def main(argv=None) -> int:
     data_seconds = time.time() - t
     a.num_unlabeled = info_u["splits"]["unlabeled"]["images"]
     splits = {k: v["images"] for k, v in info_l["splits"].items() if v["images"]}
-    log.info("records: labeled %s, unlabeled %d (data_prep %.0fs)", splits,
-             a.num_unlabeled, data_seconds)
+    log.info("records: labeled %s (train = the labeled pool), unlabeled %d (data_prep %.0fs)",
+             splits, a.num_unlabeled, data_seconds)
 
-    from tfmicle.pretrain import pretrain
-    rows, pre_rows, pre_cfg = [], [], None
-    for seed in a.seeds:
-        sdir = os.path.join(work, f"seed{seed}")
-        os.makedirs(sdir, exist_ok=True)
-        pre_dir = os.path.join(sdir, "pretrain_simclr")
-        if os.path.isdir(pre_dir):
-            shutil.rmtree(pre_dir)
-        pre_cfg = pretrain_config(a, unlabeled_dir, pre_dir, seed)
-        log.info("seed %d: SimCLR pretraining on %d unlabeled images for %d steps", seed,
-                 a.num_unlabeled, a.pretrain_steps)
-        t = time.time()
-        res = pretrain(pre_cfg, verbose=a.verbose)
-        pre_rows.append({"seed": seed, "steps": res["end_step"],
-                         "final_loss": res["final_metrics"].get("loss"),
-                         "seconds": time.time() - t})
-        rows += run_finetunes(a, seed, labeled_dir, pre_dir, sdir)
-        if not a.keep_work:
-            shutil.rmtree(sdir, ignore_errors=True)
+    from tfmicle.data import records
+    from tfmicle.train.finetune import count_labeled
+    n_labeled = {}
+    for f in a.fractions:
+        ids = None if f >= 1 else tuple(records.read_subset(labeled_dir, "train", f))
+        n_labeled[f] = count_labeled(labeled_dir, "train", "multiclass", ids)[1]
+        if n_labeled[f] == 0:
+            raise SystemExit(f"error: fraction {f:g} of the {splits.get('train', 0)}-image "
+                             "pool has no image: raise --labeled-pool")
+
+    pre_rows, grid, rows, chosen, pre_cfg = run_all(a, labeled_dir, unlabeled_dir, work,
+                                                    n_labeled)
+    flagged = [_run_name(r) + f" (best at step {r['best_validation']['step']} of "
+               f"{r['steps']})" for r in grid + [r for r in rows if r["seed"] != a.seeds[0]]
+               if r["best_at_last_validation"]]
 
     from tfmicle.config import to_dict
-    ft_example = finetune_config(a, "simclr", a.fractions[0], a.finetune_steps[0], labeled_dir,
-                                 "", "<pretraining run>", a.seeds[0], 1)
+    ft_example = finetune_config(a, "simclr", a.fractions[0], a.finetune_steps[0],
+                                 a.lr_grid[0], labeled_dir, "", "<pretraining run>",
+                                 a.seeds[0], 1)
+    summary = summarise(rows, a.fractions)
     result = {
         "experiment": NAME, "command": common.command_line(),
         "settings": {k: getattr(a, k) for k in (
             "seeds", "width", "depth", "image_size", "batch_size", "pretrain_steps",
-            "finetune_steps", "fractions", "validation_size", "train_limit", "test_limit",
-            "quick", "overrides")},
+            "pretrain_per_seed", "finetune_steps", "fractions", "labeled_pool", "lr_grid",
+            "validations", "validation_size", "train_limit", "test_limit", "quick",
+            "overrides")},
         "data": {"source": a.fashion_dir, "unlabeled_images": a.num_unlabeled,
                  "train_images": splits.get("train", 0),
                  "validation_images": splits.get("validation", 0),
@@ -479,13 +784,16 @@ def main(argv=None) -> int:
                  "data_prep_seconds": data_seconds},
         "pretrain_config": to_dict(pre_cfg) | {"model_dir": ""},
         "finetune_config": to_dict(ft_example) | {"model_dir": ""},
-        "pretraining": pre_rows, "runs": rows,
-        "summary": summarise(rows, a.fractions),
-        "wall_seconds": clock(), "environment": common.environment(),
+        "pretraining": pre_rows, "grid": grid, "chosen_learning_rates": chosen,
+        "runs": rows, "not_converged": flagged, "summary": summary,
+        "verdict": verdict(summary, a.fractions),
+        "wall_seconds": clock(), "cpu_seconds": time.process_time() - cpu0,
+        "environment": common.environment(),
     }
     result["finetune_config"]["finetune"]["note"] = (
-        "init scratch has no checkpoint; data.label_fraction, train.train_steps and "
-        "train.warmup_epochs follow the fraction")
+        "init scratch has no checkpoint; data.label_fraction, train.train_steps, "
+        "train.warmup_epochs, finetune.eval_every_steps and train.learning_rate (chosen "
+        "on validation per init and fraction) follow the run")
     common.write_outputs(a.out, result, markdown, plot, None if a.keep_work else work, log,
                          clock())
     return 0

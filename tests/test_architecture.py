@@ -33,8 +33,8 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "export": (("tfmicle.export",), ("runs", "library", "foundation")),
     "score": (("tfmicle.score",), ("data_prep", "library", "foundation")),
     "serving": (("serving",), ("foundation",)),
-    # the whole recipe end to end, and old import paths kept for it
-    "recipes": (("tfmicle.demo", "tfmicle.pretrain", "tfmicle.finetune", "tfmicle.runner"),
+    # the whole recipe end to end
+    "recipes": (("tfmicle.demo",),
                 ("train", "export", "score", "serving", "data_prep", "runs", "library",
                  "foundation")),
 }

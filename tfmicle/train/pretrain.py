@@ -17,7 +17,6 @@ from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import build_resnet
 from tfmicle.optim import WarmupCosine, make_optimizer
 from tfmicle.train import runner
-from tfmicle.rundir import restore_encoder  # noqa: F401 - re-exported (experiments)
 
 log = logging.getLogger(__name__)
 
@@ -90,5 +89,4 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     return result
 
 
-__all__ = ["pretrain", "build_contrastive_model", "restore_encoder", "augment_config",
-           "resnet_spec", "schedule_steps"]
+__all__ = ["pretrain", "build_contrastive_model"]
