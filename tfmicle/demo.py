@@ -55,7 +55,7 @@ def _stage(title: str, fn, *args) -> None:
 # MICLe pretraining of the demo: Experiment 1's encoder and recipe, with the augmentation
 # and learning rate chosen on validation lesions (experiments/choose_derm_settings.py).
 PRETRAIN_BATCH = 64
-PRETRAIN_LR = 0.075          # LARS, square-root batch scaling
+PRETRAIN_LR = 0.0375         # LARS, square-root batch scaling
 TEMPERATURE = 0.2
 
 

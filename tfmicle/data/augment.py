@@ -36,10 +36,12 @@ PRESETS = {
     # Fine-tuning: crop + resize and flip (SimCLR's fine-tuning default); others switchable.
     "finetune": AugmentConfig(crop_min_area=0.08, color_p=0.0, grayscale_p=0.0, blur_p=0.0),
     "none": AugmentConfig(crop=False, flip=False, color_p=0.0, grayscale_p=0.0, blur_p=0.0),
-    # Dermatology pretraining (MICLe / SimCLR): chosen on validation lesions carved from
-    # the pretraining lesions of PH2 (experiments/choose_derm_settings.py): colour is a
-    # same-lesion cue that colour jitter erases.
-    "derm": AugmentConfig(color_p=0.0, color_strength=0.5, grayscale_p=0.2, blur_p=0.0),
+    # Dermatology pretraining (MICLe / SimCLR): SimCLR's crop and flip without colour
+    # jitter or grayscale: colour is a same-lesion cue that they erase. Chosen on
+    # validation lesions carved from PH2's pretraining lesions at 32 px, where SimCLR also
+    # drops blur (experiments/choose_derm_settings.py; the search is in
+    # experiments/README.md). At 224 px set blur_p 0.5 (SimCLR), as configs/derm_*.yaml do.
+    "derm": AugmentConfig(color_p=0.0, grayscale_p=0.0, blur_p=0.0),
 }
 
 
