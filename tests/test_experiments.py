@@ -323,10 +323,37 @@ def test_micle_vs_simclr_quick(tmp_path):
     assert seed["records"]["train"]["cases"] == 119
     for m in ("micle", "simclr"):
         assert seed["pretraining"][m]["steps"] == r["settings"]["steps"]
-    assert seed["pretraining"]["micle"]["example"] == "case"
-    assert seed["pretraining"]["simclr"]["example"] == "image"
+    # Case-level SimCLR (the default on case-grouped data): both methods see one example
+    # per lesion per epoch, and no batch holds a lesion twice.
+    for m in ("micle", "simclr"):
+        assert seed["pretraining"][m]["example"] == "case"
+        assert seed["pretraining"][m]["same_case_pairs"] == 0
     md = open(os.path.join(out, "results.md")).read()
     assert "| MICLe |" in md and "| SimCLR |" in md and "| chance |" in md and "mAP" in md
+
+
+@pytest.mark.slow
+def test_choose_derm_settings_quick(tmp_path):
+    """The validation search: it never reads Experiment 1's held-out lesions of its seed,
+    scores every trial for both methods and picks the best by the declared score."""
+    from experiments import choose_derm_settings as cds
+    out = str(tmp_path / "search")
+    p = _run("choose_derm_settings.py", out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = _check_files(out)
+    assert set(r["trials"]) == set(cds.QUICK_CANDIDATES)
+    best = max(r["trials"], key=lambda n: cds.score(r["trials"][n][0]))
+    assert r["chosen"] == best and r["chosen_overrides"] == cds.CANDIDATES[best]
+    for trial in r["trials"].values():
+        for m in ("micle", "simclr", "random_init"):
+            assert 0.0 <= trial[0][m]["map"] <= 1.0
+        # 25 % of the 119 pretraining lesions are validation lesions, 10 "a" queries each
+        # (those left with no same-lesion candidate after the leakage filter are skipped).
+        q = trial[0]["micle"]["queries"]
+        assert 0.9 * 10 * 30 <= q <= 10 * 30
+        assert trial[0]["simclr"]["queries"] == trial[0]["random_init"]["queries"] == q
+    md = open(os.path.join(out, "results.md")).read()
+    assert "**Chosen:**" in md and "| no_colour_jitter |" in md
 
 
 @pytest.mark.slow
