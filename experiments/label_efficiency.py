@@ -51,12 +51,14 @@ seed's final runs, and 8 runs for the other two seeds) = 6,400 steps ~20 min plu
 ~10 s per run for model building and 6-7 validations of 1,000 images ~3 min; 12 test
 passes ~2 min: ~33 min in all. If a fine-tuning step costs 0.3-0.4 s (as measured
 for the previous version of this experiment), ~45-55 min.
+
+Layout: the data (Fashion-MNIST, the pool, manifests) is in experiments/fashion_mnist.py,
+the report in experiments/label_efficiency_report.py; this file (about 500 lines, a
+third of them this protocol) holds the configs, the LR grid, the final runs and the CLI.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import json
 import logging
 import math
@@ -71,15 +73,16 @@ if __package__ in (None, ""):           # run as a script: make `experiments` im
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import common  # noqa: E402
+from experiments.fashion_mnist import (CLASS_NAMES, FASHION_DIR, carve_pool,  # noqa: E402,F401
+                                       carve_validation, load_fashion_mnist, prepare_records,
+                                       read_idx, stratified_head, write_images,
+                                       write_manifests)
+from experiments.label_efficiency_report import (INITS, LABELS, markdown, plot,  # noqa: E402,F401
+                                                 summarise, verdict)
 
 NAME = "label_efficiency"
 log = logging.getLogger(NAME)
 
-FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-               "Sneaker", "Bag", "Ankle boot"]
-INITS = ("simclr", "scratch")
-LABELS = {"simclr": "SimCLR-pretrained", "scratch": "from scratch"}
 
 DEFAULTS = dict(seeds=[0, 1, 2], width=0.25, depth=18, image_size=28, batch_size=64,
                 pretrain_steps=1000, finetune_steps=[200, 600], fractions=[0.1, 1.0],
@@ -90,131 +93,6 @@ QUICK = dict(seeds=[0], width=0.125, depth=18, image_size=28, batch_size=16,
              labeled_pool=300, validation_size=200, lr_grid=[0.05], validations=2,
              train_limit=1500, test_limit=500)
 
-
-# --------------------------------------------------------------------------- data
-
-def read_idx(path: str) -> np.ndarray:
-    """An IDX file (gzipped or not) -> numpy array (uint8 images [N, H, W] or labels [N])."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(f"{path}: not an IDX file")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
-             0x0E: ">f8"}.get(data[2])
-    if dtype is None:
-        raise ValueError(f"{path}: unknown IDX type 0x{data[2]:02x}")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    arr = np.frombuffer(data, dtype=dtype, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: {arr.size} values for shape {shape}")
-    return arr.reshape(shape)
-
-
-def load_fashion_mnist(folder: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images [60000, 28, 28], labels), "test": (images [10000, 28, 28], labels)}."""
-    out = {}
-    for split, prefix in (("train", "train"), ("test", "t10k")):
-        paths = [os.path.join(folder, f"{prefix}-{kind}-ubyte.gz")
-                 for kind in ("images-idx3", "labels-idx1")]
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise SystemExit(f"error: {missing[0]} not found: install Debian's "
-                             "dataset-fashion-mnist (apt-get install dataset-fashion-mnist; "
-                             "setup.sh does) or pass --fashion-dir")
-        images, labels = read_idx(paths[0]), read_idx(paths[1])
-        if len(images) != len(labels):
-            raise SystemExit(f"error: {paths[0]}: {len(images)} images, {len(labels)} labels")
-        out[split] = (images, labels.astype(np.int64))
-    return out
-
-
-def stratified_head(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a seeded, class-stratified subsample of size ~n (all when n <= 0)."""
-    if n <= 0 or n >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per = max(n // len(classes), 1)
-    idx = [rng.permutation(np.flatnonzero(labels == c))[:per] for c in classes]
-    return np.sort(np.concatenate(idx))
-
-
-def carve_validation(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """bool [N]: a seeded, class-stratified validation split of ~size training images."""
-    val = np.zeros(len(labels), bool)
-    val[stratified_head(labels, size, seed + 1000)] = True
-    return val
-
-
-def carve_pool(labels: np.ndarray, pool_size: int, validation_size: int,
-               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(is_validation, is_pool), bool [N] each, over the training images: the validation
-    split (``carve_validation``, so it does not depend on the pool size), then the labeled
-    pool: a seeded, class-stratified sample of ~pool_size of the other images (all of
-    them when pool_size <= 0). Disjoint; pools of one seed are nested across sizes."""
-    is_val = carve_validation(labels, validation_size, seed)
-    rest = np.flatnonzero(~is_val)
-    is_pool = np.zeros(len(labels), bool)
-    is_pool[rest[stratified_head(labels[rest], pool_size, seed)]] = True
-    return is_val, is_pool
-
-
-def write_images(root: str, data: dict, train_idx: np.ndarray, test_idx: np.ndarray) -> dict:
-    """PNG per image under root/{train,test}/; returns {"train": [rel paths], "test": [...]}."""
-    from PIL import Image
-
-    rels = {}
-    for split, idx in (("train", train_idx), ("test", test_idx)):
-        os.makedirs(os.path.join(root, split), exist_ok=True)
-        images = data[split][0]
-        rels[split] = []
-        for i in idx:
-            rel = f"{split}/{int(i):05d}.png"
-            Image.fromarray(images[i], mode="L").save(os.path.join(root, rel), compress_level=1)
-            rels[split].append(rel)
-    return rels
-
-
-def write_manifests(root: str, data: dict, rels: dict, train_idx, test_idx,
-                    is_val: np.ndarray, is_pool: np.ndarray) -> tuple[str, str]:
-    """labeled.csv (image, label, split: the pool as train, validation, test) and
-    unlabeled.csv (image: every training image, pool and validation included, no label)
-    in root. Training images in neither the pool nor validation have no labeled row."""
-    if np.any(is_val & is_pool):
-        raise ValueError("the labeled pool and the validation split overlap")
-    labeled = os.path.join(root, "labeled.csv")
-    with open(labeled, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "label", "split"])
-        for rel, i, v, p in zip(rels["train"], train_idx, is_val, is_pool):
-            if v or p:
-                w.writerow([rel, CLASS_NAMES[data["train"][1][i]],
-                            "validation" if v else "train"])
-        for rel, i in zip(rels["test"], test_idx):
-            w.writerow([rel, CLASS_NAMES[data["test"][1][i]], "test"])
-    unlabeled = os.path.join(root, "unlabeled.csv")
-    with open(unlabeled, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image"])
-        for rel in rels["train"]:
-            w.writerow([rel])
-    return labeled, unlabeled
-
-
-def prepare_records(manifest: str, out: str, fractions, seed: int, workers: int,
-                    labeled: bool) -> dict:
-    from data_prep.convert import ConvertConfig, convert
-    from data_prep.formats import FormatOptions
-
-    cfg = ConvertConfig(
-        format="csv", input=manifest, out=out,
-        format_options=FormatOptions(class_names=CLASS_NAMES if labeled else None),
-        split_fractions={"train": 1.0}, split_seed=seed, label_fractions=list(fractions),
-        subset_splits=("train",) if labeled else (), overwrite=True, workers=workers,
-        strict=True)
-    return convert(cfg)
 
 
 # --------------------------------------------------------------------------- training
@@ -434,187 +312,6 @@ def run_all(a, labeled_dir: str, unlabeled_dir: str, work: str, n_labeled: dict)
                 if not a.keep_work:
                     shutil.rmtree(mdir, ignore_errors=True)
     return pre_rows, grid, final, chosen, pre_cfg
-
-
-# --------------------------------------------------------------------------- report
-
-def summarise(rows: list[dict], fractions) -> dict:
-    out = {}
-    for init in INITS:
-        out[init] = {}
-        for f in fractions:
-            sel = sorted((r for r in rows if r["init"] == init and r["fraction"] == f),
-                         key=lambda r: r["seed"])
-            out[init][f"{f:g}"] = {
-                "test_accuracy": common.mean_std([r["test_accuracy"] for r in sel]),
-                "validation_accuracy": common.mean_std([r["best_validation"]["value"]
-                                                        for r in sel]),
-                "labeled_images": sel[0]["labeled_images"] if sel else 0,
-                "steps": sel[0]["budget_steps"] if sel else 0,
-                "epochs": sel[0]["epochs"] if sel else 0.0,
-                "learning_rate": sel[0]["learning_rate"] if sel else None,
-                "best_steps": [r["best_validation"]["step"] for r in sel],
-                "seeds": [r["seed"] for r in sel]}
-    return out
-
-
-def verdict(summary: dict, fractions) -> dict:
-    """Does SimCLR with the smallest label fraction (10 % by default) reach scratch with
-    the largest (100 %)? Compares means; says whether the difference exceeds the larger
-    of the two standard deviations (seed spread)."""
-    lo, hi = min(fractions), max(fractions)
-    a = summary["simclr"][f"{lo:g}"]
-    b = summary["scratch"][f"{hi:g}"]
-    sa, sb = a["test_accuracy"], b["test_accuracy"]
-    diff = sa["mean"] - sb["mean"]
-    reaches = bool(diff >= 0)
-    n = min(sa["n"], sb["n"])
-    spread = max(sa["std"], sb["std"]) if n > 1 else math.nan
-    beyond = bool(n > 1 and abs(diff) > spread)
-    left = f"SimCLR + {lo:.0%} labels ({a['labeled_images']:,} images)"
-    right = f"scratch + {hi:.0%} labels ({b['labeled_images']:,} images)"
-    nums = (f"test accuracy {common.fmt_pm(sa, 4)} vs {common.fmt_pm(sb, 4)}, "
-            f"difference {diff:+.4f}")
-    if n <= 1:
-        text = (f"{'Yes' if reaches else 'No'}, on one seed only: {left} "
-                f"{'reaches' if reaches else 'does not reach'} {right} ({nums}); with one "
-                f"seed no spread is measured, so this says nothing about significance.")
-    elif beyond:
-        verb = "reaches" if reaches else "does not reach"
-        text = (f"{'Yes' if reaches else 'No'}: {left} {verb} "
-                f"{right} ({nums}, mean ± std over {n} seeds); the difference is larger than "
-                f"both standard deviations (the larger is {spread:.4f}).")
-    else:
-        text = (f"{'Yes' if reaches else 'No'} on average, but not clearly: {left} "
-                f"{'reaches' if reaches else 'falls short of'} {right} on the mean ({nums}, "
-                f"mean ± std over {n} seeds), and the difference is within the seed spread "
-                f"(standard deviation up to {spread:.4f}).")
-    return {"simclr_fraction": lo, "scratch_fraction": hi, "simclr": sa, "scratch": sb,
-            "difference": diff, "reaches": reaches, "seeds": n, "max_std": spread,
-            "difference_exceeds_std": beyond, "text": text}
-
-
-def _run_name(r: dict) -> str:
-    return (f"seed {r['seed']}, {LABELS[r['init']]}, {r['fraction']:.0%} labels, "
-            f"LR {r['learning_rate']:g}")
-
-
-def markdown(result: dict) -> str:
-    s, st, d = result["summary"], result["settings"], result["data"]
-    fr = st["fractions"]
-    n_seeds = len(st["seeds"])
-    spread = (f"mean ± std (ddof 1) over {n_seeds} seeds {st['seeds']}" if n_seeds > 1
-              else f"one seed ({st['seeds'][0]}): no spread measured")
-    pre = result["pretraining"]
-    pre_text = (f"one SimCLR pretraining run (seed {pre[0]['seed']}) shared by every seed: "
-                f"the seeds vary the fine-tuning only (head initialisation, data order, "
-                f"augmentation)" if not st["pretrain_per_seed"]
-                else "one SimCLR pretraining run per seed")
-    grid = ", ".join(f"{x:g}" for x in st["lr_grid"])
-    lines = [
-        "# Label efficiency on Fashion-MNIST\n",
-        f"**Scale** (chosen to fit 2 CPU cores): the labels come from a *labeled pool* of "
-        f"{d['train_images']:,} training images (class-stratified, seed 0); the label "
-        f"fractions are fractions of this pool (data_prep's nested, class-stratified "
-        f"subsets). SimCLR pretraining uses all {d['unlabeled_images']:,} training images "
-        f"without labels ({st['pretrain_steps']} steps of batch {st['batch_size']}; "
-        f"{pre_text}). Validation: {d['validation_images']:,} training images carved out "
-        f"(class-stratified, disjoint from the pool), the only split used for a choice. "
-        f"Test: {d['test_images']:,} t10k images, scored once per final run. "
-        f"ResNet-{st['depth']} width {st['width']:g} at {st['image_size']} px, every layer "
-        f"fine-tuned, batch {st['batch_size']}. Wall time "
-        f"{result['wall_seconds'] / 60:.1f} min.\n",
-        "## Does SimCLR + few labels reach scratch + all labels?\n",
-        result["verdict"]["text"] + "\n",
-        f"## Test accuracy ({spread})\n"]
-    header = ["initialisation"] + [
-        f"{f:.0%} labels ({s['scratch'][f'{f:g}']['labeled_images']:,} images)" for f in fr]
-    rows = [[LABELS[i]] + [common.fmt_pm(s[i][f"{f:g}"]["test_accuracy"], 4) for f in fr]
-            for i in INITS]
-    rows.append(["difference (SimCLR − scratch)"] + [
-        f"{s['simclr'][f'{f:g}']['test_accuracy']['mean'] - s['scratch'][f'{f:g}']['test_accuracy']['mean']:+.4f}"
-        for f in fr])
-    lines.append(common.markdown_table(header, rows))
-    lines.append(
-        f"\n## Model selection (validation split only)\n\n"
-        f"Both initialisations get the same care. Training length: each run trains for a "
-        f"fixed budget per fraction ("
-        + ", ".join(f"{f:.0%}: {n} steps = {s['scratch'][f'{f:g}']['epochs']:.1f} epochs"
-                    for f, n in zip(fr, st["finetune_steps"]))
-        + f"; {st['validations']} validations, cosine decay over the budget) and the "
-        f"checkpoint kept is the one with the best validation accuracy. Learning rate: "
-        f"grid {{{grid}}} on seed {st['seeds'][0]}, separately for each initialisation and "
-        f"fraction; the LR with the best validation accuracy is used for every seed.\n")
-    rows = []
-    for r in result["grid"]:
-        b = r["best_validation"]
-        rows.append([LABELS[r["init"]], f"{r['fraction']:.0%}", f"{r['learning_rate']:g}",
-                     f"{b['value']:.4f}", f"{b['step']} / {r['steps']}",
-                     "**chosen**" if r.get("chosen") else "rejected"])
-    lines.append(common.markdown_table(
-        ["initialisation", "labels", "LR", "best validation accuracy", "at step / steps",
-         "choice"], rows))
-    lines.append("\nValidation accuracy of the kept checkpoints (chosen LR, every seed):\n")
-    rows = [[LABELS[i]] + [common.fmt_pm(s[i][f"{f:g}"]["validation_accuracy"], 4)
-                           for f in fr] for i in INITS]
-    lines.append(common.markdown_table(["initialisation"] + [f"{f:.0%}" for f in fr], rows))
-    lines.append("\n## Per-seed runs\n")
-    rows = []
-    for r in sorted(result["runs"], key=lambda r: (r["fraction"], r["init"] != "simclr",
-                                                   r["seed"])):
-        b = r["best_validation"]
-        rows.append([r["seed"], LABELS[r["init"]], f"{r['fraction']:.0%}",
-                     f"{r['learning_rate']:g}", f"{b['value']:.4f}",
-                     f"{b['step']} / {r['steps']}", f"{r['test_accuracy']:.4f}"])
-    lines.append(common.markdown_table(
-        ["seed", "initialisation", "labels", "LR", "best validation accuracy",
-         "at step / steps", "test accuracy"], rows))
-    flagged = result["not_converged"]
-    n_all = len(result["grid"]) + len(result["runs"]) - sum(
-        1 for r in result["grid"] if r.get("chosen"))
-    if flagged:
-        lines.append(f"\n**Possibly not converged**: {len(flagged)} of the {n_all} runs had "
-                     f"their best validation accuracy at their last validation (a longer "
-                     f"budget might have helped them): " + "; ".join(flagged) + ".\n")
-    else:
-        lines.append(f"\nNone of the {n_all} runs had its best validation accuracy at its "
-                     f"last validation.\n")
-    lines.append("\nPretraining: " + "; ".join(
-        f"seed {r['seed']}: {r['steps']} steps, final loss {r['final_loss']:.3f}, "
-        f"{r['seconds'] / 60:.1f} min" for r in pre) + ".\n")
-    lines.append(f"\nCommand: `{result['command']}`\n")
-    return "\n".join(lines)
-
-
-def plot(result: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    s, st = result["summary"], result["settings"]
-    fr = st["fractions"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    n = [s["scratch"][f"{f:g}"]["labeled_images"] for f in fr]
-    for init, colour in zip(INITS, ("#c0392b", "#2471a3")):
-        m = np.array([s[init][f"{f:g}"]["test_accuracy"]["mean"] for f in fr])
-        sd = np.array([s[init][f"{f:g}"]["test_accuracy"]["std"] for f in fr])
-        ax.errorbar(n, m, yerr=sd if len(st["seeds"]) > 1 else None,
-                    marker="o", capsize=4, color=colour, label=LABELS[init])
-    top = s["scratch"][f"{max(fr):g}"]["test_accuracy"]["mean"]
-    ax.axhline(top, color="#2471a3", ls=":", lw=1,
-               label=f"from scratch, {max(fr):.0%} labels")
-    ax.set_xscale("log")
-    ax.set_xticks(n, [f"{f:.0%}\n({k:,})" for f, k in zip(fr, n)])
-    ax.minorticks_off()
-    ax.set_xlabel("labels used (share of the labeled pool, images)")
-    ax.set_ylabel("test accuracy (t10k)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"Fashion-MNIST, ResNet-{st['depth']} w{st['width']:g}, "
-                 f"{st['pretrain_steps']} SimCLR steps, seeds {st['seeds']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- main

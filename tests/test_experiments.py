@@ -17,6 +17,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from experiments import common, label_efficiency as le, micle_vs_simclr as mvs  # noqa: E402
+from experiments import label_efficiency_report as ler  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -222,7 +223,7 @@ def test_label_markdown_reports_grid_seeds_and_flags():
     grid += [dict(_label_row(0, i, f, 0.02 if f < 1 else 0.1, 0.6, 60, n=n), chosen=False)
              for i in le.INITS for f, n in ((0.1, 200), (1.0, 2000))]
     summary = le.summarise(runs, [0.1, 1.0])
-    flagged = [le._run_name(r) for r in grid + [r for r in runs if r["seed"] != 0]
+    flagged = [ler.run_name(r) for r in grid + [r for r in runs if r["seed"] != 0]
                if r["best_at_last_validation"]]
     result = {
         "settings": {"seeds": [0, 1, 2], "fractions": [0.1, 1.0], "finetune_steps": [60, 60],
