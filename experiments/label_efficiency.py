@@ -20,12 +20,14 @@ labels. By default:
    per seed).
 3. Fine-tuning of every layer (``tfmicle.train.finetune.finetune``) from the SimCLR
    checkpoint and from scratch, with the same optimizer, schedule, augmentation and
-   budget. Each run trains for a generous step budget per fraction (default 200 steps
-   for 10 %, about 64 epochs of 200 images; 600 steps for 100 %, about 19 epochs of
-   2,000) and validates 6 times; the checkpoint kept is the best by validation accuracy, so the
-   training length is chosen on validation. The learning rate is chosen on validation
-   too, separately for each initialisation and fraction: a grid (default 0.02, 0.1) on
-   the first seed; the best LR is used for every seed.
+   budget. Each run trains for a generous step budget per fraction (default 400 steps
+   for 10 %, about 128 epochs of 200 images; 1,200 steps for 100 %, about 38 epochs of
+   2,000) and validates 6 times; the checkpoint kept is the best by validation accuracy,
+   so the training length is chosen on validation. The learning rate is chosen on
+   validation too, separately for each initialisation and fraction: a grid (default
+   0.02, 0.1, 0.3) on the first seed; the best LR is used for every seed. (Round 2's
+   first run used 200 / 600 steps and {0.02, 0.1}: scratch chose the top of that grid
+   and most runs peaked at their last validation, so both were widened.)
 4. Test accuracy of each final run's kept checkpoint (``tfmicle.rundir.load_classifier``)
    on the 10k t10k images, measured once per run and never used for a choice.
 5. results.json / results.md / results.png: test accuracy mean ± std (ddof 1) over the
@@ -85,8 +87,8 @@ log = logging.getLogger(NAME)
 
 
 DEFAULTS = dict(seeds=[0, 1, 2], width=0.25, depth=18, image_size=28, batch_size=64,
-                pretrain_steps=1000, finetune_steps=[200, 600], fractions=[0.1, 1.0],
-                labeled_pool=2000, validation_size=1000, lr_grid=[0.02, 0.1],
+                pretrain_steps=1000, finetune_steps=[400, 1200], fractions=[0.1, 1.0],
+                labeled_pool=2000, validation_size=1000, lr_grid=[0.02, 0.1, 0.3],
                 validations=6, train_limit=0, test_limit=0)
 QUICK = dict(seeds=[0], width=0.125, depth=18, image_size=28, batch_size=16,
              pretrain_steps=4, finetune_steps=[6, 6], fractions=[0.1, 1.0],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -43,10 +44,12 @@ def _yaml(path: str, data: dict) -> str:
     return path
 
 
-def _stage(title: str, fn, *args) -> None:
+def _stage(title: str, module: str, args: list[str]) -> None:
+    """Runs `python -m module args` as a user would, in its own process (so the demo
+    imports none of the tools it drives)."""
     print(f"\n=== {title} ===", flush=True)
     t = time.time()
-    code = fn(*args)
+    code = subprocess.call([sys.executable, "-m", module, *args])
     if code:
         raise SystemExit(f"demo: stage '{title}' failed (exit {code})")
     print(f"--- {title}: {time.time() - t:.0f} s", flush=True)
@@ -115,8 +118,6 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
              quiet: bool) -> dict:
     import math
 
-    import data_prep.__main__ as data_prep_cli
-    from tfmicle import export, score, train
     from tfmicle.data import ph2
 
     out = os.path.abspath(out)
@@ -135,7 +136,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     ph2.write_manifest(manifest, patches, label=lambda p: labels[p.case_id])
     print(f"PH2 manifest: {len(patches)} patches of {len(labels)} lesions -> {manifest}")
     q = ["--no-progress"] if quiet else []
-    _stage("data_prep", data_prep_cli.main, [
+    _stage("data_prep", "data_prep", [
         "--format", "csv", "--input", manifest, "--images", patch_dir, "--out", records,
         "--split-fractions", "train=0.7,validation=0.15,test=0.15",
         "--label-fractions", "0.1,0.5,1", "--overwrite", *q])
@@ -156,7 +157,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
                   "checkpoint_steps": max(pretrain_steps // 2, 1),
                   "log_steps": max(pretrain_steps // 8, 1)}})
     qa = ["-q"] if quiet else []
-    _stage("MICLe pretraining", train.main, ["--config", pre_cfg, *qa])
+    _stage("MICLe pretraining", "tfmicle.train", ["--config", pre_cfg, *qa])
     final_loss = last_logged(pre_dir, "epoch_contrast_loss")
     print("\n=== held-out lesion retrieval (test split) ===", flush=True)
     retrieval = heldout_retrieval(records, "test", pre_cfg, patches, seed=0)
@@ -174,9 +175,9 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
         "finetune": {"init": "checkpoint", "checkpoint": pre_dir, "fine_tune_after_block": -1,
                      "best_metric": "val_accuracy",
                      "eval_every_steps": max(finetune_steps // 3, 1)}})
-    _stage("fine-tuning", train.main, ["--config", ft_cfg, *qa])
-    _stage("export", export.main, ["--model-dir", ft_dir, "--out", models])
-    _stage("batch scoring (test split)", score.main, [
+    _stage("fine-tuning", "tfmicle.train", ["--config", ft_cfg, *qa])
+    _stage("export", "tfmicle.export", ["--model-dir", ft_dir, "--out", models])
+    _stage("batch scoring (test split)", "tfmicle.score", [
         "--model", models, "--data", records, "--split", "test", "--out", report,
         "--bootstrap", "200", *qa])
     metrics_path = os.path.join(report, "metrics.json")
@@ -266,9 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             Image.open(os.path.join(ph2.patches_root(), "Similar", "patch0a.bmp")).save(sample)
             print(f"\nServing {res['models']} on http://127.0.0.1:{args.port} (Ctrl-C stops)."
                   f"\nTry:\n  curl -F files=@{sample} http://127.0.0.1:{args.port}/classify")
-            import serving.__main__ as serving_cli
-            return serving_cli.main(["--model-base-path", res["models"], "--port",
-                                     str(args.port)])
+            return subprocess.call([sys.executable, "-m", "serving", "--model-base-path",
+                                    res["models"], "--port", str(args.port)])
         return 0
 
     return cli.run("tfmicle.demo", body)
