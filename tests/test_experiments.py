@@ -251,8 +251,8 @@ def test_label_markdown_reports_grid_seeds_and_flags():
 
 def test_label_efficiency_new_flags():
     a = le.parse_args([])
-    assert (a.seeds, a.fractions, a.finetune_steps) == ([0, 1, 2], [0.1, 1.0], [400, 1200])
-    assert (a.labeled_pool, a.validation_size, a.lr_grid) == (2000, 1000, [0.02, 0.1, 0.3])
+    assert (a.seeds, a.fractions, a.finetune_steps) == ([0, 1, 2], [0.1, 1.0], [200, 600])
+    assert (a.labeled_pool, a.validation_size, a.lr_grid) == (2000, 1000, [0.02, 0.1])
     assert a.validations == 6 and a.pretrain_steps == 1000 and not a.pretrain_per_seed
     a = le.parse_args(["--lr-grid", "0.1,0.05,0.1", "--labeled-pool", "0",
                        "--pretrain-per-seed", "--finetune-steps", "50"])
