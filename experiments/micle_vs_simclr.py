@@ -160,16 +160,10 @@ def heldout_inputs(cfg, data_dir: str):
 def encoder_features(cfg, data_dir: str, checkpoint: str | None, seed: int) -> np.ndarray:
     """Pooled encoder features of the held-out patches, in evaluation() order; from a
     pretraining checkpoint, or randomly initialised (seeded) when checkpoint is None."""
-    import keras
-    from tfmicle.models.resnet import build_resnet
-    from tfmicle.build import resnet_spec
-    from tfmicle.rundir import restore_encoder
+    from tfmicle.rundir import load_encoder
 
-    keras.utils.set_random_seed(seed)
-    encoder = build_resnet(resnet_spec(cfg, global_bn=False))
-    if checkpoint is not None:
-        restore_encoder(encoder, checkpoint)
-    feats, _ = features_of(encoder, heldout_inputs(cfg, data_dir), want=())
+    feats, _ = features_of(load_encoder(cfg, checkpoint, seed), heldout_inputs(cfg, data_dir),
+                           want=())
     return feats
 
 

@@ -48,4 +48,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert ret["queries"] > 0 and ret["lesions"] >= 5
     assert ret["micle"]["queries"] == ret["random_init"]["queries"] == ret["chance"]["queries"]
     assert 0 < ret["chance"]["map"] < 1 and 0 <= ret["micle"]["map"] <= 1
-    assert summary["pretraining"]["final_contrast_loss"] > 0
+    # Even the quick run's 20 steps learn: its loss ends below a uniform guess over the
+    # 2B - 1 candidates, and its encoder retrieves held-out lesions better than random init.
+    pt = summary["pretraining"]
+    assert 0 < pt["final_contrast_loss"] < pt["uniform_guess_loss"] - 0.5
+    assert ret["micle"]["map"] > ret["random_init"]["map"]

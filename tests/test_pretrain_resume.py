@@ -15,12 +15,8 @@ TINY = os.path.join(ROOT, "configs", "tiny.yaml")
 
 
 def _weights(model_dir: str, cfg) -> list[np.ndarray]:
-    from tfmicle.models.resnet import build_resnet
-    from tfmicle.build import resnet_spec
-    from tfmicle.rundir import restore_encoder
-    enc = build_resnet(resnet_spec(cfg, global_bn=False))
-    restore_encoder(enc, model_dir)
-    return [w.numpy() for w in enc.weights]
+    from tfmicle.rundir import load_encoder
+    return [w.numpy() for w in load_encoder(cfg, model_dir).weights]
 
 
 @pytest.mark.parametrize("method", ["micle", "simclr"])

@@ -83,14 +83,11 @@ def heldout_retrieval(records: str, split: str, pre_cfg_path: str, patches, seed
     Experiment 1 measures it: "a" patches query, candidates sharing an exact 4x4 pixel
     block with the query left out, centred features, cosine. MICLe encoder vs a
     random-init encoder of the same architecture, and chance."""
-    import keras
     import numpy as np
 
     from tfmicle.config import load_config
     from tfmicle.data.pipeline import PipelineConfig, evaluation
-    from tfmicle.models.resnet import build_resnet
-    from tfmicle.build import resnet_spec
-    from tfmicle.rundir import restore_encoder
+    from tfmicle.rundir import load_encoder
     from tfmicle.retrieval import evaluate_features, features_of, shared_block_mask
 
     cfg = load_config(pre_cfg_path)
@@ -102,13 +99,8 @@ def heldout_retrieval(records: str, split: str, pre_cfg_path: str, patches, seed
     lesions = np.array([p.lesion for p in items])
     queries = [n for n, p in enumerate(items) if p.kind == "a"]
     leak = shared_block_mask([p.pixels for p in items], block=4)
-    feats = {}
-    for name, ckpt in (("micle", cfg.model_dir), ("random_init", None)):
-        keras.utils.set_random_seed(seed)
-        encoder = build_resnet(resnet_spec(cfg, global_bn=False))
-        if ckpt is not None:
-            restore_encoder(encoder, ckpt)
-        feats[name] = features_of(encoder, data, want=())[0]
+    feats = {name: features_of(load_encoder(cfg, ckpt, seed), data, want=())[0]
+             for name, ckpt in (("micle", cfg.model_dir), ("random_init", None))}
     res = evaluate_features(feats, lesions, queries, leak)
     return {name: res[name]["filtered"] for name in ("micle", "random_init", "chance")} | {
         "lesions": int(len(set(lesions.tolist()))), "queries": len(queries)}

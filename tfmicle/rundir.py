@@ -150,6 +150,18 @@ def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
     return prefix
 
 
+def load_encoder(cfg: Config, checkpoint: str | None, seed: int = 0) -> keras.Model:
+    """The ResNet encoder of a pretraining config (per-replica BN, for inference): with
+    its weights from `checkpoint` (see restore_encoder), or randomly initialised with
+    `seed` when checkpoint is None (the random-init baseline of the same architecture)."""
+    from tfmicle.models.resnet import build_resnet
+    keras.utils.set_random_seed(seed)
+    encoder = build_resnet(build.resnet_spec(cfg, global_bn=False))
+    if checkpoint is not None:
+        restore_encoder(encoder, checkpoint)
+    return encoder
+
+
 # --------------------------------------------------------------------------- fine-tuning runs
 
 def run_info(model_dir: str) -> tuple[Config, dict]:
