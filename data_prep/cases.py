@@ -18,6 +18,7 @@ class ImageRef:
     image_id: str               # source image id / relative path, written to image/id
     view: str = ""
     missing: str = ""           # reason, when known missing at manifest time
+    meta: dict[str, str] = field(default_factory=dict)   # metadata column -> source text
 
 
 @dataclass
@@ -28,6 +29,11 @@ class CaseSpec:
     label_class: int = UNLABELED
     label_multi: list[float] | None = None
     source_split: str | None = None
+
+    @property
+    def meta_keys(self) -> list[str]:
+        """Metadata columns of the case's images (union, first-seen order)."""
+        return list(dict.fromkeys(k for r in self.images for k in r.meta))
 
     @property
     def labeled(self) -> bool:
@@ -58,10 +64,12 @@ class CaseResult:
     image_ids: list[str]
     views: list[str]
     skipped: list[Skip]
+    meta: list[list[str]] = field(default_factory=list)   # per kept image, CaseSpec.meta_keys
 
 
 def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
-    images, ids, views, skipped = [], [], [], []
+    images, ids, views, skipped, meta = [], [], [], [], []
+    keys = case.meta_keys
     for ref in case.images:
         if ref.missing:
             skipped.append(Skip(ref.path or ref.image_id, ref.missing, ref.image_id, case.case_id))
@@ -78,9 +86,10 @@ def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
         images.append(enc.data)
         ids.append(ref.image_id)
         views.append(ref.view)
+        meta.append([ref.meta.get(k, "") for k in keys])
     if not any(views):
         views = []
-    return CaseResult(images, ids, views, skipped)
+    return CaseResult(images, ids, views, skipped, meta if keys else [])
 
 
 def process_chunk(chunk: list[tuple[int, CaseSpec]], options: ImageOptions

@@ -133,6 +133,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         "schema_version": SCHEMA_VERSION,
         "task": manifest.task,
         "class_names": manifest.class_names,
+        "metadata_columns": manifest.metadata_columns,   # schema v2: image/meta columns
         "splits": splits,
         "source": {
             "format": manifest.format,

@@ -17,7 +17,7 @@ from data_prep.cases import UNLABELED, ImageRef, Skip
 from data_prep.errors import UserError
 from data_prep.manifest import (CaseGrouper, FormatOptions, Manifest, SourceFile, StemIndex,
                                 first_existing, missing_ref, parse_multi_value, read_csv,
-                                require_columns, sha256_file, walk_images)
+                                require_columns, row_meta, sha256_file, walk_images)
 from tfmicle.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger(__name__)
@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 HAM10000_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
 ISIC2020_TARGET_CLASSES = ["benign", "malignant"]
+# Patient / acquisition metadata kept per image (schema v2), when the CSV has the column.
+HAM10000_META = ["sex", "age", "localization"]
+ISIC2020_META = ["sex", "age_approx", "anatom_site_general_challenge"]
+CHEXPERT_META = ["Sex", "Age", "Frontal/Lateral", "AP/PA"]
 CHEXPERT_CLASSES = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
     "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
@@ -77,6 +81,8 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
     view_col = pick(cols.view, "view")
     split_col = pick(cols.split, "split")
     multi_cols = cols.labels
+    meta_cols = list(cols.meta or [])
+    require_columns(path, header, meta_cols)
     if multi_cols:
         require_columns(path, header, multi_cols)
         label_col = None
@@ -113,7 +119,7 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         patient = (r.get(patient_col, "") if patient_col else "") or case_id
         view = r.get(view_col, "") if view_col else ""
         split = (r.get(split_col, "") if split_col else "") or None
-        ref = ImageRef(full, rel, view)
+        ref = ImageRef(full, rel, view, meta=row_meta(r, meta_cols))
         label_class, label_multi = UNLABELED, None
         if multi_cols:
             try:
@@ -205,6 +211,7 @@ def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
             continue
         path = files.find(image_id)
         ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
+        ref.meta = row_meta(r, HAM10000_META)
         g.add(lesion, lesion, ref, where, index[r["dx"]])
     files.log_unused()
     cases, skipped = g.result()
@@ -295,6 +302,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
         label = to_index[r[label_col]]
         path = files.find(image_id)
         ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
+        ref.meta = row_meta(r, ISIC2020_META)
         labelled.append((patient, where, label, ref))
         per_patient.setdefault(patient, set()).add(label)
     g = CaseGrouper()
@@ -354,7 +362,7 @@ def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
                 g.skipped.append(Skip(rel, f"bad label: {where}: {e!s}", rel, case_id))
                 continue
             full = os.path.join(folder, *ip)
-            g.add(case_id, patient, ImageRef(full, rel, view), where,
-                  UNLABELED, labels, split)
+            ref = ImageRef(full, rel, view, meta=row_meta(r, CHEXPERT_META))
+            g.add(case_id, patient, ref, where, UNLABELED, labels, split)
     cases, skipped = g.result()
     return Manifest("chexpert", MULTILABEL, list(CHEXPERT_CLASSES), cases, skipped, sources)

@@ -35,7 +35,8 @@ def _histogram(hist: dict[int, int], width: int = 40) -> list[str]:
 def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
     """Reads dataset.json and every shard; raises FileNotFoundError without dataset.json."""
     import tensorflow as tf
-    from tfmicle.data.records import SCHEMA_VERSION, decode_case, load_dataset_info, read_subset
+    from tfmicle.data.records import (READABLE_VERSIONS, decode_case, load_dataset_info,
+                                      read_subset)
 
     info = load_dataset_info(out)
     r = Inspection(info)
@@ -48,8 +49,9 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
                    f"(sha256 {str(src.get('sha256'))[:12]}...)")
     r.lines.append(f"  split seed {info.get('split_seed')}, fractions {info.get('split_fractions')}"
                    f", skipped {info.get('skipped')} {info.get('skipped_reasons', {})}")
-    if info.get("schema_version") != SCHEMA_VERSION:
-        r.problems.append(f"schema version {info.get('schema_version')} != {SCHEMA_VERSION}")
+    if info.get("schema_version") not in READABLE_VERSIONS:
+        r.problems.append(f"schema version {info.get('schema_version')} is not one of "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     seen_patients: dict[str, str] = {}
     for split, s in info.get("splits", {}).items():
         hist: Counter = Counter()

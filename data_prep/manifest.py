@@ -44,6 +44,11 @@ class Manifest:
     def num_images(self) -> int:
         return sum(len(c.images) for c in self.cases)
 
+    @property
+    def metadata_columns(self) -> list[str]:
+        """Metadata columns kept in the records (union over cases, first-seen order)."""
+        return list(dict.fromkeys(k for c in self.cases for k in c.meta_keys))
+
 
 @dataclass
 class CsvColumns:
@@ -55,6 +60,7 @@ class CsvColumns:
     split: str | None = None          # default "split"
     label: str | None = None          # default "label" (multi-class, class names as text)
     labels: list[str] | None = None   # several columns: multi-label 1/0/-1/blank
+    meta: list[str] | None = None     # metadata columns kept per image (schema v2)
 
 
 @dataclass
@@ -107,6 +113,11 @@ def require_columns(path: str, header: list[str], cols: Iterable[str]) -> None:
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; "
                         f"has {', '.join(header)}")
+
+
+def row_meta(row: dict[str, str], columns: Iterable[str]) -> dict[str, str]:
+    """The metadata a reader keeps of one row: the given columns the CSV has, as text."""
+    return {c: row[c] for c in columns if c in row}
 
 
 def first_existing(folder: str, names: Iterable[str]) -> str | None:
