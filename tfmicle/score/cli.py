@@ -9,6 +9,7 @@ from tfmicle import cli
 from tfmicle.score.job import FORMATS, score
 from tfmicle.score.model import ScoreError
 from tfmicle.score.report import parquet_available
+from tfmicle.score.subgroups import Subgroups, parse_age_bands, parse_subgroups
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -34,6 +35,12 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--auc-classes", help="comma-separated classes for the mean AUC "
                                          "(default: all), e.g. the CheXpert competition five")
+    p.add_argument("--subgroups", metavar="A,B,...",
+                   help="metrics per patient subgroup of these metadata columns, e.g. "
+                        "sex,age_band,site (friendly names: tfmicle/score/subgroups.py)")
+    p.add_argument("--age-bands", metavar="E0,E1,...",
+                   help="age band edges for age / age_band, e.g. 0,40,60 "
+                        "(default: decades)")
     return cli.add_output_flags(p)
 
 
@@ -60,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
             if args.auc_classes else None
+        groups = Subgroups(parse_subgroups(args.subgroups), parse_age_bands(args.age_bands))
         result = score(args.model, args.data, args.out, args.split, args.compare,
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
-                       args.seed, auc, args.images, True, progress_factory)
+                       args.seed, auc, args.images, True, progress_factory, groups)
         for run in result["runs"]:
             m = run["metrics"]
             summary = ""

@@ -49,6 +49,8 @@ class Source:
     expected: int | None = None    # records: images of the split per dataset.json
     convert_labels: Callable | None = None  # records: (label_class, label_multi) -> labels
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # id, case, reason
+    meta_columns: list[str] = field(default_factory=list)   # patient / acquisition metadata
+    meta: list[dict[str, str]] | None = None   # one {column: text} per row (records: lazy)
 
     def __len__(self) -> int:
         if self.image_ids is not None:
@@ -95,6 +97,28 @@ class Source:
         k = self.records[2]
         self.set_rows(cols["image_id"], cols["case_id"], np.asarray(cols["label_class"], np.int64),
                       np.asarray(cols["label_multi"], np.float64).reshape(-1, k))
+
+
+    def metadata(self) -> tuple[list[str], list[dict[str, str]]]:
+        """(metadata columns, one {column: text} per row). Records (schema v2) read them
+        once, after scoring learnt the rows, matched by (case id, image id) because the
+        record pipeline interleaves shards; v1 records, folders: no columns."""
+        if self.image_ids is None:      # records before scoring: columns from dataset.json
+            return self.meta_columns, []
+        if self.meta is None:
+            self.meta = [{} for _ in range(len(self))]
+            if self.kind == "records":
+                from tfmicle.data import records
+                data_dir, split, _ = self.records
+                cols, rows = records.read_image_metadata(data_dir, split)
+                queues: dict[tuple[str, str], list[dict]] = {}
+                for case_id, image_id, m in rows:
+                    queues.setdefault((case_id, image_id), []).append(m)
+                for i, key in enumerate(zip(self.case_ids, self.image_ids)):
+                    q = queues.get(key)
+                    self.meta[i] = q.pop(0) if q else {}
+                self.meta_columns = cols
+        return self.meta_columns, self.meta
 
 
 def _multi_value(raw: str, where: str) -> float:
@@ -152,7 +176,8 @@ def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
     return Source(f"{data_dir} ({split})", "records", None, None, None,
                   records=(data_dir, split, k),
                   expected=int(expected) if expected is not None else None,
-                  convert_labels=convert)
+                  convert_labels=convert,
+                  meta_columns=list(info.get("metadata_columns") or []))  # schema v2
 
 
 def folder_source(root: str, model: ScoringModel) -> Source:
@@ -185,9 +210,11 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
     if col is None:
         raise ScoreError(f"{path}: no 'image' column (columns: {', '.join(cols) or 'none'})")
     multi_cols = [c for c in model.class_names if c in cols] if model.task != MULTICLASS else []
+    # Every other column is metadata (e.g. sex, age, site for --subgroups).
+    meta_cols = [c for c in cols if c not in {col, "case_id", "label", *multi_cols}]
     n = len(rows)
     labels = _empty_labels(model.task, n, model.num_classes)
-    image_ids, case_ids, paths, skipped = [], [], [], []
+    image_ids, case_ids, paths, skipped, meta = [], [], [], [], []
     keep = []
     for i, row in enumerate(rows):
         where = f"{path} row {i + 2}"
@@ -210,13 +237,14 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
             skipped.append((rel, case, "file not found"))
             continue
         keep.append(i)
+        meta.append({c: row.get(c) or "" for c in meta_cols})
         image_ids.append(rel)
         case_ids.append(case)
         paths.append(full)
     if not rows:
         raise ScoreError(f"{path} has no rows")
     return Source(path, "csv", image_ids, case_ids, labels[np.asarray(keep, np.int64)],
-                  paths=paths, skipped=skipped)
+                  paths=paths, skipped=skipped, meta_columns=meta_cols, meta=meta)
 
 
 def open_source(spec: str, model: ScoringModel, split: str | None = None,
