@@ -96,9 +96,10 @@ def toy_model(path, classes, task="multiclass", seed=0):
     return str(path)
 
 
-def check_subgroups(out, classes, want_groups, multilabel=False):
+def check_subgroups(out, classes, want_groups, multilabel=False, min_cases=5):
     """metrics.json's subgroups equal the reference on predictions_images.csv filtered by
-    each meta_ column; want_groups: {name: (column, value -> group)}."""
+    each meta_ column; want_groups: {name: (column, value -> group)}; the largest gap is
+    best minus worst known group of at least min_cases cases."""
     rows = read_rows(out / "predictions_images.csv")
     m = json.load(open(out / "metrics.json"))["subgroups"]
     for name, (col, to_group) in want_groups.items():
@@ -116,11 +117,15 @@ def check_subgroups(out, classes, want_groups, multilabel=False):
                     assert (v is None and math.isnan(ref[k])) or v == pytest.approx(ref[k]), \
                         (name, g, k)
         gap = m[name]["largest_gap"]
+        refs = {g: metrics_ref(r, classes, multilabel) for g, r in by.items()
+                if g != "unknown"}
+        refs = {g: r for g, r in refs.items() if r["num_cases"] >= min_cases}
+        key = next((k for k in ("mean_auc", "top1_accuracy")
+                    if sum(k in r and not math.isnan(r[k]) for r in refs.values()) >= 2), None)
+        assert (gap is None) == (key is None), name
         if gap:
-            key = gap["metric"]
-            vals = {g: metrics_ref(r, classes, multilabel)[key] for g, r in by.items()
-                    if g != "unknown"}
-            vals = {g: v for g, v in vals.items() if not math.isnan(v)}
+            assert gap["metric"] == key
+            vals = {g: r[key] for g, r in refs.items() if not math.isnan(r[key])}
             assert gap["difference"] == pytest.approx(max(vals.values()) - min(vals.values()))
             assert vals[gap["best"]] == max(vals.values())
             assert vals[gap["worst"]] == min(vals.values())
@@ -180,7 +185,7 @@ def test_shift_summary_hand_built():
     pred_c = np.r_[np.zeros(10, int), np.ones(5, int), np.zeros(5, int)]  # 10 right
     probs_c = np.where(np.eye(2)[pred_c] == 1, 0.6, 0.4)
     s = S.shift_summary("multiclass", classes, (probs_p, lab_p, [f"p{i}" for i in range(40)]),
-                        (probs_c, lab_c, [f"c{i}" for i in range(20)]), replicates=4000, seed=1)
+                        (probs_c, lab_c, [f"c{i}" for i in range(20)]), replicates=2000, seed=1)
     top1 = s["metrics"]["top1_accuracy"]
     assert top1["primary"] == 1.0 and top1["compare"] == 0.5 and top1["drop"] == 0.5
     assert top1["ci95"][0] == pytest.approx(0.30, abs=0.05)
@@ -260,7 +265,7 @@ def _ham(tmp_path):
     sites = ["back", "face", "lower extremity"]
     for r in rows:
         lesion = int(r[0][4:])
-        r[4] = "" if lesion == 5 else str(25 + 7 * lesion)
+        r[4] = "" if lesion == 5 else str(25 + 4 * lesion)
         r[5] = ["male", "female"][lesion % 2]
         r[6] = sites[lesion % 3]
     write_csv(root / "HAM10000_metadata.csv",
@@ -295,6 +300,7 @@ def test_ham10000_subgroups_gap_and_shift_from_prediction_files(tmp_path, capsys
     m = check_subgroups(out, HAM_CLASSES, {
         "sex": ("sex", lambda v: v), "age_band": ("age", decade),
         "site": ("localization", lambda v: v)})
+    assert m["sex"]["largest_gap"] is not None
     assert "unknown" in m["age_band"]["groups"]
     assert m["age_band"]["groups"]["unknown"]["num_cases"] == 1
     # the report flags the largest gap (over the attributes) at its top
@@ -359,6 +365,7 @@ def test_isic2020_subgroups(tmp_path):
         "sex": ("sex", lambda v: v), "age": ("age_approx", band),
         "site": ("anatom_site_general_challenge", lambda v: v or "unknown")})
     assert set(m["age"]["groups"]) == {"0-39", "40-59", "60+"}
+    assert m["sex"]["largest_gap"] is not None
     assert set(m["site"]["groups"]) == {"torso", "head/neck", "lower extremity", "unknown"}
     # a patient with images on several sites is in several site groups (metadata per image)
     assert sum(g["num_cases"] for g in m["site"]["groups"].values()) > \
@@ -380,11 +387,12 @@ def test_chexpert_subgroups_multilabel(tmp_path, capsys):
     out = tmp_path / "out"
     assert sc.main(["--model", model, "--data", str(tmp_path / "rec"), "--out", str(out),
                     "--subgroups", "sex,age_band,view,projection", "--bootstrap", str(REPS),
-                    "-q"]) == 0
+                    "--subgroup-min-cases", "2", "-q"]) == 0
     m = check_subgroups(out, CHEXPERT_CLASSES, {
         "sex": ("Sex", lambda v: v), "age_band": ("Age", decade),
         "view": ("Frontal/Lateral", lambda v: v), "projection": ("AP/PA", lambda v: v or "unknown")},
-        multilabel=True)
+        multilabel=True, min_cases=2)
+    assert m["sex"]["largest_gap"] is not None
     assert set(m["view"]["groups"]) == {"Frontal", "Lateral"}
     assert m["projection"]["groups"]["unknown"]["num_images"] == \
         m["view"]["groups"]["Lateral"]["num_images"]

@@ -41,6 +41,8 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--age-bands", metavar="E0,E1,...",
                    help="age band edges for age / age_band, e.g. 0,40,60 "
                         "(default: decades)")
+    p.add_argument("--subgroup-min-cases", type=int, default=5, metavar="N",
+                   help="smallest group the largest subgroup gap may compare (default 5)")
     return cli.add_output_flags(p)
 
 
@@ -67,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
             if args.auc_classes else None
-        groups = Subgroups(parse_subgroups(args.subgroups), parse_age_bands(args.age_bands))
+        if args.subgroup_min_cases < 1:
+            raise ScoreError("--subgroup-min-cases must be >= 1")
+        groups = Subgroups(parse_subgroups(args.subgroups), parse_age_bands(args.age_bands),
+                           args.subgroup_min_cases)
         result = score(args.model, args.data, args.out, args.split, args.compare,
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
                        args.seed, auc, args.images, True, progress_factory, groups)

@@ -293,6 +293,8 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     for r in runs:
         for k, p in r.files.items():
             lines.append(f"- {r.name}: `{os.path.relpath(p, out_dir)}`")
+    if shift:
+        lines.append("- shift: `shift.json`")
     path = os.path.join(out_dir, "report.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -14,7 +14,8 @@ present:
 Any other name is a column name itself. Ages are banded into decades ("40-49") unless
 band edges are given (``--age-bands 0,40,60``: "0-39", "40-59", "60+"; below the first
 edge: "<0"). An empty or non-numeric age, and any empty value, is the group "unknown",
-reported but never part of the largest gap.
+reported but never part of the largest gap; nor is a group with fewer than
+``--subgroup-min-cases`` cases (default 5), whose metrics are noise.
 
 Each subgroup's metrics are tfmicle.metrics.evaluate on the image rows of that group
 (so case level = the mean of the case's images *in the group*), with case-bootstrap
@@ -121,6 +122,7 @@ class Subgroups:
     """What --subgroups asks for: the attribute names and the age band edges."""
     names: list[str]
     age_edges: list[float] | None = None
+    min_cases: int = 5          # smaller groups are reported but not part of the gap
 
 
 def _scalars(task, labels, probs, auc_idx) -> dict:
@@ -164,7 +166,7 @@ def subgroup_metrics(task: str, probs, labels, case_ids: Sequence[str],
             case_level[v] = (cl, cp)
         out[name] = {"column": col, "groups": groups,
                      "largest_gap": _largest_gap(task, groups, case_level, auc_idx,
-                                                 replicates, seed)}
+                                                 replicates, seed, want.min_cases)}
     return out
 
 
@@ -177,11 +179,15 @@ def _strip(level: dict) -> dict:
     return out
 
 
+def _eligible(groups: dict, min_cases: int) -> dict:
+    """The groups a gap may compare: known value, at least min_cases cases."""
+    return {v: g for v, g in groups.items() if v != UNKNOWN and g["num_cases"] >= min_cases}
+
+
 def headline_metric(groups: dict) -> str | None:
     """The metric the gap is taken on: the first of GAP_METRICS defined in two groups."""
     for key in GAP_METRICS:
-        defined = [g for v, g in groups.items() if v != UNKNOWN
-                   and _finite(g["case"].get(key))]
+        defined = [g for g in groups.values() if _finite(g["case"].get(key))]
         if len(defined) >= 2:
             return key
     return None
@@ -191,19 +197,20 @@ def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def _largest_gap(task, groups, case_level, auc_idx, replicates, seed) -> dict | None:
-    """Best minus worst group (case level) on the headline metric, with the bootstrap
-    CI of that difference (cases of each group resampled independently)."""
+def _largest_gap(task, groups, case_level, auc_idx, replicates, seed,
+                 min_cases: int) -> dict | None:
+    """Best minus worst eligible group (case level) on the headline metric, with the
+    bootstrap CI of that difference (cases of each group resampled independently)."""
     import numpy as np
     from tfmicle import metrics as M
+    groups = _eligible(groups, min_cases)
     key = headline_metric(groups)
     if key is None:
         return None
-    vals = {v: g["case"][key] for v, g in groups.items()
-            if v != UNKNOWN and _finite(g["case"].get(key))}
+    vals = {v: g["case"][key] for v, g in groups.items() if _finite(g["case"].get(key))}
     best = max(vals, key=lambda v: (vals[v], v))
     worst = min(vals, key=lambda v: (vals[v], v))
-    gap = {"metric": key, "level": "case", "best": best, "worst": worst,
+    gap = {"metric": key, "level": "case", "min_cases": min_cases, "best": best, "worst": worst,
            "best_value": vals[best], "worst_value": vals[worst],
            "difference": vals[best] - vals[worst], "ci95": None}
     if replicates > 0:
@@ -236,7 +243,8 @@ def report_lines(result: dict, task: str, run_name: str) -> list[str]:
     keys = (["top1_accuracy"] if task == MULTICLASS else []) + ["mean_auc", "mean_pr_auc"]
     lines = [f"## Subgroups: {run_name}", "",
              "Case level within each group (the mean of the case's images in the group); "
-             "brackets: bootstrap 95 % CI resampling the group's cases.", ""]
+             "brackets: bootstrap 95 % CI resampling the group's cases. The largest gap "
+             "compares known groups of at least the minimum number of cases.", ""]
     for name, r in result.items():
         if r["column"] is None:
             lines += [f"### {name}", "", f"No metadata column for `{name}` in this data.", ""]
@@ -249,6 +257,9 @@ def report_lines(result: dict, task: str, run_name: str) -> list[str]:
             lines.append(f"| {v} | {g['num_cases']} | {g['num_images']} | "
                          + " | ".join(cells) + " |")
         gap = r["largest_gap"]
+        if not gap:
+            lines += ["", "Largest gap: none (fewer than two groups with a defined metric "
+                          "and enough cases)."]
         if gap:
             lines += ["", f"Largest gap: {METRIC_LABELS[gap['metric']]} {gap['best']} "
                           f"{gap['best_value']:.3f} vs {gap['worst']} {gap['worst_value']:.3f}, "
@@ -261,7 +272,8 @@ def fmt_ci(v, ci) -> str:
     if not _finite(v):
         return "n/a"
     if ci and all(_finite(c) for c in ci):
-        return f"{v:.3f} ({ci[0]:.3f}–{ci[1]:.3f})"
+        sep = " to " if ci[0] < 0 else "–"    # an en dash after a minus sign reads badly
+        return f"{v:.3f} ({ci[0]:.3f}{sep}{ci[1]:.3f})"
     return f"{v:.3f}"
 
 
