@@ -47,6 +47,8 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
                    f"{', '.join(info.get('class_names', []))}")
     r.lines.append(f"  source {src.get('format')} {src.get('manifest')} "
                    f"(sha256 {str(src.get('sha256'))[:12]}...)")
+    if info.get("metadata_columns"):
+        r.lines.append(f"  metadata per image: {', '.join(info['metadata_columns'])}")
     r.lines.append(f"  split seed {info.get('split_seed')}, fractions {info.get('split_fractions')}"
                    f", skipped {info.get('skipped')} {info.get('skipped_reasons', {})}")
     if info.get("schema_version") not in READABLE_VERSIONS:

@@ -402,3 +402,24 @@ def test_chexpert_subgroups_multilabel(tmp_path, capsys):
                     "--subgroups", "site", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--subgroups site" in err[0] and "Frontal/Lateral" in err[0]
+
+
+def test_csv_meta_cols_kept_per_image_and_missing_column_is_exit_2(tmp_path, capsys):
+    from data_prep.__main__ import main
+    for i in range(4):
+        write_image(tmp_path / "img" / f"{i}.jpg", i)
+    write_csv(tmp_path / "m.csv", ["image", "case_id", "label", "sex", "scanner"],
+              [[f"img/{i}.jpg", f"c{i // 2}", "ab"[i // 2], "FM"[i % 2], f"s{i}"]
+               for i in range(4)])
+    base = ["--format", "csv", "--input", str(tmp_path / "m.csv"), "--no-progress",
+            "--split-fractions", "test=1"]
+    assert main(base + ["--out", str(tmp_path / "out"), "--meta-cols", "scanner,sex"]) == 0
+    info = records.load_dataset_info(str(tmp_path / "out"))
+    assert info["metadata_columns"] == ["scanner", "sex"]
+    got = {i: m for c in records.iter_cases(str(tmp_path / "out"), "test")
+           for i, m in zip(c.image_ids, c.meta)}
+    assert got == {f"img/{i}.jpg": {"scanner": f"s{i}", "sex": "FM"[i % 2]} for i in range(4)}
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "o2"), "--meta-cols", "sex,weight"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'weight'" in err[0]
