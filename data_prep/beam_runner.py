@@ -61,7 +61,7 @@ def _process(text: str, options: ImageOptions):
         ex = encode_case(case.case_id, res.images, res.image_ids, case.patient_id,
                          res.views or None, case.label_class, case.label_multi,
                          case.meta_keys, res.meta)
-        yield "record", (split, ex.SerializeToString())
+        yield "record", (split, ex.SerializeToString(deterministic=True))
         yield "summary", json.dumps({
             "case_id": case.case_id, "patient_id": case.patient_id, "split": split,
             "image_ids": res.image_ids, "label_class": case.label_class,

@@ -29,6 +29,12 @@ class CaseSpec:
     label_class: int = UNLABELED
     label_multi: list[float] | None = None
     source_split: str | None = None
+    split_group: str = ""           # patients drawn into one split together ('' : the patient)
+
+    @property
+    def group(self) -> str:
+        """What the split is drawn for: the split group, else the patient."""
+        return self.split_group or self.patient_id
 
     @property
     def meta_keys(self) -> list[str]:
@@ -52,6 +58,14 @@ class Skip:
 
     def as_row(self) -> list[str]:
         return [self.path, self.reason, self.image_id, self.case_id]
+
+    def strict_message(self) -> str:
+        """The one line ``--strict`` fails with: the file, the image and case ids, why."""
+        what = self.path or "(no file)"
+        ids = [f"image {self.image_id!r}" if self.image_id and self.image_id != self.path
+               else "", f"case {self.case_id!r}" if self.case_id else ""]
+        ids = [i for i in ids if i]
+        return f"--strict: {what}{' (' + ', '.join(ids) + ')' if ids else ''}: {self.reason}"
 
 
 SKIPPED_COLUMNS = ["path", "reason", "image_id", "case_id"]
