@@ -43,8 +43,8 @@ def resolve_out(out: str) -> tuple[str, int]:
     (MODELS/<name>, n), which must not exist yet."""
     out = os.path.normpath(out)
     last = os.path.basename(out)
-    if last.isdigit():
-        base, version = os.path.dirname(out) or ".", int(last)
+    if mf.parse_uint(last) is not None:
+        base, version = os.path.dirname(out) or ".", mf.parse_uint(last)
         if version < 1:
             raise cli.UsageError(f"version must be a positive integer, got {last}")
         if os.path.exists(out):

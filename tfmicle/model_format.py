@@ -50,16 +50,17 @@ PREPROCESSED_FUNCTION = "predict_preprocessed"  # pixels [B, S, S, 3], no prepro
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
-MAX_VERSION_DIGITS = 18  # versions fit in an int64 (TF Serving's type), and int() stays cheap
+MAX_UINT_DIGITS = 18  # versions fit in an int64 (TF Serving's type), and int() stays cheap
 
 
 # --------------------------------------------------------------------------- versions
 
-def parse_version(text: str) -> int | None:
-    """A version folder name or URL segment -> its integer, or None. ASCII digits only,
-    at most MAX_VERSION_DIGITS of them: ``str.isdigit()`` also accepts "²" and "٣",
-    which ``int()`` refuses or reads as another number."""
-    if not (0 < len(text) <= MAX_VERSION_DIGITS and text.isascii() and text.isdigit()):
+def parse_uint(text: str, max_digits: int = MAX_UINT_DIGITS) -> int | None:
+    """A non-negative integer someone typed (a version folder's name, a URL segment, a
+    numeric header) -> int, or None. ASCII digits only, at most ``max_digits``:
+    ``str.isdigit()`` also passes "²" (int() refuses it) and "٣" (int() reads 3), and
+    int() of thousands of digits raises. The one such parser of the project."""
+    if not (0 < len(text) <= max_digits and text.isascii() and text.isdigit()):
         return None
     return int(text)
 
@@ -73,7 +74,7 @@ def list_versions(base: str | os.PathLike) -> list[int]:
     except OSError:
         return []
     # "01" is not version 1's folder: only the canonical spelling names a version
-    return sorted({v for e in entries if (v := parse_version(e.name)) is not None
+    return sorted({v for e in entries if (v := parse_uint(e.name)) is not None
                    and str(v) == e.name and e.is_dir()}, reverse=True)
 
 
@@ -94,7 +95,7 @@ def resolve_version(path: str) -> tuple[str, int | None]:
         reason = unpublished_reason(path)
         if reason is not None:
             raise FileNotFoundError(f"model {path} is not published: {reason}")
-        return path, parse_version(os.path.basename(os.path.normpath(path)))
+        return path, parse_uint(os.path.basename(os.path.normpath(path)))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model {path} not found")
     reasons = []
@@ -225,7 +226,7 @@ def probe_images() -> list[bytes]:
 
 __all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "SIGNATURE", "PIXELS_SIGNATURE", "PREPROCESSED_FUNCTION", "IMAGES_INPUT",
-           "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_version",
+           "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_uint",
            "list_versions", "next_version", "has_saved_model", "resolve_version", "publish",
            "unpublished_reason", "write_labels", "read_labels", "write_metadata",
            "read_metadata", "probe_images"]
