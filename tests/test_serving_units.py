@@ -208,3 +208,72 @@ def test_load_version_checks_the_contract(tmp_path):
         load_version(tmp_path / "garbage", "m", 1)
     with pytest.raises(ModelLoadError, match="no saved_model.pb"):
         load_version(tmp_path, "m", 1)
+
+
+# -- the publish rule (tfmicle.model_format) -----------------------------------------------------------
+def test_parse_uint_takes_ascii_digits_only():
+    from tfmicle.model_format import parse_uint
+
+    assert [parse_uint(t) for t in ("0", "12", "007", "9" * 18)] == [0, 12, 7, 10**18 - 1]
+    # str.isdigit() passes all of these; int() refuses the first, reads the next two as 3 and 12
+    for text in ("²", "٣", "１２", "9" * 19, "9" * 5000, "", " 1", "-1", "1e3", "+1"):
+        assert parse_uint(text) is None, text
+
+
+def test_publish_rule(tmp_path):
+    import json
+    import os
+
+    from tfmicle.model_format import PUBLISHED_FILE, list_versions, publish, resolve_version, unpublished_reason
+
+    base = tmp_path / "m"
+    v = base / "1"
+    files = {"saved_model.pb": b"\x08" * 300, "variables/variables.index": b"i" * 40,
+             "variables/variables.data-00000-of-00001": b"d" * 5000, "assets/labels.txt": b"a\nb\n"}
+    for rel, data in files.items():
+        (v / rel).parent.mkdir(parents=True, exist_ok=True)
+        (v / rel).write_bytes(data)
+    for odd in ("²", "٣", "01", ".tmp-export-2-x"):  # not version folders
+        (base / odd).mkdir()
+    assert list_versions(base) == [1]
+    assert f"no {PUBLISHED_FILE}" in unpublished_reason(v)
+    with pytest.raises(FileNotFoundError, match="no published version"):
+        resolve_version(str(base))
+    with pytest.raises(FileNotFoundError, match="not published"):
+        resolve_version(str(v))
+
+    publish(v)
+    marker = json.loads((v / PUBLISHED_FILE).read_text())
+    assert marker["files"] == {rel: len(data) for rel, data in files.items()}
+    assert sorted(os.listdir(v)) == ["assets", PUBLISHED_FILE, "saved_model.pb", "variables"]  # no temp file left
+    assert unpublished_reason(v) is None
+    assert resolve_version(str(base)) == (str(v), 1) and resolve_version(str(v)) == (str(v), 1)
+
+    (v / "assets/labels.txt").write_bytes(b"a\n")  # a copy still in progress
+    assert "assets/labels.txt has 2 bytes" in unpublished_reason(v)
+    (v / "assets/labels.txt").write_bytes(files["assets/labels.txt"])
+    (v / "variables/variables.index").unlink()
+    assert "variables/variables.index, listed in" in unpublished_reason(v)
+    (v / "variables/variables.index").write_bytes(files["variables/variables.index"])
+    assert unpublished_reason(v) is None
+    (v / PUBLISHED_FILE).write_text('{"files": {"saved_mo')  # the marker itself half-copied
+    assert "unreadable" in unpublished_reason(v)
+    with pytest.raises(FileNotFoundError, match="nothing to publish"):
+        publish(tmp_path / "empty")
+
+
+def test_publish_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tfmicle.model_format import unpublished_reason
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "tfmicle.model_format", "publish"]
+    r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nothing to publish" in r.stderr
+    (tmp_path / "saved_model.pb").write_bytes(b"\x08" * 10)
+    r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert unpublished_reason(tmp_path) is None
