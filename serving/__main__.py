@@ -113,12 +113,7 @@ def serve(args) -> int:
     if config.workers > 1:
         if config.port == 0:
             raise cli.UsageError("--port 0 needs --workers 1 (the workers must share a known port)")
-        os.environ[CONFIG_ENV] = config.to_json()
-        log.info("starting %d workers on http://%s:%d", config.workers, config.host, config.port)
-        uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
-                    workers=config.workers, log_config=None, access_log=False, log_level=config.log_level,
-                    http=PROTOCOL, timeout_keep_alive=config.keep_alive_timeout_s)
-        return 0
+        return _serve_workers(config, uvicorn, PROTOCOL)
 
     sock = _listen(config.host, config.port)
     from .app import create_app
@@ -137,6 +132,32 @@ def serve(args) -> int:
                                            timeout_graceful_shutdown=10, http=PROTOCOL,
                                            timeout_keep_alive=config.keep_alive_timeout_s))
     server.run(sockets=[sock])
+    return 0
+
+
+def _serve_workers(config: ServingConfig, uvicorn, protocol: str) -> int:
+    """N worker processes on one port; /metrics sums over them (serving.metrics' multiprocess
+    mode, in a fresh folder unless PROMETHEUS_MULTIPROC_DIR is set already)."""
+    import shutil
+    import tempfile
+
+    from .metrics import MULTIPROC_ENV
+
+    os.environ[CONFIG_ENV] = config.to_json()
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="serving-metrics-")
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    # The same line as one worker prints (scripts and the tests read the port from it).
+    print(f"serving: listening on http://{shown}:{config.port} (model '{config.model_name}', "
+          f"{config.workers} workers)", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
+                    workers=config.workers, log_config=None, access_log=False, log_level=config.log_level,
+                    http=protocol, timeout_keep_alive=config.keep_alive_timeout_s)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return 0
 
 

@@ -64,6 +64,7 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
             repository.stop_polling()
             await batcher.stop()
             state.pool.shutdown(wait=False, cancel_futures=True)
+            metrics.close()
 
     app = FastAPI(
         title="tfmicle serving",
