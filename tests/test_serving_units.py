@@ -277,3 +277,71 @@ def test_publish_command(tmp_path):
     r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert unpublished_reason(tmp_path) is None
+
+
+def test_score_opens_published_versions_only(tmp_path):
+    """tfmicle.score follows the same rule as the server: an unpublished folder is refused
+    with the reason (the CLI prints it as its one-line error), a published one loads."""
+    from serving.toy import save_mean_colour_model
+    from tfmicle.model_format import PUBLISHED_FILE
+    from tfmicle.score import load_model
+
+    version = save_mean_colour_model(tmp_path / "m" / "1", np.eye(3, 2, dtype=np.float32), np.zeros(2, np.float32),
+                                     labels=["p", "q"])
+    marker = (version / PUBLISHED_FILE).read_bytes()
+    (version / PUBLISHED_FILE).unlink()
+    for path in (version, version.parent):
+        with pytest.raises(FileNotFoundError, match=f"no {PUBLISHED_FILE}"):
+            load_model(str(path))
+    (version / PUBLISHED_FILE).write_bytes(marker)
+    assert load_model(str(version.parent)).class_names == ["p", "q"]
+
+
+def test_an_unexpected_error_is_a_json_500_that_closes_the_connection(tmp_path):
+    """A real server fault stays a 500, but says Connection: close: Starlette re-raises after
+    the response and uvicorn then drops the connection, which a keep-alive client would
+    otherwise only learn from a reset on its next request."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from serving.repository import ModelRepository
+    from tfmicle.model_format import publish
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"\x08")
+    publish(tmp_path / "1")
+    repository = ModelRepository(tmp_path, "fake", loader=lambda folder, name, version: FakeModel(version))
+    app = create_app(ServingConfig(model_base_path=str(tmp_path), model_name="fake"), repository)
+
+    async def boom():
+        raise RuntimeError("a bug, not the client's fault")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    assert r.status_code == 500 and r.json() == {"error": "internal server error"}
+    assert r.headers["connection"] == "close"
+
+
+def test_a_parser_gap_is_a_400_and_a_server_fault_stays_one():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.metrics import Metrics
+    from serving.state import State
+
+    state = State(config=None, repository=None, metrics=Metrics(), batcher=None, pool=ThreadPoolExecutor(1))
+
+    def gap(text):  # a parser that forgot a case: int("²") raises ValueError
+        return int(text)
+
+    def fault():
+        raise MemoryError
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(state.offload(gap, "²"))
+    assert e.value.status == 400 and "ValueError" in e.value.message
+    assert 'serving_invalid_requests_total{status="400"} 1.0' in state.metrics.render().decode()
+    with pytest.raises(MemoryError):
+        asyncio.run(state.offload(fault))
+    state.pool.shutdown()
