@@ -89,9 +89,9 @@ class GatewayMiddleware:
                     access_log.info("request body stalled for %gs on %s; closing", self.body_timeout, scope.get("path"))
                     raise ApiError(408, f"request body stalled: nothing received for {self.body_timeout:g}s "
                                         "(--body-timeout)", {"Connection": "close"}) from None
+                body_done = message["type"] != "http.request" or not message.get("more_body", False)
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
-                    body_done = not message.get("more_body", False)
                     if received > self.limit:
                         raise BodyTooLarge(self.limit)
                 return message

@@ -134,7 +134,20 @@ HOSTILE = {
     **{f"v2 infer version {k}": ("POST", f"/v2/models/colours/versions/{v}/infer",
                                    {"Content-Type": "application/json"},
                                    SHAPE.format(shape="[1]", img=IMG).encode()) for k, v in VERSIONS.items()},
+    # multipart
+    "multipart bad part header": ("POST", "/classify", {"Content-Type": "multipart/form-data; boundary=xx"},
+                                  b"--xx\r\nContent-Disposition: form-data; name=\xff\xfe\r\n\r\n" + b"\0" * 10
+                                  + b"\r\n--xx--\r\n"),
+    "multipart 1000 fields": ("POST", "/classify", {"Content-Type": "multipart/form-data; boundary=xx"},
+                              b"".join(b"--xx\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\nv\r\n" % i
+                                       for i in range(1000)) + b"--xx--\r\n"),
+    "multipart boundary of 4 KB": ("POST", "/classify", {"Content-Type": "multipart/form-data; boundary=" + "b" * 4000},
+                                   b"--" + b"b" * 4000 + b"--\r\n"),
+    "multipart never closed": ("POST", "/classify", {"Content-Type": "multipart/form-data; boundary=xx"},
+                               b"--xx\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\nabc"),
     "v1 model name of 4 KB": ("GET", "/v1/models/" + "m" * 4000, {}, b""),
+    "v1 model name of invalid UTF-8": ("GET", "/v1/models/%ff%fe%00", {}, b""),
+    "v2 model name of control characters": ("GET", "/v2/models/%0d%0a%1b[31m", {}, b""),
     "content type of 4 KB": ("POST", "/classify", {"Content-Type": "x/" + "y" * 4000}, b"{}"),
 }
 
@@ -143,7 +156,7 @@ def _send(conn: http.client.HTTPConnection, method: str, path: str, headers: dic
     from urllib.parse import quote
 
     raw = {k: v.encode("utf-8") for k, v in headers.items()}  # non-Latin-1 digits go out as UTF-8 bytes
-    conn.request(method, quote(path, safe="/:?=&"), body=body or None, headers=raw)
+    conn.request(method, quote(path, safe="/:?=&%"), body=body or None, headers=raw)
     r = conn.getresponse()
     return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
 
@@ -188,6 +201,7 @@ PROTOCOL_ERRORS = {
     "Content-Length non-ASCII digit": ("POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: ²\r\n\r\n".encode(), 400),
     "two Content-Lengths": (b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400),
     "garbage request line": (b"\x00\x01\x02 not http\r\n\r\n", 400),
+    "raw non-ASCII byte in the path": (b"GET /v1/models/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     "bad chunked body": (b"POST /classify HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                          b"Content-Type: application/json\r\n\r\nzz\r\n", 400),
 }
