@@ -129,7 +129,7 @@ def serve(args) -> int:
     print(f"serving: listening on http://{shown}:{port} (model '{config.model_name}', "
           f"version {app.state.serving.repository.current.version})", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, log_level=config.log_level,
-                                           timeout_graceful_shutdown=10, http=PROTOCOL,
+                                           timeout_graceful_shutdown=10, http=PROTOCOL, ws="none",
                                            timeout_keep_alive=config.keep_alive_timeout_s))
     server.run(sockets=[sock])
     return 0
@@ -154,7 +154,7 @@ def _serve_workers(config: ServingConfig, uvicorn, protocol: str) -> int:
     try:
         uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
                     workers=config.workers, log_config=None, access_log=False, log_level=config.log_level,
-                    http=protocol, timeout_keep_alive=config.keep_alive_timeout_s)
+                    http=protocol, ws="none", timeout_keep_alive=config.keep_alive_timeout_s)
     finally:
         if own_dir is not None:
             shutil.rmtree(own_dir, ignore_errors=True)

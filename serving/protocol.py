@@ -15,6 +15,8 @@ lacks, so that what a client does before the app sees a request is bounded too.
 The body timeout is the middleware's (it sees ``receive``); the keep-alive timeout
 is uvicorn's ``timeout_keep_alive``. uvicorn loads this class by its import path
 (``http=PROTOCOL``), also in each ``--workers`` process; ``configure`` sets the limits.
+WebSockets are off (``ws="none"``; no route uses them), so an upgrade request is an
+ordinary HTTP request to the app, not uvicorn's plain-text 403.
 """
 
 from __future__ import annotations
