@@ -6,6 +6,9 @@ lacks, so that what a client does before the app sees a request is bounded too.
   close when nothing came) and the connection is closed. uvicorn itself only times out
   a connection that is idle between requests (``timeout_keep_alive``), so a client
   that sent half a request line held a connection forever.
+- The rest of a refused body: after an early answer (413, 401) uvicorn keeps reading
+  the body the client goes on sending, with no deadline; a client that stalls there
+  is closed after ``header_timeout_s`` too.
 - Header size: more than ``max_header_bytes`` of request line and headers is 431
   (httptools has no limit: an endless URL or header grew the buffer without bound).
 - The errors uvicorn answers itself (a request httptools cannot parse: bad request
@@ -54,6 +57,14 @@ class ServingHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if (cycle is not None and cycle.response_complete and self._header_timer is None
+                and self.timeout_keep_alive_task is None and not self.transport.is_closing()):
+            # Bytes after the answer that started no request: the rest of a refused body.
+            self._arm_header_timer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()

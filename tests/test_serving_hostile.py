@@ -323,6 +323,19 @@ def test_stalled_clients_are_disconnected_while_others_are_served(server):
         np.testing.assert_allclose([got[k] for k in LABELS], want, atol=1e-5)
 
 
+def test_a_refused_body_that_stalls_is_closed(server):
+    """After an early 413 uvicorn goes on reading the body the client still sends; a client
+    that stalls in it is closed after the header timeout (uvicorn alone never closed it)."""
+    with socket.create_connection(address(server)) as s:
+        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 900000000\r\n\r\n")
+        s.settimeout(10)
+        assert s.recv(65536).startswith(b"HTTP/1.1 413 ")
+        s.sendall(b'{"images": ["' + b"A" * 1000)  # more of the refused body, then nothing
+        elapsed, _ = closed_within(s, HEADER_TIMEOUT + 3.0)
+    assert elapsed < HEADER_TIMEOUT + 3.0, elapsed
+
+
 def test_header_timeout_counts_from_the_first_byte_not_between_bytes(server):
     """A client that drips a byte at a time is cut off at the header timeout all the same."""
     host, port = address(server)
