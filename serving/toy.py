@@ -1,6 +1,6 @@
 """Small SavedModels with the serving contract, for tests, smoke checks and benchmarks.
 
-``python -m serving.toy OUT/<name>/1`` writes the mean-colour model; serve it with
+``python -m serving.toy OUT/<name>/1`` writes (and publishes) the mean-colour model; serve it with
 ``python -m serving --model-base-path OUT/<name>``.
 
 The mean-colour model: decode (JPEG/PNG, 3 channels) -> area-resize to
