@@ -10,8 +10,9 @@ A model repository (TF Serving's layout)::
 
 Contract of the SavedModel: signature ``serving_default`` takes ``images`` (1-D
 tf.string, encoded images) and returns ``probabilities`` float32 [batch, K] (and
-``embedding``); tfmicle's export also has ``serving_pixels`` and the
-``predict_preprocessed`` function. New versions must pass a smoke test on
+``embedding``); tfmicle's export also has ``serving_pixels``, ``serving_explain``
+(Grad-CAM, below) and the ``predict_preprocessed`` function. The probabilities are
+calibrated when the model was exported with ``--calibrate`` (metadata "calibration"). New versions must pass a smoke test on
 ``probe_images()`` before they are published or served.
 
 This module imports no TensorFlow (numpy and Pillow only), so the server can use it
@@ -38,6 +39,14 @@ PREPROCESSED_FUNCTION = "predict_preprocessed"  # pixels [B, S, S, 3], no prepro
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
+# Grad-CAM (optional; models exported before it lack it): images + classes [B] int32
+# (-1 = the top class) -> probabilities, heatmap [B, S, S] in [0, 1], the explained
+# class [B] and the model's input pixels [B, S, S, 3] (what the heatmap lies over).
+EXPLAIN_SIGNATURE = "serving_explain"
+CLASSES_INPUT = "classes"
+HEATMAP_OUTPUT = "heatmap"
+EXPLAINED_CLASS_OUTPUT = "explained_class"
+PIXELS_OUTPUT = "pixels"
 
 
 # --------------------------------------------------------------------------- versions
@@ -138,6 +147,8 @@ def probe_images() -> list[bytes]:
 
 __all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "SIGNATURE", "PIXELS_SIGNATURE", "PREPROCESSED_FUNCTION", "IMAGES_INPUT",
-           "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "list_versions", "next_version",
+           "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT",
+           "EXPLAIN_SIGNATURE", "CLASSES_INPUT", "HEATMAP_OUTPUT", "EXPLAINED_CLASS_OUTPUT",
+           "PIXELS_OUTPUT", "list_versions", "next_version",
            "has_saved_model", "resolve_version", "write_labels", "read_labels",
            "write_metadata", "read_metadata", "probe_images"]
