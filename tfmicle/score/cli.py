@@ -34,6 +34,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--auc-classes", help="comma-separated classes for the mean AUC "
                                          "(default: all), e.g. the CheXpert competition five")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="Grad-CAM overlays of the N most confident errors and N most confident "
+                        "correct predictions into the report (default 0: none)")
     return cli.add_output_flags(p)
 
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.auc_classes else None
         result = score(args.model, args.data, args.out, args.split, args.compare,
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
-                       args.seed, auc, args.images, True, progress_factory)
+                       args.seed, auc, args.images, True, progress_factory, args.explain)
         for run in result["runs"]:
             m = run["metrics"]
             summary = ""

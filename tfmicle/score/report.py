@@ -214,7 +214,9 @@ def _cell(m: dict | None, level: str, key: str) -> str:
 
 
 def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures: dict,
-                 auc_classes: Sequence[str]) -> str:
+                 auc_classes: Sequence[str], sections: Sequence[str] = ()) -> str:
+    """report.md; sections: extra markdown lines (calibration, explanations) placed
+    before the figures."""
     lines = ["# Scoring report", ""]
     meta = model.metadata
     lines += [f"- Model: `{model.path}`" + (f" (version {model.version})" if model.version else ""),
@@ -255,6 +257,7 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
                     cells.append("n/a" if v is None or not math.isfinite(v) else f"{v:.3f}")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += list(sections)
     if figures:
         lines += ["## Figures", ""]
         for kind, title in (("roc", "ROC curves"), ("pr", "Precision-recall curves"),
