@@ -72,18 +72,21 @@ def build_module(model, task: str, image_size: int, temperature=None):
     import tensorflow as tf
 
     from tfmicle.data.augment import center_crop_resize, preprocess_eval
-    from tfmicle.models.gradcam import feature_map_model, grad_cam
+    from tfmicle.models.gradcam import (feature_map_model, grad_cam, receptive_field_centres,
+                                        upsampling_matrix)
     from tfmicle.tasks import probabilities
 
     size = int(image_size)
     pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
     t0 = tf.constant(1.0 if temperature is None else temperature, tf.float32)
+    feature_map = feature_map_model(model.encoder)  # shares the encoder's weights
+    upsample = upsampling_matrix(receptive_field_centres(feature_map, size), size)
 
     class ClassifierModule(tf.Module):
         def __init__(self):
             super().__init__(name="tfmicle_classifier")
             self.model = model
-            self.feature_map = feature_map_model(model.encoder)  # shares the encoder's weights
+            self.feature_map = feature_map
             self.temperature = tf.Variable(t0, trainable=False, name="temperature")
 
         def _probs(self, logits):
@@ -100,7 +103,8 @@ def build_module(model, task: str, image_size: int, temperature=None):
         def serve_explain(self, images, classes):
             pixels = tf.map_fn(lambda s: preprocess_eval(s, size), images,
                                fn_output_signature=pixel_spec)
-            logits, heat, cls = grad_cam(self.feature_map, self.model.head, pixels, classes)
+            logits, heat, cls = grad_cam(self.feature_map, self.model.head, pixels, classes,
+                                         upsample)
             return {mf.PROBABILITIES_OUTPUT: self._probs(logits), mf.HEATMAP_OUTPUT: heat,
                     mf.EXPLAINED_CLASS_OUTPUT: cls, mf.PIXELS_OUTPUT: pixels}
 
