@@ -75,7 +75,6 @@ class ServedModel:
             )
         return probs
 
-
     def explain(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
         """Encoded images -> {"probabilities" [n, K], "heatmap" [n, S, S] in [0, 1],
         "explained_class" [n], "pixels" [n, S, S, 3]} for the top class (a backward pass;

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from tfmicle.overlay import overlay_png, peak
 
+from .batcher import _is_input_error
 from .errors import ApiError
 from .images import decode_base64, validate_image
 from .model import ServedModel
@@ -113,7 +114,12 @@ def explained_response(model: ServedModel, images: Sequence[bytes], top_k: int,
                        filenames: Sequence[str | None] | None) -> dict:
     """classify_response from serving_explain's probabilities, with per image the
     explanation (label, heatmap peak, base64 PNG overlay). Blocking: run it in the pool."""
-    out = model.explain(images)
+    try:
+        out = model.explain(images)
+    except Exception as e:
+        if _is_input_error(e):  # as the batcher answers it: the model could not decode an image
+            raise ApiError(422, "the model could not decode an image") from None
+        raise
     body = classify_response(model, out["probabilities"], top_k, filenames)
     heat, pixels, classes = out["heatmap"], out["pixels"], out["explained_class"]
     for item, h, px, c in zip(body["images"], heat, pixels, classes):
