@@ -1,7 +1,7 @@
 """`python -m tfmicle.export`: a fine-tuning run -> a versioned SavedModel that
 TensorFlow Serving, ``python -m serving`` and ``tfmicle.score`` load unchanged.
 
-    python -m tfmicle.export --model-dir RUN --out MODELS/<name>[/<version>]
+    python -m tfmicle.export --model-dir RUN --out MODELS/<name>[/<version>] [--calibrate SPLIT]
 
 Layout (TF Serving's model repository, written through tfmicle.model_format):
 ``MODELS/<name>/<version>/`` with saved_model.pb, variables/, assets/labels.txt (class
@@ -294,7 +294,8 @@ def build_parser() -> cli.ArgumentParser:
         prog="python -m tfmicle.export",
         description="Export a fine-tuning run as a versioned SavedModel (serving_default: "
                     "encoded images -> probabilities + embedding; serving_pixels: float "
-                    "pixels) with assets/labels.txt and assets/metadata.json.")
+                    "pixels; serving_explain: Grad-CAM heatmaps) with assets/labels.txt and "
+                    "assets/metadata.json; --calibrate SPLIT bakes in temperature scaling.")
     p.add_argument("--model-dir", required=True, help="fine-tuning run folder (model_dir)")
     p.add_argument("--out", required=True,
                    help="MODELS/<name> (next free version) or MODELS/<name>/<version>")

@@ -2,7 +2,8 @@
 write predictions, metrics and a report.
 
     python -m tfmicle.score --model MODELS/<name>[/<version>] --data SRC --out DIR \\
-        [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet]
+        [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet] \\
+        [--explain N]
 
 SRC is one of
 - a records folder (a data_prep output, dataset.json inside): one split (--split);
@@ -19,6 +20,9 @@ metrics.json when labels exist (tfmicle.metrics.evaluate: image and case level, 
 95 % CIs resampling cases), and report.md with roc.png, pr.png and confusion.png.
 --compare SRC2 scores a second dataset (e.g. an external test set) into DIR/compare/
 and puts it beside the first in report.md and the figures.
+metrics.json and report.md include calibration (ECE over 15 bins with a case-bootstrap
+CI, Brier, NLL; reliability.png). --explain N writes Grad-CAM overlays of the N most
+confident errors and correct predictions (DIR/explain/) into the report.
 
 Scoring preprocesses in tf.data with tfmicle's one eval preprocessing (the same
 function the exported graph runs), in parallel with the model, and calls the model's
@@ -26,7 +30,8 @@ function the exported graph runs), in parallel with the model, and calls the mod
 contract) is called through ``serving_default`` with the encoded images.
 
 Modules: model (the exported model as the scorer sees it), sources, predict, report,
-job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
+calib (the calibration section), explain (--explain), job (the whole job: ``score()``),
+cli. Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 
