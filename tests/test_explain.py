@@ -63,6 +63,8 @@ def trained(tmp_root) -> dict:
     data = os.path.join(str(tmp_root), "patch_records")
     train, _ = patch_cases(128, 0, "t")
     valid, _ = patch_cases(48, 1, "v")
+    for c in valid[4::5]:  # 20 % label noise: a split no model gets all right, so the
+        c["label_class"] = 1 - c["label_class"]  # NLL-optimal temperature is finite
     test, corners = patch_cases(40, 2, "x")
     write_records(data, "train", train, CLASSES)
     write_records(data, "valid", valid, CLASSES)
@@ -97,6 +99,7 @@ def test_export_bakes_in_the_fitted_temperature(run):
     cal = meta["calibration"]
     t = cal["temperature"]
     assert cal["split"] == "valid" and cal["num_images"] == 48 and t != 1.0
+    assert not cal["at_bound"]
     assert cal["after"]["nll"] <= cal["before"]["nll"] + 1e-12
     images = [c["images"][0] for c in run["test"][:8]]
     loaded = tf.saved_model.load(run["export"]["path"])
@@ -117,6 +120,28 @@ def test_export_bakes_in_the_fitted_temperature(run):
         pv = scaled_probabilities("multiclass", zv, temp)
         assert cal[when]["nll"] == pytest.approx(-np.mean(np.log(pv[np.arange(len(yv)), yv])))
         assert cal[when]["ece"] == pytest.approx(C.calibration_metrics("multiclass", pv, yv)["ece"])
+
+
+def test_over_confident_copy_gets_five_times_the_temperature(run, tmp_path):
+    """The run's classifier with its head scaled by 5 (logits x 5, same predictions):
+    export --calibrate fits T' = 5 T (NLL(5 z / T') is NLL(z / T) at T' = 5 T) and its
+    validation NLL before calibration is worse."""
+    import shutil
+
+    from tfmicle.export import export
+    from tfmicle.rundir import load_classifier, write_best
+    copy = str(tmp_path / "overconfident_run")
+    shutil.copytree(run["model_dir"], copy)
+    model, *_ = load_classifier(copy)
+    for v in model.head.weights:
+        v.assign(5.0 * v)
+    write_best(model, copy)
+    cal5 = export(copy, str(tmp_path / "models" / "x5"), calibrate="valid")["metadata"][
+        "calibration"]
+    cal1 = run["export"]["metadata"]["calibration"]
+    assert cal5["temperature"] == pytest.approx(5 * cal1["temperature"], rel=1e-3)
+    assert cal5["after"]["nll"] == pytest.approx(cal1["after"]["nll"], rel=1e-4)
+    assert cal5["before"]["nll"] > cal1["before"]["nll"] > cal5["after"]["nll"] - 1e-9
 
 
 def test_grad_cam_peak_falls_inside_the_planted_patch(run):

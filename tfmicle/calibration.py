@@ -28,7 +28,9 @@ from tfmicle.metrics import aggregate_cases, binary_targets, bootstrap_ci
 from tfmicle.tasks import MULTICLASS
 
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width bins
-T_RANGE = (0.05, 20.0)  # temperatures searched; the bound is kept when NLL keeps falling
+# Temperatures searched (log scale). NLL keeps falling towards T -> 0 when every
+# validation prediction is right (separable split): the bound is kept, and flagged.
+T_RANGE = (0.05, 100.0)
 _EPS = 1e-12  # probabilities are clipped to [eps, 1 - eps] inside logs
 
 
@@ -206,6 +208,13 @@ def _fit_one(nll_of_t) -> float:
     return float(math.exp(_golden_min(lambda u: nll_of_t(math.exp(u)), lo, hi)))
 
 
+def at_bound(temperature) -> bool:
+    """Whether a fitted temperature (or any of a list) sits on a bound of T_RANGE (the
+    NLL optimum lies beyond it, e.g. a separable validation split)."""
+    ts = np.atleast_1d(np.asarray(temperature, dtype=np.float64))
+    return bool(np.any(np.abs(np.log(ts)[:, None] - np.log(T_RANGE)[None, :]) < 1e-6))
+
+
 def fit_temperature(task: str, logits, labels):
     """Temperature scaling by minimising NLL on labelled logits [N, K]: a float T for
     multiclass, a list [K] for multilabel (1.0 for a class without definite labels).
@@ -237,4 +246,4 @@ def fit_temperature(task: str, logits, labels):
 
 __all__ = ["ECE_BINS", "T_RANGE", "bin_index", "reliability_bins", "ece_of", "pairs",
            "brier_per_class", "nll", "calibration_metrics", "evaluate_calibration",
-           "scaled_probabilities", "fit_temperature"]
+           "scaled_probabilities", "at_bound", "fit_temperature"]

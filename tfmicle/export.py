@@ -173,7 +173,12 @@ def fit_calibration(model, task: str, data_dir: str, split: str, num_classes: in
         return {k: m[k] for k in ("ece", "nll", "brier")}
     out = {"method": "temperature scaling (NLL)", "split": split,
            "data_dir": os.path.abspath(data_dir), "num_images": int(len(logits)),
-           "temperature": temperature, "before": summary(1.0), "after": summary(temperature)}
+           "temperature": temperature, "at_bound": C.at_bound(temperature),
+           "before": summary(1.0), "after": summary(temperature)}
+    if out["at_bound"]:
+        log.warning("--calibrate: a temperature sits on the search bound %s (the split's "
+                    "NLL keeps falling beyond it, e.g. every prediction is right); a larger "
+                    "or harder calibration split gives a better estimate", C.T_RANGE)
     log.info("calibrated on %s (%d images): T = %s; ECE %.4f -> %.4f, NLL %.4f -> %.4f",
              split, len(logits), temperature, out["before"]["ece"], out["after"]["ece"],
              out["before"]["nll"], out["after"]["nll"])
