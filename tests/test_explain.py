@@ -246,14 +246,24 @@ def test_score_explain_and_calibration_from_the_predictions_file(run, tmp_path, 
     cal = metrics["calibration"]["case"]
     assert cal["ece"] == pytest.approx(_ece_reference(conf, correct), abs=1e-9)
     assert cal["brier"] == pytest.approx(np.mean(np.sum((p - np.eye(2)[y]) ** 2, 1)), abs=1e-9)
+    lo, hi = cal["ci95"]["ece"]
     report = (out / "report.md").read_text()
-    assert f"| ECE (15 bins, top-class confidence), case level | {cal['ece']:.3f}" in report
+    assert f"| ECE (15 bins, top-class confidence), case level | {cal['ece']:.3f} " \
+           f"({lo:.3f}–{hi:.3f})" in report
+    # image level, from predictions_images.csv
+    imgs = list(csv.DictReader(open(out / "predictions_images.csv")))
+    pi = np.array([[float(row[f"prob_{c}"]) for c in CLASSES] for row in imgs])
+    yi = np.array([CLASSES.index(row["label"]) for row in imgs])
+    assert metrics["calibration"]["image"]["ece"] == pytest.approx(
+        _ece_reference(pi.max(1).tolist(), (pi.argmax(1) == yi).astype(float).tolist()),
+        abs=1e-9)
+    assert metrics["calibration"]["image"]["nll"] == pytest.approx(
+        -np.mean(np.log(pi[np.arange(len(yi)), yi])), abs=1e-9)
     assert "## Explanations (Grad-CAM)" in report and (out / "reliability.png").is_file()
     ex = list(csv.DictReader(open(out / "explain" / "explanations.csv")))
     correct_rows = [e for e in ex if e["kind"] == "correct"]
     assert len(correct_rows) == 2 and all((out / e["png"]).is_file() for e in ex)
     # the two most confident correct predictions, read off predictions_images.csv
-    imgs = list(csv.DictReader(open(out / "predictions_images.csv")))
     ok = [(max(float(i[f"prob_{c}"]) for c in CLASSES), i["image_id"]) for i in imgs
           if i["label"] == i["predicted"]]
     top2 = [i for _, i in sorted(ok, key=lambda t: -t[0])[:2]]
