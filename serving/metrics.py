@@ -55,6 +55,13 @@ class Metrics:
         self.inference = Histogram(
             "serving_inference_duration_seconds", "Model call latency.", buckets=LATENCY_BUCKETS, registry=r,
         )
+        # explain=1 costs a backward pass: its own counters, so its load shows on its own
+        self.explain_requests = Counter(
+            "serving_explain_requests_total", "POST /classify requests with explain=1.", registry=r,
+        )
+        self.explain_images = Counter(
+            "serving_explain_images_total", "Images explained (Grad-CAM) for explain=1.", registry=r,
+        )
         self.queue_images = Gauge("serving_queue_images", "Images waiting for the model (all workers).",
                                   registry=r, multiprocess_mode="livesum")
         self.model_version = Gauge("serving_model_version", "Version being served (the lowest over the workers).",

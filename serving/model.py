@@ -6,7 +6,9 @@ outputs, e.g. ``embedding``, are ignored) or, failing that, exactly one float
 [batch, K] output under any name. Class names come from
 ``<version>/assets/labels.txt`` when present, else "0".."K-1". File names, the
 labels reader and the probe images are tfmicle.model_format's (no TensorFlow, no
-training code). Map: docs/architecture.md.
+training code). Optional: ``serving_explain`` (Grad-CAM, see tfmicle.export); a
+model without it is served as before and answers explain requests with a 400.
+Map: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tfmicle.model_format import (LABELS_FILE, PROBABILITIES_OUTPUT, SIGNATURE, has_saved_model,
-                                  probe_images, read_labels)
+from tfmicle.model_format import (CLASSES_INPUT, EXPLAIN_SIGNATURE, EXPLAINED_CLASS_OUTPUT,
+                                  HEATMAP_OUTPUT, IMAGES_INPUT, LABELS_FILE, PIXELS_OUTPUT,
+                                  PROBABILITIES_OUTPUT, SIGNATURE, has_saved_model, probe_images,
+                                  read_labels)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,11 @@ class ServedModel:
     loaded_at: float
     _fn: Any = field(repr=False)
     _keepalive: Any = field(repr=False)  # the loaded object owns the variables
+    _explain: Any = field(default=None, repr=False)  # serving_explain, when exported with it
+
+    @property
+    def can_explain(self) -> bool:
+        return self._explain is not None
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +74,35 @@ class ServedModel:
                 f"model returned shape {probs.shape} for {len(images)} images; expected [batch, K]"
             )
         return probs
+
+    def explain(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Encoded images -> {"probabilities" [n, K], "heatmap" [n, S, S] in [0, 1],
+        "explained_class" [n], "pixels" [n, S, S, 3]} for the top class (a backward pass;
+        blocking). RuntimeError when the model has no serving_explain."""
+        import tensorflow as tf
+
+        if self._explain is None:
+            raise RuntimeError(f"version {self.version} has no '{EXPLAIN_SIGNATURE}' signature")
+        out = self._explain(**{IMAGES_INPUT: tf.constant(list(images), dtype=tf.string),
+                               CLASSES_INPUT: tf.fill([len(images)], -1)})
+        return {k: out[k].numpy() for k in (PROBABILITIES_OUTPUT, HEATMAP_OUTPUT,
+                                             EXPLAINED_CLASS_OUTPUT, PIXELS_OUTPUT)}
+
+
+def _explain_fn(signatures: Any) -> Any:
+    """serving_explain when it has tfmicle's inputs and outputs, else None (served
+    without explanations)."""
+    fn = signatures.get(EXPLAIN_SIGNATURE) if hasattr(signatures, "get") else None
+    if fn is None:
+        return None
+    inputs = dict(fn.structured_input_signature[1])
+    outputs = fn.structured_outputs if isinstance(fn.structured_outputs, dict) else {}
+    want_out = {PROBABILITIES_OUTPUT, HEATMAP_OUTPUT, EXPLAINED_CLASS_OUTPUT, PIXELS_OUTPUT}
+    if set(inputs) != {IMAGES_INPUT, CLASSES_INPUT} or not want_out <= set(outputs):
+        log.warning("'%s' has inputs %s and outputs %s; served without explanations",
+                    EXPLAIN_SIGNATURE, sorted(inputs), sorted(outputs))
+        return None
+    return fn
 
 
 def _tensor_info(name: str, spec: Any) -> TensorInfo:
@@ -122,6 +160,7 @@ def load_version(version_dir: Path, name: str, version: int) -> ServedModel:
     model = ServedModel(
         name=name, version=version, path=version_dir, input=input_info, output=output_info,
         labels=labels or [], loaded_at=time.time(), _fn=fn, _keepalive=obj,
+        _explain=_explain_fn(signatures),
     )
     # Smoke test (and warm-up: the first call pays for graph set-up).
     probes = probe_images()

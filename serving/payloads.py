@@ -6,6 +6,7 @@ thread pool, so JSON parsing, base64 and image checks stay off the event loop.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import struct
@@ -14,6 +15,9 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from tfmicle.overlay import overlay_png, peak
+
+from .batcher import _is_input_error
 from .errors import ApiError, excerpt
 from .images import decode_base64, validate_image
 from .model import ServedModel
@@ -120,6 +124,27 @@ def classify_response(model: ServedModel, probs: np.ndarray, top_k: int, filenam
         "images": images,
         "case": {"num_images": int(probs.shape[0]), "top": top_labels(mean, model.labels, k)},
     }
+
+
+def explained_response(model: ServedModel, images: Sequence[bytes], top_k: int,
+                       filenames: Sequence[str | None] | None) -> dict:
+    """classify_response from serving_explain's probabilities, with per image the
+    explanation (label, heatmap peak, base64 PNG overlay). Blocking: run it in the pool."""
+    try:
+        out = model.explain(images)
+    except Exception as e:
+        if _is_input_error(e):  # as the batcher answers it: the model could not decode an image
+            raise ApiError(422, "the model could not decode an image") from None
+        raise
+    body = classify_response(model, out["probabilities"], top_k, filenames)
+    heat, pixels, classes = out["heatmap"], out["pixels"], out["explained_class"]
+    for item, h, px, c in zip(body["images"], heat, pixels, classes):
+        r, col = peak(h)
+        item["explanation"] = {
+            "label": model.labels[int(c)], "peak": {"row": r, "col": col, "size": int(h.shape[0])},
+            "overlay_png": base64.b64encode(overlay_png(px, h)).decode("ascii"),
+        }
+    return body
 
 
 # -- TF Serving REST -------------------------------------------------------------

@@ -32,10 +32,23 @@ class LabelScore(BaseModel):
     score: float
 
 
+class Peak(BaseModel):
+    row: int = Field(description="Row of the heatmap's maximum in the model's input image (size x size).")
+    col: int = Field(description="Column of the heatmap's maximum in the model's input image.")
+    size: int = Field(description="Side of the model's input image: the centre crop of the upload, resized.")
+
+
+class Explanation(BaseModel):
+    label: str = Field(description="The class explained (the image's top class).")
+    peak: Peak
+    overlay_png: str = Field(description="Base64 PNG: the Grad-CAM heatmap over the model's input image.")
+
+
 class ImageResult(BaseModel):
     index: int
     filename: Optional[str] = None
     top: list[LabelScore]
+    explanation: Optional[Explanation] = Field(default=None, description="With explain=1 only.")
 
 
 class CaseResult(BaseModel):

@@ -15,7 +15,7 @@ PACKAGES = ("tfmicle", "data_prep", "serving")
 
 # unit: (modules it holds, by exact name or as a package prefix; units it may import)
 FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
-              "tfmicle.data", "tfmicle.data.records")
+              "tfmicle.overlay", "tfmicle.data", "tfmicle.data.records")
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # names and formats everyone shares; no TensorFlow at import time except records
     "foundation": (FOUNDATION, ()),
@@ -23,7 +23,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "data_prep": (("data_prep",), ("foundation",)),
     # the library: data pipelines, models, losses, optimizers, metrics
     "library": (("tfmicle.data.augment", "tfmicle.data.pipeline", "tfmicle.data.ph2",
-                 "tfmicle.retrieval", "tfmicle.models",
+                 "tfmicle.retrieval", "tfmicle.calibration", "tfmicle.models",
                  "tfmicle.losses", "tfmicle.optim", "tfmicle.metrics", "tfmicle.distribute"),
                 ("foundation",)),
     # configs to objects, and the run folders both trainers write and the tools read

@@ -42,6 +42,16 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(summary["records"], "dataset.json"))
     assert os.path.exists(os.path.join(summary["report"], "report.md"))
     assert summary["metrics"], "score wrote no metrics.json"
+    # Calibrated at export, and the report shows calibration and explanation overlays.
+    meta = json.load(open(os.path.join(summary["models"], "1", "assets", "metadata.json")))
+    assert meta["calibration"]["split"] == "validation" and meta["calibration"]["temperature"] > 0
+    report = open(os.path.join(summary["report"], "report.md")).read()
+    assert "## Calibration" in report and "## Explanations (Grad-CAM)" in report
+    assert os.path.exists(os.path.join(summary["report"], "reliability.png"))
+    overlays = [f for f in os.listdir(os.path.join(summary["report"], "explain"))
+                if f.endswith(".png")]
+    assert overlays and all(f"explain/{f}" in report for f in overlays)
+    assert 0 <= summary["metrics"]["calibration"]["case"]["ece"] <= 1
     # The held-out retrieval report: both encoders on the same queries, beside chance.
     assert "Same-lesion retrieval" in r.stdout and "last logged contrastive loss" in r.stdout
     ret = summary["retrieval"]

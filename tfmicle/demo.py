@@ -168,10 +168,13 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
                      "best_metric": "val_accuracy",
                      "eval_every_steps": max(finetune_steps // 3, 1)}})
     _stage("fine-tuning", "tfmicle.train", ["--config", ft_cfg, *qa])
-    _stage("export", "tfmicle.export", ["--model-dir", ft_dir, "--out", models])
+    # Temperature scaling fitted on the validation split; the report then shows
+    # calibration and Grad-CAM overlays of the 2 most confident errors and correct cases.
+    _stage("export (calibrated on the validation split)", "tfmicle.export",
+           ["--model-dir", ft_dir, "--out", models, "--calibrate", "validation"])
     _stage("batch scoring (test split)", "tfmicle.score", [
         "--model", models, "--data", records, "--split", "test", "--out", report,
-        "--bootstrap", "200", *qa])
+        "--bootstrap", "200", "--explain", "2", *qa])
     metrics_path = os.path.join(report, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
     return {"out": out, "manifest": manifest, "records": records, "pretrain_dir": pre_dir,
@@ -223,8 +226,9 @@ def summary(res: dict) -> str:
                      f"{pt['uniform_guess_loss']:.2f})")
     lines += [retrieval_lines(res["retrieval"]), "",
               "Held-out test lesions, fine-tuned classifier (task: dark vs light lesion):"]
+    ece = _pick(m, "calibration.case.ece")
     for name, v in (("image top-1 accuracy", acc), ("image mean AUC", auc),
-                    ("case top-1 accuracy", case_acc)):
+                    ("case top-1 accuracy", case_acc), ("case ECE (calibrated)", ece)):
         if v is not None:
             lines.append(f"  {name:22s} {v:.3f}")
     return "\n".join(lines)

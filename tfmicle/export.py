@@ -1,7 +1,7 @@
 """`python -m tfmicle.export`: a fine-tuning run -> a versioned SavedModel that
 TensorFlow Serving, ``python -m serving`` and ``tfmicle.score`` load unchanged.
 
-    python -m tfmicle.export --model-dir RUN --out MODELS/<name>[/<version>]
+    python -m tfmicle.export --model-dir RUN --out MODELS/<name>[/<version>] [--calibrate SPLIT]
 
 Layout (TF Serving's model repository, written through tfmicle.model_format):
 ``MODELS/<name>/<version>/`` with saved_model.pb, variables/, assets/labels.txt (class
@@ -18,8 +18,18 @@ Signatures:
 - ``serving_pixels``: ``pixels`` float32 [batch, H, W, 3] RGB in [0, 1], i.e. decoded
   images; the same centre crop + resize runs in the graph, so decoded pixels give
   exactly what ``serving_default`` gives for the encoded image.
+- ``serving_explain``: ``images`` as serving_default and ``classes`` int32 [batch]
+  (-1 = the top class) -> ``probabilities``, ``heatmap`` [batch, S, S] in [0, 1]
+  (Grad-CAM on the encoder's last conv block, tfmicle.models.gradcam),
+  ``explained_class`` [batch] and ``pixels`` [batch, S, S, 3] (the model's input, what
+  the heatmap lies over). It runs a backward pass, so it is a separate signature.
 The module also keeps ``predict_preprocessed(pixels [batch, S, S, 3])`` (no
 preprocessing; not a signature) for batch scoring that preprocesses in tf.data.
+
+``--calibrate SPLIT`` fits temperature scaling (tfmicle.calibration: one T multi-class,
+one per class multi-label, minimising NLL) on the logits of a labelled split of the
+run's records and bakes it in: every signature returns probabilities of logits / T.
+metadata.json "calibration" records T and the split's ECE / NLL / Brier before and after.
 Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
@@ -56,25 +66,48 @@ def resolve_out(out: str) -> tuple[str, int]:
     return out, mf.next_version(out)
 
 
-def build_module(model, task: str, image_size: int):
-    """The tf.Module with the serving signatures around a Classifier."""
+def build_module(model, task: str, image_size: int, temperature=None):
+    """The tf.Module with the serving signatures around a Classifier. temperature: None
+    (uncalibrated, T = 1), a float (multiclass) or a list [K] (multilabel); the
+    probabilities are those of logits / T."""
     import tensorflow as tf
 
     from tfmicle.data.augment import center_crop_resize, preprocess_eval
+    from tfmicle.models.gradcam import (feature_map_model, grad_cam, receptive_field_centres,
+                                        upsampling_matrix)
     from tfmicle.tasks import probabilities
 
     size = int(image_size)
     pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
+    t0 = tf.constant(1.0 if temperature is None else temperature, tf.float32)
+    feature_map = feature_map_model(model.encoder)  # shares the encoder's weights
+    upsample = upsampling_matrix(receptive_field_centres(feature_map, size), size)
 
     class ClassifierModule(tf.Module):
         def __init__(self):
             super().__init__(name="tfmicle_classifier")
             self.model = model
+            self.feature_map = feature_map
+            self.temperature = tf.Variable(t0, trainable=False, name="temperature")
+
+        def _probs(self, logits):
+            return tf.cast(probabilities(task, tf.cast(logits, tf.float32) / self.temperature),
+                           tf.float32)
 
         def _outputs(self, pixels):
             feats, logits = self.model.features_and_logits(pixels, training=False)
-            return {mf.PROBABILITIES_OUTPUT: tf.cast(probabilities(task, logits), tf.float32),
+            return {mf.PROBABILITIES_OUTPUT: self._probs(logits),
                     mf.EMBEDDING_OUTPUT: tf.cast(feats, tf.float32)}
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=mf.IMAGES_INPUT),
+                                      tf.TensorSpec([None], tf.int32, name=mf.CLASSES_INPUT)])
+        def serve_explain(self, images, classes):
+            pixels = tf.map_fn(lambda s: preprocess_eval(s, size), images,
+                               fn_output_signature=pixel_spec)
+            logits, heat, cls = grad_cam(self.feature_map, self.model.head, pixels, classes,
+                                         upsample)
+            return {mf.PROBABILITIES_OUTPUT: self._probs(logits), mf.HEATMAP_OUTPUT: heat,
+                    mf.EXPLAINED_CLASS_OUTPUT: cls, mf.PIXELS_OUTPUT: pixels}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=mf.IMAGES_INPUT)])
         def serve_images(self, images):
@@ -97,8 +130,66 @@ def build_module(model, task: str, image_size: int):
     return ClassifierModule()
 
 
-def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = True) -> dict:
-    """Exports a fine-tuning run; returns {"path", "version", "metadata"}."""
+def split_logits(model, task: str, data_dir: str, split: str, num_classes: int,
+                 image_size: int, batch_size: int = 64):
+    """(logits [N, K] float64, labels) of every image of a records split through the eval
+    preprocessing (pipeline.evaluation, as validation); labels as tfmicle.metrics takes
+    them (int [N], -1 unlabeled; or float [N, K])."""
+    import numpy as np
+
+    from tfmicle.data import records
+    from tfmicle.data.pipeline import PipelineConfig, evaluation
+    from tfmicle.tasks import MULTICLASS
+
+    splits = records.load_dataset_info(data_dir).get("splits", {})
+    if split not in splits:
+        raise cli.UsageError(f"--calibrate: split '{split}' not in {data_dir} (has: "
+                             f"{', '.join(splits)})")
+    logits, labels = [], []
+    for batch in evaluation(PipelineConfig(data_dir, split, batch_size, image_size),
+                            num_classes if task != MULTICLASS else 0):
+        logits.append(model(batch["image"], training=False).numpy().astype(np.float64))
+        labels.append(batch["label_class"].numpy() if task == MULTICLASS
+                      else batch["label_multi"].numpy().astype(np.float64))
+    if not logits:
+        raise cli.UsageError(f"--calibrate: split '{split}' of {data_dir} has no images")
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def fit_calibration(model, task: str, data_dir: str, split: str, num_classes: int,
+                    image_size: int) -> dict:
+    """Temperature scaling fitted on a labelled split: {"method", "split", "data_dir",
+    "num_images", "temperature" (float | [K]), "before" / "after": {"ece", "nll",
+    "brier"} on that split, image level}."""
+    from tfmicle import calibration as C
+    from tfmicle.metrics import has_labels
+
+    logits, labels = split_logits(model, task, data_dir, split, num_classes, image_size)
+    if not has_labels(task, labels):
+        raise cli.UsageError(f"--calibrate: split '{split}' of {data_dir} has no labels")
+    temperature = C.fit_temperature(task, logits, labels)
+
+    def summary(t):
+        m = C.calibration_metrics(task, C.scaled_probabilities(task, logits, t), labels)
+        return {k: m[k] for k in ("ece", "nll", "brier")}
+    out = {"method": "temperature scaling (NLL)", "split": split,
+           "data_dir": os.path.abspath(data_dir), "num_images": int(len(logits)),
+           "temperature": temperature, "at_bound": C.at_bound(temperature),
+           "before": summary(1.0), "after": summary(temperature)}
+    if out["at_bound"]:
+        log.warning("--calibrate: a temperature sits on the search bound %s (the split's "
+                    "NLL keeps falling beyond it, e.g. every prediction is right); a larger "
+                    "or harder calibration split gives a better estimate", C.T_RANGE)
+    log.info("calibrated on %s (%d images): T = %s; ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+             split, len(logits), temperature, out["before"]["ece"], out["after"]["ece"],
+             out["before"]["nll"], out["after"]["nll"])
+    return out
+
+
+def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = True,
+           calibrate: str | None = None) -> dict:
+    """Exports a fine-tuning run; returns {"path", "version", "metadata"}. calibrate: a
+    labelled split of the run's records to fit temperature scaling on (None: none)."""
     import numpy as np
     import tensorflow as tf
 
@@ -125,7 +216,12 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     else:
         row = validation_for_step(model_dir, step)
         validation = {k: v for k, v in row.items() if k != "step"} if row else None
-    module = build_module(model, task, size)
+    calibration = None
+    if calibrate:
+        data_dir = info.get("data_dir") or cfg.data.dir
+        calibration = fit_calibration(model, task, data_dir, calibrate, len(class_names), size)
+    temperature = calibration["temperature"] if calibration else None
+    module = build_module(model, task, size, temperature)
     metadata = {
         "format": mf.FORMAT, "format_version": mf.FORMAT_VERSION,
         "task": task, "class_names": class_names, "num_classes": len(class_names),
@@ -144,7 +240,15 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
                                 "outputs": {"probabilities": f"float32 [batch, {len(class_names)}]",
                                             "embedding": "float32 [batch, D]"}},
             "serving_pixels": {"inputs": {"pixels": "float32 [batch, H, W, 3] RGB in [0, 1]"},
-                               "outputs": "as serving_default"}},
+                               "outputs": "as serving_default"},
+            mf.EXPLAIN_SIGNATURE: {
+                "inputs": {"images": "string [batch] encoded images",
+                           "classes": "int32 [batch], -1 = the top class"},
+                "outputs": {"probabilities": f"float32 [batch, {len(class_names)}]",
+                            "heatmap": f"float32 [batch, {size}, {size}] Grad-CAM in [0, 1]",
+                            "explained_class": "int32 [batch]",
+                            "pixels": f"float32 [batch, {size}, {size}, 3] model input"}}},
+        "calibration": calibration,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds"),
         "tfmicle_version": tfmicle.__version__, "tensorflow_version": tf.__version__,
@@ -155,7 +259,8 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     try:
         tf.saved_model.save(module, tmp, signatures={
             mf.SIGNATURE: module.serve_images,
-            mf.PIXELS_SIGNATURE: module.serve_pixels})
+            mf.PIXELS_SIGNATURE: module.serve_pixels,
+            mf.EXPLAIN_SIGNATURE: module.serve_explain})
         mf.write_labels(tmp, class_names)
         mf.write_metadata(tmp, metadata)
         if verify:
@@ -163,8 +268,18 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
             loaded = tf.saved_model.load(tmp)
             got = loaded.signatures[mf.SIGNATURE](**{mf.IMAGES_INPUT: tf.constant(probes)})
             pixels = tf.stack([preprocess_eval(tf.constant(p), size) for p in probes])
-            want = probabilities(task, model(pixels, training=False)).numpy()
+            t = tf.constant(1.0 if temperature is None else temperature, tf.float32)
+            want = probabilities(task, model(pixels, training=False) / t).numpy()
             err = float(np.max(np.abs(got[mf.PROBABILITIES_OUTPUT].numpy() - want)))
+            exp = loaded.signatures[mf.EXPLAIN_SIGNATURE](**{
+                mf.IMAGES_INPUT: tf.constant(probes),
+                mf.CLASSES_INPUT: tf.constant([-1] * len(probes), tf.int32)})
+            err = max(err, float(np.max(np.abs(exp[mf.PROBABILITIES_OUTPUT].numpy() - want))))
+            heat = exp[mf.HEATMAP_OUTPUT].numpy()
+            if heat.shape != (len(probes), size, size) or not (
+                    np.all(heat >= 0) and np.all(heat <= 1)):
+                raise RuntimeError(f"{mf.EXPLAIN_SIGNATURE} returned a heatmap of shape "
+                                   f"{heat.shape} or outside [0, 1]; not published")
             if not err <= 1e-4:
                 raise RuntimeError(f"exported model disagrees with the Keras model "
                                    f"(max |diff| {err:.2e}); not published")
@@ -186,13 +301,17 @@ def build_parser() -> cli.ArgumentParser:
         prog="python -m tfmicle.export",
         description="Export a fine-tuning run as a versioned SavedModel (serving_default: "
                     "encoded images -> probabilities + embedding; serving_pixels: float "
-                    "pixels) with assets/labels.txt and assets/metadata.json.")
+                    "pixels; serving_explain: Grad-CAM heatmaps) with assets/labels.txt and "
+                    "assets/metadata.json; --calibrate SPLIT bakes in temperature scaling.")
     p.add_argument("--model-dir", required=True, help="fine-tuning run folder (model_dir)")
     p.add_argument("--out", required=True,
                    help="MODELS/<name> (next free version) or MODELS/<name>/<version>")
     p.add_argument("--checkpoint", default="auto",
                    help="auto (best if kept, else latest) | best | latest | a checkpoint "
                         "prefix (default: auto)")
+    p.add_argument("--calibrate", metavar="SPLIT",
+                   help="fit temperature scaling on this labelled split of the run's records "
+                        "(e.g. valid) and bake it into the model")
     p.add_argument("--no-verify", action="store_true",
                    help="skip reloading the SavedModel and comparing it with the Keras model")
     return cli.add_output_flags(p, quiet=False)
@@ -204,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         from tfmicle.config import ConfigError
         try:
-            result = export(args.model_dir, args.out, args.checkpoint, not args.no_verify)
+            result = export(args.model_dir, args.out, args.checkpoint, not args.no_verify,
+                            args.calibrate)
         except ConfigError as e:
             raise cli.UsageError(str(e)) from None
         except RuntimeError as e:  # the exported graph disagrees with the Keras model

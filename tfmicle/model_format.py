@@ -11,8 +11,9 @@ A model repository (TF Serving's layout)::
 
 Contract of the SavedModel: signature ``serving_default`` takes ``images`` (1-D
 tf.string, encoded images) and returns ``probabilities`` float32 [batch, K] (and
-``embedding``); tfmicle's export also has ``serving_pixels`` and the
-``predict_preprocessed`` function. New versions must pass a smoke test on
+``embedding``); tfmicle's export also has ``serving_pixels``, ``serving_explain``
+(Grad-CAM, below) and the ``predict_preprocessed`` function. The probabilities are
+calibrated when the model was exported with ``--calibrate`` (metadata "calibration"). New versions must pass a smoke test on
 ``probe_images()`` before they are published or served.
 
 The publish rule (one rule for local folders and object stores): a version folder is
@@ -51,6 +52,15 @@ IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
 MAX_UINT_DIGITS = 18  # versions fit in an int64 (TF Serving's type), and int() stays cheap
+
+# Grad-CAM (optional; models exported before it lack it): images + classes [B] int32
+# (-1 = the top class) -> probabilities, heatmap [B, S, S] in [0, 1], the explained
+# class [B] and the model's input pixels [B, S, S, 3] (what the heatmap lies over).
+EXPLAIN_SIGNATURE = "serving_explain"
+CLASSES_INPUT = "classes"
+HEATMAP_OUTPUT = "heatmap"
+EXPLAINED_CLASS_OUTPUT = "explained_class"
+PIXELS_OUTPUT = "pixels"
 
 
 # --------------------------------------------------------------------------- versions
@@ -227,6 +237,8 @@ def probe_images() -> list[bytes]:
 __all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "SIGNATURE", "PIXELS_SIGNATURE", "PREPROCESSED_FUNCTION", "IMAGES_INPUT",
            "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_uint",
+           "EXPLAIN_SIGNATURE", "CLASSES_INPUT", "HEATMAP_OUTPUT", "EXPLAINED_CLASS_OUTPUT",
+           "PIXELS_OUTPUT",
            "list_versions", "next_version", "has_saved_model", "resolve_version", "publish",
            "unpublished_reason", "write_labels", "read_labels", "write_metadata",
            "read_metadata", "probe_images"]

@@ -34,6 +34,8 @@ CLASSIFY_BODY = {
 @router.post("/classify", response_model=ClassifyResponse, responses=ERRORS, openapi_extra=CLASSIFY_BODY,
              summary="Classify one case (one or more images)")
 async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000, description="labels per result"),
+                   explain: bool = Query(False, description="add a Grad-CAM overlay (base64 PNG) and its peak per "
+                                                         "image; costs a backward pass, not batched"),
                    state: State = Depends(get_state)):
     config = state.config
     mt = media_type(request)
@@ -54,5 +56,21 @@ async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000, descri
         images = await state.offload(payloads.parse_classify_json, body, config.max_images, config.max_pixels)
     else:
         raise ApiError(415, f"unsupported Content-Type {excerpt(mt)}; send multipart/form-data or application/json")
+    if explain:
+        return JSONResponse(await _explained(state, images, top_k, filenames))
     pred = await state.run(images)
     return JSONResponse(payloads.classify_response(pred.model, pred.probabilities, top_k, filenames))
+
+
+async def _explained(state: State, images: list[bytes], top_k: int, filenames: list[str | None] | None) -> dict:
+    """explain=1: the served version's serving_explain (probabilities and heatmaps from one
+    call, so they agree), outside the batcher, in the pool; counted on its own."""
+    model, _ = state.resolve(state.config.model_name)
+    if not model.can_explain:
+        raise ApiError(400, f"explain=1: version {model.version} of '{model.name}' was exported without the "
+                            "'serving_explain' signature; re-export it with a current tfmicle.export, or omit explain")
+    state.metrics.explain_requests.inc()
+    body = await state.offload(payloads.explained_response, model, images, top_k, filenames)
+    state.metrics.explain_images.inc(len(images))
+    state.metrics.images.inc(len(images))
+    return body

@@ -2,8 +2,8 @@
 write predictions, metrics and a report.
 
     python -m tfmicle.score --model MODELS/<name>[/<version>] --data SRC --out DIR \\
-        [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet]
-        [--subgroups sex,age_band,site [--age-bands 0,40,60]]
+        [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet] \\
+        [--subgroups sex,age_band,site [--age-bands 0,40,60]] [--explain N]
 
 SRC is one of
 - a records folder (a data_prep output, dataset.json inside): one split (--split);
@@ -24,6 +24,9 @@ section (shift.py: prevalence, metric drops with bootstrap CIs, ECE) and shift.j
 predictions_images.csv carries each image's metadata as meta_<column> (records schema
 v2, extra CSV columns); --subgroups reports metrics per patient group (subgroups.py)
 and flags the largest gap at the top of report.md.
+metrics.json and report.md include calibration (ECE over 15 bins with a case-bootstrap
+CI, Brier, NLL; reliability.png). --explain N writes Grad-CAM overlays of the N most
+confident errors and correct predictions (DIR/explain/) into the report.
 
 Scoring preprocesses in tf.data with tfmicle's one eval preprocessing (the same
 function the exported graph runs), in parallel with the model, and calls the model's
@@ -31,7 +34,8 @@ function the exported graph runs), in parallel with the model, and calls the mod
 contract) is called through ``serving_default`` with the encoded images.
 
 Modules: model (the exported model as the scorer sees it), sources, predict, report,
-subgroups, shift, job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
+subgroups, shift, calib (the calibration section), explain (--explain), job (the whole
+job: ``score()``), cli. Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 

@@ -43,6 +43,9 @@ def build_parser() -> cli.ArgumentParser:
                         "(default: decades)")
     p.add_argument("--subgroup-min-cases", type=int, default=5, metavar="N",
                    help="smallest group the largest subgroup gap may compare (default 5)")
+    p.add_argument("--explain", type=int, default=0, metavar="N",
+                   help="Grad-CAM overlays of the N most confident errors and N most confident "
+                        "correct predictions into the report (default 0: none)")
     return cli.add_output_flags(p)
 
 
@@ -75,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                            args.subgroup_min_cases)
         result = score(args.model, args.data, args.out, args.split, args.compare,
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
-                       args.seed, auc, args.images, True, progress_factory, groups)
+                       args.seed, auc, args.images, True, progress_factory,
+                       subgroups=groups, explain=args.explain)
         for run in result["runs"]:
             m = run["metrics"]
             summary = ""

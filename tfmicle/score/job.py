@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Callable, Sequence
 
+from tfmicle.score import calib, explain as explain_mod
 from tfmicle.score.model import ScoreError, ScoringModel, load_model
 from tfmicle.score.predict import predict
 from tfmicle.score.report import (Scored, parquet_available, tables, write_figures, write_report,
@@ -44,6 +45,8 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
         # The metrics see exactly the probabilities written (float32 -> float64).
         result = M.evaluate(model.task, pred.probs.astype(np.float64), labels, case_ids,
                             model.class_names, auc_classes, replicates, seed)
+        result["calibration"] = calib.evaluate(model, pred.probs.astype(np.float64), labels,
+                                               case_ids, replicates, seed)
         result.update({"source": source.spec, "num_skipped": len(pred.skipped),
                        "model": model.path, "model_version": model.version})
         if subgroups and subgroups.names:
@@ -66,11 +69,13 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
           batch_size: int = 64, replicates: int = 1000, seed: int = 0,
           auc_classes: Sequence[str] | None = None, images_root: str | None = None,
           report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None,
-          subgroups: Subgroups | None = None) -> dict:
+          subgroups: Subgroups | None = None, explain: int = 0) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
     progress_factory(total, name) -> callback(n_done) (and an optional .close()).
     subgroups: metrics per patient subgroup of each run; with compare, the shift
-    summary (tfmicle.score.shift) goes to DIR/shift.json and the report."""
+    summary (tfmicle.score.shift) goes to DIR/shift.json and the report.
+    explain: Grad-CAM overlays of the N most confident errors and correct predictions
+    of each labelled source (needs the model's serving_explain)."""
     if fmt not in FORMATS:
         raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
     if fmt == "parquet" and not parquet_available():
@@ -78,7 +83,13 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
                          "or use --format csv")
     if batch_size < 1:
         raise ScoreError("--batch-size must be >= 1")
+    if explain < 0:
+        raise ScoreError("--explain must be >= 0")
     model = load_model(model_path)
+    if explain and model.explain_fn is None:
+        raise ScoreError(f"--explain: {model.path} was exported without the "
+                         "'serving_explain' signature; re-export it with a current "
+                         "tfmicle.export, or omit --explain")
     classes = list(auc_classes) if auc_classes else list(model.class_names)
     for c in classes:
         if c not in model.class_names:
@@ -111,11 +122,23 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         out["shift"] = _shift(model, runs, classes, replicates, seed)
         with open(os.path.join(out_dir, "shift.json"), "w") as f:
             json.dump(_json_safe(out["shift"]), f, indent=2)
+    explained = {r.name: explain_mod.explain(model, r, explain)
+                 for r in runs if explain and r.metrics}
+    for run in out["runs"]:
+        if run["name"] in explained and explained[run["name"]]["csv"]:
+            run["files"]["explanations"] = explained[run["name"]]["csv"]
     if report:
         figures = write_figures(model, [r for r in runs if r.metrics], out_dir, classes) \
             if any(r.metrics for r in runs) else {}
-        out["report"] = write_report(model, runs, out_dir, figures, classes, out.get("shift"))
+        reliability = calib.write_reliability(model, runs, out_dir)
+        if reliability:
+            figures["reliability"] = reliability
+        sections = calib.section(model, runs, reliability) + \
+            explain_mod.section(runs, explained, out_dir)
+        out["report"] = write_report(model, runs, out_dir, figures, classes, out.get("shift"),
+                                     sections)
         out["figures"] = figures
+    out["explanations"] = {k: v["items"] for k, v in explained.items()}
     return out
 
 

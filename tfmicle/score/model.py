@@ -37,6 +37,11 @@ class ScoringModel:
     def encoded_fn(self):
         return self._loaded.signatures[mf.SIGNATURE]
 
+    @property
+    def explain_fn(self):
+        """serving_explain (Grad-CAM) when the model was exported with it, else None."""
+        return self._loaded.signatures.get(mf.EXPLAIN_SIGNATURE)
+
 
 def load_model(path: str) -> ScoringModel:
     """Loads an exported model (tfmicle.export's layout, or any SavedModel following

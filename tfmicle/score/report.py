@@ -218,7 +218,10 @@ def _cell(m: dict | None, level: str, key: str) -> str:
 
 
 def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures: dict,
-                 auc_classes: Sequence[str], shift: dict | None = None) -> str:
+                 auc_classes: Sequence[str], shift: dict | None = None,
+                 sections: Sequence[str] = ()) -> str:
+    """report.md; shift: the --compare shift summary; sections: extra markdown lines
+    (calibration, explanations) placed before the figures."""
     from tfmicle.score import shift as S
     from tfmicle.score import subgroups as G
     lines = ["# Scoring report", ""]
@@ -274,6 +277,7 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     for r in runs:
         if (r.metrics or {}).get("subgroups"):
             lines += G.report_lines(r.metrics["subgroups"], model.task, r.name)
+    lines += list(sections)
     if figures:
         lines += ["## Figures", ""]
         for kind, title in (("roc", "ROC curves"), ("pr", "Precision-recall curves"),

@@ -10,11 +10,10 @@ the two predictions files:
 - a plain sentence per metric saying whether the drop is larger than its uncertainty
   (the CI of the drop excludes 0).
 
-ECE here is ``expected_calibration_error`` below, a small local helper: 15 equal-width
-bins [i/15, (i+1)/15) (the last one closed) on the top-class confidence for multi-class
-(correct = the top class is the label), per class on the class probability for
-multi-label (definite labels only, the mean over classes reported). It is the hook to
-swap for tfmicle.calibration's ECE when that module lands. Map: docs/architecture.md.
+ECE is tfmicle.calibration's (15 equal-width bins on the top-class confidence for
+multi-class, per class on the class probability for multi-label, definite labels only,
+the mean over classes reported), the same as the report's calibration section.
+Map: docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -25,39 +24,16 @@ ECE_BINS = 15
 SHIFT_METRICS = ("top1_accuracy", "mean_auc", "mean_pr_auc")
 
 
-def _bin_ece(conf, hit, bins: int) -> float:
-    """sum_b |B_b|/n * |mean(hit in B_b) - mean(conf in B_b)|; NaN when n = 0."""
-    import numpy as np
-    conf = np.asarray(conf, np.float64)
-    hit = np.asarray(hit, np.float64)
-    if conf.size == 0:
-        return math.nan
-    idx = np.minimum((conf * bins).astype(np.int64), bins - 1)
-    idx = np.maximum(idx, 0)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() / conf.size * abs(hit[m].mean() - conf[m].mean())
-    return float(total)
-
-
 def expected_calibration_error(task: str, probs, labels, bins: int = ECE_BINS) -> dict:
-    """{"ece": float, "per_class": [K] (multi-label only)}: see the module doc."""
-    import numpy as np
-    from tfmicle import metrics as M
+    """{"ece": float, "per_class": [K] (multi-label only)}: tfmicle.calibration's ECE,
+    the one the calibration section of the report shows."""
+    from tfmicle.calibration import ece_of, pairs
     from tfmicle.tasks import MULTICLASS
-    probs = np.asarray(probs, np.float64)
+    per = [ece_of(c, y, bins) for c, y in pairs(task, probs, labels)]
     if task == MULTICLASS:
-        lab = np.asarray(labels).astype(np.int64).ravel()
-        keep = lab >= 0
-        p = probs[keep]
-        return {"ece": _bin_ece(p.max(axis=1) if len(p) else p[:, :0].ravel(),
-                                np.argmax(p, axis=1) == lab[keep] if len(p) else [], bins)}
-    y, valid = M.binary_targets(task, labels, probs.shape[1])
-    per = [_bin_ece(probs[valid[:, c], c], y[valid[:, c], c], bins)
-           for c in range(probs.shape[1])]
-    return {"ece": M.nanmean(per), "per_class": per}
+        return {"ece": per[0]}
+    finite = [e for e in per if not math.isnan(e)]
+    return {"ece": sum(finite) / len(finite) if finite else math.nan, "per_class": per}
 
 
 def prevalence(task: str, labels, class_names: Sequence[str]) -> dict:

@@ -1,0 +1,143 @@
+"""Scoring: ``--explain N``. Grad-CAM overlays (the model's ``serving_explain``
+signature) for the N most confident errors and the N most confident correct
+predictions of a labelled source, written to <out>/explain/ and shown in the report.
+
+Image level, from the probabilities written to predictions_images:
+- multiclass: confidence = the top probability, correct = top class == label; the
+  heatmap explains the predicted class;
+- multilabel: every (image, class) with a definite label is a decision (p >= 0.5 means
+  positive), confidence = max(p, 1 - p); the heatmap explains that class.
+Ties are broken by row order. Map: docs/architecture.md."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+
+from tfmicle import model_format as mf
+from tfmicle.score.model import ScoreError, ScoringModel
+from tfmicle.tasks import MULTICLASS
+
+log = logging.getLogger("tfmicle.score")
+EXPLAIN_DIR = "explain"
+
+
+def select(task: str, probs, labels, n: int) -> list[dict]:
+    """The n most confident errors, then the n most confident correct decisions:
+    [{"kind": "error" | "correct", "row" (index into probs), "class", "confidence"}]."""
+    import numpy as np
+    p = np.asarray(probs, dtype=np.float64)
+    if task == MULTICLASS:
+        lab = np.asarray(labels).astype(np.int64).ravel()
+        rows = np.flatnonzero(lab >= 0)
+        cls = np.argmax(p[rows], axis=1)
+        conf = p[rows, cls]
+        ok = cls == lab[rows]
+    else:
+        lab = np.asarray(labels, dtype=np.float64).reshape(p.shape)
+        rows, cls = np.nonzero((lab == 0) | (lab == 1))
+        pc = p[rows, cls]
+        conf = np.maximum(pc, 1 - pc)
+        ok = (pc >= 0.5) == (lab[rows, cls] == 1)
+    out = []
+    for kind, mask in (("error", ~ok), ("correct", ok)):
+        idx = np.flatnonzero(mask)
+        idx = idx[np.argsort(-conf[idx], kind="stable")][:n]
+        out += [{"kind": kind, "row": int(rows[i]), "class": int(cls[i]),
+                 "confidence": float(conf[i])} for i in idx]
+    return out
+
+
+def _images_of(source, wanted: set[int]) -> dict[int, bytes]:
+    """Encoded bytes of the wanted source rows (one pass, stops when all are found)."""
+    found = {}
+    for el in source.encoded().as_numpy_iterator():
+        i = int(el["index"])
+        if i in wanted:
+            found[i] = el["image"]
+            if len(found) == len(wanted):
+                break
+    return found
+
+
+def explain(model: ScoringModel, scored, n: int) -> dict:
+    """Writes <scored.out_dir>/explain/<kind>_<rank>.png and explanations.csv; returns
+    {"items": [...], "csv": path} (items: picks plus image_id, label, predicted, peak,
+    png)."""
+    import numpy as np
+    import tensorflow as tf
+    from tfmicle.overlay import overlay_png, peak
+
+    fn = model.explain_fn
+    if fn is None:
+        raise ScoreError(f"--explain: {model.path} was exported without the "
+                         f"'{mf.EXPLAIN_SIGNATURE}' signature; re-export it with a current "
+                         "tfmicle.export")
+    pred, src = scored.pred, scored.pred.source
+    labels = np.asarray(src.labels)[pred.rows]
+    picks = select(model.task, pred.probs, labels, n)
+    if not picks:
+        return {"items": [], "csv": None}
+    rows = [int(pred.rows[p["row"]]) for p in picks]
+    images = _images_of(src, set(rows))
+    out_dir = os.path.join(scored.out_dir, EXPLAIN_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    res = fn(**{mf.IMAGES_INPUT: tf.constant([images[r] for r in rows]),
+                mf.CLASSES_INPUT: tf.constant([p["class"] for p in picks], tf.int32)})
+    heat, pixels = res[mf.HEATMAP_OUTPUT].numpy(), res[mf.PIXELS_OUTPUT].numpy()
+    names = model.class_names
+    items, rank = [], {"error": 0, "correct": 0}
+    for j, (p, r) in enumerate(zip(picks, rows)):
+        rank[p["kind"]] += 1
+        path = os.path.join(out_dir, f"{p['kind']}_{rank[p['kind']]}.png")
+        with open(path, "wb") as f:
+            f.write(overlay_png(pixels[j], heat[j]))
+        lab = labels[p["row"]]
+        if model.task == MULTICLASS:
+            label = names[int(lab)]
+            predicted = names[int(np.argmax(pred.probs[p["row"]]))]
+        else:
+            label = f"{names[p['class']]}={int(lab[p['class']])}"
+            prob = float(pred.probs[p["row"], p["class"]])
+            predicted = f"{names[p['class']]}={int(prob >= 0.5)}"
+        pr, pc = peak(heat[j])
+        items.append({**p, "image_id": src.image_ids[r], "case_id": src.case_ids[r],
+                      "label": label, "predicted": predicted, "explained": names[p["class"]],
+                      "peak_row": pr, "peak_col": pc, "png": path})
+    csv_path = os.path.join(out_dir, "explanations.csv")
+    cols = ["kind", "image_id", "case_id", "label", "predicted", "explained", "confidence",
+            "peak_row", "peak_col", "png"]
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for it in items:
+            w.writerow([repr(it[c]) if c == "confidence" else
+                        os.path.relpath(it[c], scored.out_dir) if c == "png" else it[c]
+                        for c in cols])
+    return {"items": items, "csv": csv_path}
+
+
+def section(runs: list, explained: dict, report_dir: str) -> list[str]:
+    """The report's "Explanations" section: per source, a table with each overlay."""
+    if not any(explained.get(r.name, {}).get("items") for r in runs):
+        return []
+    lines = ["## Explanations (Grad-CAM)", "",
+             "Heatmap of the explained class's evidence (Grad-CAM on the encoder's last "
+             "convolutional block) over the image the model saw (the centre crop, resized); "
+             "red = strongest. Peak: (row, col) in that image.", ""]
+    for r in runs:
+        items = explained.get(r.name, {}).get("items")
+        if not items:
+            continue
+        lines += [f"### {r.name}", "", "| | image | label | predicted | confidence | peak | "
+                  "overlay |", "|---|---|---|---|---|---|---|"]
+        for it in items:
+            rel = os.path.relpath(it["png"], report_dir).replace(os.sep, "/")
+            lines.append(f"| {it['kind']} | `{it['image_id']}` | {it['label']} | "
+                         f"{it['predicted']} | {it['confidence']:.3f} | "
+                         f"({it['peak_row']}, {it['peak_col']}) | ![]({rel}) |")
+        lines.append("")
+    return lines
+
+
+__all__ = ["EXPLAIN_DIR", "select", "explain", "section"]
