@@ -55,10 +55,12 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
           compare: str | None = None, compare_split: str | None = None, fmt: str = "csv",
           batch_size: int = 64, replicates: int = 1000, seed: int = 0,
           auc_classes: Sequence[str] | None = None, images_root: str | None = None,
-          report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None
-          ) -> dict:
+          report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None,
+          tfds_options: dict | None = None) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
-    progress_factory(total, name) -> callback(n_done) (and an optional .close())."""
+    progress_factory(total, name) -> callback(n_done) (and an optional .close()).
+    tfds_options: for tfds:NAME sources, TfdsSource fields (image_key, label_key,
+    case_key, data_dir, manual_dir)."""
     if fmt not in FORMATS:
         raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
     if fmt == "parquet" and not parquet_available():
@@ -72,10 +74,11 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         if c not in model.class_names:
             raise ScoreError(f"--auc-classes: unknown class {c!r} (classes: "
                              f"{', '.join(model.class_names)})")
-    sources = [("primary", open_source(data, model, split, images_root), out_dir)]
+    sources = [("primary", open_source(data, model, split, images_root, tfds_options), out_dir)]
     if compare:
         sources.append(("compare", open_source(compare, model, compare_split or split,
-                                               images_root), os.path.join(out_dir, "compare")))
+                                               images_root, tfds_options),
+                        os.path.join(out_dir, "compare")))
     runs = []
     for name, src, d in sources:
         bar = progress_factory(len(src), name) if progress_factory else None
