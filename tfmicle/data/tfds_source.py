@@ -9,9 +9,10 @@ evaluation batches, and scoring run on it unchanged: one pipeline, two sources.
   ``augment.decode_image`` like record images.
 - Every example is its own case (case id = image id = its ``tfds_id``, e.g.
   ``imagenet2012-train.tfrecord-00012-of-01024__345``) unless ``case_key`` names a
-  feature; then the examples sharing its value form one case, grouped with
-  ``group_by_reducer`` over the split (which holds the split's encoded images in memory
-  while it groups; fine for medical sets, not for ImageNet, which has no case feature).
+  feature; then the examples sharing its value form one case. Grouping reads the
+  case feature once (case_sizes) and then emits each case as soon as its last image
+  is read, so a split stored case by case holds one case in memory at a time and a
+  shuffled one at worst the split's encoded images.
 - Labels come from a ClassLabel feature (``label_key``; "" = unlabeled, -1): the task
   is multiclass and the class names are the ClassLabel's.
 - The read order is TFDS's own (deterministic, files not shuffled): epoch_stream's
@@ -154,64 +155,90 @@ def _examples(src: TfdsSource, split: str) -> tf.data.Dataset:
         raise TfdsError(f"{src.spec} split {split!r}: {_first_line(e)}") from None
 
 
+def _case_id(src: TfdsSource, ex: dict) -> tf.Tensor:
+    """The case of an example: its case_key feature as a string, else its tfds_id."""
+    if not src.case_key:
+        return tf.reshape(ex["tfds_id"], [])
+    value = ex[src.case_key]
+    return tf.reshape(value if value.dtype == tf.string else tf.strings.as_string(value), [])
+
+
+def _empty(dtype: tf.DType) -> tf.Tensor:
+    """[0] tensor of static shape [None], as parse_case's views / label_multi have: a
+    static [0] float component makes ragged_batch build a dense [B, 0] batch, and
+    unbatching that crashes TensorFlow 2.21 (segfault)."""
+    return tf.raw_ops.PlaceholderWithDefault(input=tf.zeros([0], dtype), shape=[None])
+
+
 def _as_case(src: TfdsSource):
     """One TFDS example -> a one-image case in records.parse_case's structure."""
     def fn(ex):
-        tid = ex["tfds_id"]
-        case_id = tf.strings.as_string(ex[src.case_key]) \
-            if src.case_key and ex[src.case_key].dtype != tf.string else \
-            (ex[src.case_key] if src.case_key else tid)
+        case_id = _case_id(src, ex)
         label = tf.cast(ex[src.label_key], tf.int64) if src.label_key else \
             tf.constant(-1, tf.int64)
-        return {"case_id": tf.reshape(case_id, []), "patient_id": tf.reshape(case_id, []),
+        return {"case_id": case_id, "patient_id": case_id,
                 "images": tf.reshape(ex[src.image_key], [1]),
-                "image_ids": tf.reshape(tid, [1]), "views": tf.zeros([0], tf.string),
-                "label_class": label, "label_multi": tf.zeros([0], tf.float32)}
+                "image_ids": tf.reshape(ex["tfds_id"], [1]), "views": _empty(tf.string),
+                "label_class": label, "label_multi": _empty(tf.float32)}
     return fn
 
 
-def _group_cases(cases: tf.data.Dataset) -> tf.data.Dataset:
-    """One-image cases -> one case per distinct case_id, images in read order; the label
-    of a case is its last example's (examples of one case share it in a sane dataset)."""
-    def init(_):
-        return {"case_id": tf.constant(""), "patient_id": tf.constant(""),
-                "images": tf.zeros([0], tf.string), "image_ids": tf.zeros([0], tf.string),
-                "views": tf.zeros([0], tf.string), "label_class": tf.constant(-1, tf.int64),
-                "label_multi": tf.zeros([0], tf.float32)}
+@functools.lru_cache(maxsize=32)
+def case_sizes(src: TfdsSource, split: str) -> tuple[tuple[bytes, ...], tuple[int, ...]]:
+    """(case ids in order of first appearance, images of each): one pass over the
+    split's case feature (images are read but not decoded)."""
+    sizes: dict[bytes, int] = {}
+    ids = _examples(src, split).map(lambda ex: _case_id(src, ex),
+                                    num_parallel_calls=tf.data.AUTOTUNE)
+    for c in ids.as_numpy_iterator():
+        sizes[c] = sizes.get(c, 0) + 1
+    return tuple(sizes), tuple(sizes.values())
 
-    def reduce(state, c):
-        return {**c, "images": tf.concat([state["images"], c["images"]], 0),
-                "image_ids": tf.concat([state["image_ids"], c["image_ids"]], 0)}
-    reducer = tf.data.experimental.Reducer(init, reduce, lambda s: s)
-    return cases.apply(tf.data.experimental.group_by_reducer(
-        lambda c: tf.strings.to_hash_bucket_fast(c["case_id"], 2 ** 62), reducer))
+
+def _group_cases(cases: tf.data.Dataset, src: TfdsSource, split: str) -> tf.data.Dataset:
+    """One-image cases -> one case per distinct case id, its images in read order; the
+    label of a case is its last example's (examples of one case share it in a sane
+    dataset). A case is emitted as soon as its last image is read (its size is known
+    from case_sizes), so only incomplete cases wait in memory."""
+    ids, sizes = case_sizes(src, split)
+    if not ids:
+        return cases
+    index = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+        tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)), -1)
+    size_of = tf.constant(sizes, tf.int64)
+
+    def merge(b):
+        return {"case_id": b["case_id"][0], "patient_id": b["patient_id"][0],
+                "images": tf.reshape(b["images"], [-1]),
+                "image_ids": tf.reshape(b["image_ids"], [-1]),
+                "views": _empty(tf.string), "label_class": b["label_class"][-1],
+                "label_multi": _empty(tf.float32)}
+    return cases.group_by_window(
+        key_func=lambda c: index.lookup(c["case_id"]),
+        reduce_func=lambda key, window: window.batch(tf.gather(size_of, key)),
+        window_size_func=lambda key: tf.gather(size_of, key)).map(merge)
 
 
 def read_cases(src: TfdsSource, split: str) -> tf.data.Dataset:
     """The split as cases (records.parse_case dicts), in a deterministic order."""
     cases = _examples(src, split).map(_as_case(src), num_parallel_calls=tf.data.AUTOTUNE,
                                       deterministic=True)
-    return _group_cases(cases) if src.case_key else cases
+    return _group_cases(cases, src, split) if src.case_key else cases
 
 
 def count(src: TfdsSource, split: str, per: str) -> int:
-    """Images (per="image") or cases (per="case") of a split: the TFDS metadata's (or
-    the dataset's known cardinality) when every example is its own case, else one pass
-    over the split."""
-    if per == "image" or not src.case_key:
-        n = int(_examples(src, split).cardinality())
-        if n >= 0:
-            return n
-        try:
-            return int(builder(src).info.splits[split].num_examples)
-        except Exception:  # noqa: BLE001 - no metadata: count below
-            pass
-    ds = read_cases(src, split)
-    if per == "case":
-        return int(ds.reduce(tf.constant(0, tf.int64), lambda n, c: n + 1))
-    return int(ds.reduce(tf.constant(0, tf.int64),
-                         lambda n, c: n + tf.cast(tf.shape(c["images"])[0], tf.int64)))
+    """Images (per="image") or cases (per="case") of a split: the dataset's known
+    cardinality or the TFDS metadata, or (cases with a case_key) one pass."""
+    if per == "case" and src.case_key:
+        return len(case_sizes(src, split)[0])
+    n = int(_examples(src, split).cardinality())
+    if n >= 0:
+        return n
+    try:
+        return int(builder(src).info.splits[split].num_examples)
+    except Exception:  # noqa: BLE001 - no metadata: count by reading
+        return int(_examples(src, split).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
 __all__ = ["TfdsSource", "TfdsError", "SPEC_PREFIX", "from_config", "builder", "class_names", "check_split",
-           "dataset_info", "read_cases", "count"]
+           "dataset_info", "case_sizes", "read_cases", "count"]

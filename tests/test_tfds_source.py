@@ -1,0 +1,189 @@
+"""TFDS as a data source (data.source: tfds; score --data tfds:NAME), on mocked TFDS
+datasets (tfds.testing.mock_data: no download). The fake splits are built here, so
+every expectation (case grouping, labels, counts, pixels) comes from the fake data,
+not from the code under test."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from conftest import png_bytes  # noqa: E402
+from tfmicle.config import ConfigError, load_config  # noqa: E402
+from tfmicle.data.augment import preset  # noqa: E402
+from tfmicle.data.pipeline import PipelineConfig, count_items, micle_pairs, read_cases  # noqa: E402
+from tfmicle.data.tfds_source import TfdsError, TfdsSource, builder  # noqa: E402
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+TINY = os.path.join(CONFIGS, "tiny.yaml")
+FT_TINY = os.path.join(CONFIGS, "finetune_tiny.yaml")
+
+# smallnorb: Image "image", ClassLabel "label_category" (5) and "instance" (10), used
+# here as the case feature. Example i: instance INSTANCE[i], a constant grey image of
+# value 10 + 20 i (so a view's pixels tell which example it came from).
+INSTANCE = [0, 1, 0, 2, 1, 0, 3, 3, 4, 0]
+
+
+def grey(i: int) -> int:
+    return 10 + 20 * i
+
+
+def fake_tfds(make_examples):
+    """tfds.testing.mock_data whose splits are make_examples(split) (a list of feature
+    dicts, images PNG-encoded as SkipDecoding leaves them), each with a tfds_id."""
+    def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+        exs = make_examples(str(split))
+        cols = {k: [e[k] for e in exs] for k in exs[0]}
+        cols["tfds_id"] = [f"{self.name}-{split}__{i}" for i in range(len(exs))]
+        return tf.data.Dataset.from_tensor_slices(cols)
+    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def smallnorb(split: str) -> list[dict]:
+    out = []
+    for i, inst in enumerate(INSTANCE):
+        img = png_bytes(np.full((12, 12, 1), grey(i), np.uint8))
+        out.append({"image": img, "image2": img, "instance": inst,
+                    "label_category": inst % 5, "label_azimuth": 0, "label_elevation": 0,
+                    "label_lighting": 0})
+    return out
+
+
+def pixel(encoded: bytes) -> int:
+    return int(tf.io.decode_png(encoded).numpy().max())
+
+
+def test_examples_are_their_own_cases_with_tfds_ids_and_labels():
+    with fake_tfds(smallnorb):
+        src = TfdsSource("smallnorb", label_key="label_category")
+        cases = list(read_cases(PipelineConfig("", "train", tfds=src), shuffle=False)
+                     .as_numpy_iterator())
+        assert count_items(PipelineConfig("", "train", tfds=src), "case") == 10
+    assert len(cases) == 10
+    for i, c in enumerate(cases):
+        tid = f"smallnorb-train__{i}".encode()
+        assert c["case_id"] == c["patient_id"] == tid and list(c["image_ids"]) == [tid]
+        assert len(c["images"]) == 1 and pixel(c["images"][0]) == grey(i)
+        assert c["label_class"] == INSTANCE[i] % 5 and c["label_multi"].size == 0
+
+
+def test_case_key_groups_examples_and_micle_pairs_two_images_of_a_case():
+    want = {}  # instance -> greys of its examples, from the fake data
+    for i, inst in enumerate(INSTANCE):
+        want.setdefault(inst, []).append(grey(i))
+    with fake_tfds(smallnorb):
+        src = TfdsSource("smallnorb", label_key="label_category", case_key="instance")
+        cfg = PipelineConfig("", "train", batch_size=5, image_size=8, tfds=src)
+        cases = list(read_cases(cfg, shuffle=False).as_numpy_iterator())
+        assert count_items(cfg, "case") == 5 and count_items(cfg, "image") == 10
+        batches = list(micle_pairs(cfg, preset("none", crop=False)).take(4)
+                       .as_numpy_iterator())
+    got = {int(c["case_id"]): sorted(pixel(b) for b in c["images"]) for c in cases}
+    assert got == {k: sorted(v) for k, v in want.items()}
+    for c in cases:
+        assert c["label_class"] == int(c["case_id"]) % 5
+    for b in batches:
+        v1 = np.rint(b["view1"][..., 0].mean(axis=(1, 2)) * 255).astype(int)
+        v2 = np.rint(b["view2"][..., 0].mean(axis=(1, 2)) * 255).astype(int)
+        owners = [next(k for k, g in want.items() if a in g) for a in v1]
+        assert sorted(owners) == sorted(want)  # every case once per batch of 5
+        for a, z, k in zip(v1, v2, owners):
+            assert z in want[k]
+            assert (a != z) == (len(want[k]) >= 2)  # two different images when it can
+        assert b["label"].tolist() == [k % 5 for k in owners]
+
+
+def mnist(n_train: int = 16, n_test: int = 12):
+    """Fake mnist: label i % 3, images noisy with a label-dependent brightness."""
+    def make(split: str) -> list[dict]:
+        n, seed = (n_test, 1) if split.startswith("test") else (n_train, 0)
+        rng = np.random.default_rng(seed)
+        return [{"image": png_bytes(np.clip(rng.normal(60 + 70 * (i % 3), 30, (28, 28, 1)),
+                                            0, 255).astype(np.uint8)),
+                 "label": i % 3} for i in range(n)]
+    return make
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    from tfmicle.train import cli as train_cli
+    from tfmicle.train.finetune import finetune
+    from tfmicle.train.pretrain import pretrain
+    base = ["data.source=tfds", f"model_dir={tmp_path / 'run'}"]
+    with fake_tfds(mnist()):
+        with pytest.raises(ConfigError, match="needs data.tfds.case_key"):
+            pretrain(load_config(TINY, base + ["data.tfds.name=mnist", "method=micle"]))
+        with pytest.raises(TfdsError, match="no image feature 'picture'"):
+            builder(TfdsSource("mnist", image_key="picture"))
+        with pytest.raises(ConfigError, match="slice the split"):
+            finetune(load_config(FT_TINY, base + ["data.tfds.name=mnist",
+                                                  "data.label_fraction=0.5"]))
+        rc = train_cli.main(["--config", TINY, "--set", "data.source=tfds",
+                             "--model-dir", str(tmp_path / "r2")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and err == ["tfmicle.train: error: data.source is tfds but "
+                                   "data.tfds.name is not set (e.g. --set "
+                                   "data.tfds.name=imagenet2012)"]
+    with pytest.raises(ConfigError, match="not one of records, tfds"):
+        load_config(TINY, ["data.source=hub"])
+
+
+@pytest.mark.slow
+def test_pretrain_finetune_export_score_on_a_tfds_dataset(tmp_path, capsys):
+    """SimCLR pretraining on fake mnist (the epoch length from the 16 TFDS examples),
+    fine-tuning from it with validation on the test split, export, and scoring the
+    test split as tfds:mnist: rows, ids and labels are the fake data's and the
+    probabilities are serving_default's on the same bytes."""
+    from tfmicle.export import export
+    from tfmicle.score import job as score_job
+    from tfmicle.score import cli as score_cli
+    from tfmicle.train.finetune import finetune
+    from tfmicle.train.pretrain import pretrain
+    tf_args = ["data.source=tfds", "data.tfds.name=mnist"]
+    with fake_tfds(mnist()):
+        pre = pretrain(load_config(TINY, tf_args + [
+            f"model_dir={tmp_path / 'pre'}", "method=simclr", "train.batch_size=8",
+            "train.train_steps=0", "train.train_epochs=1", "train.checkpoint_steps=2",
+            "train.log_steps=1", "model.global_bn=false"]), verbose=0)
+        assert pre["total_steps"] == pre["end_step"] == 2  # ceil(1 epoch x 16 / 8)
+        assert all(math.isfinite(v) for v in pre["final_metrics"].values())
+
+        ft = finetune(load_config(FT_TINY, tf_args + [
+            f"model_dir={tmp_path / 'ft'}", "data.eval_split=test", "finetune.init=checkpoint",
+            f"finetune.checkpoint={tmp_path / 'pre'}", "train.train_steps=2",
+            "finetune.eval_every_steps=2", "train.checkpoint_steps=2", "train.log_steps=2"]),
+            verbose=0)
+        info = json.load(open(tmp_path / "ft" / "finetune.json"))
+        assert info["class_names"] == [str(d) for d in range(10)]  # mnist's ClassLabel
+        assert (info["train_images"], info["train_cases"]) == (16, 16)
+        assert info["data_dir"] == "tfds:mnist" and ft["best"]["step"] == 2
+
+        exp = export(str(tmp_path / "ft"), str(tmp_path / "models" / "m"))
+        out = tmp_path / "scored"
+        result = score_job.score(str(tmp_path / "models" / "m"), "tfds:mnist", str(out),
+                                 split="test", replicates=0)
+        rc = score_cli.main(["--model", str(tmp_path / "models" / "m"), "--data",
+                             "tfds:mnist", "--image-key", "picture", "--out",
+                             str(tmp_path / "bad"), "--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith("tfmicle.score: error: tfds:mnist: no image "
+                                          "feature 'picture'")
+    fake = mnist()("test")
+    with open(out / "predictions_images.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert result["runs"][0]["scored"] == len(rows) == 12
+    assert [r["image_id"] for r in rows] == [f"mnist-test__{i}" for i in range(12)]
+    assert [r["case_id"] for r in rows] == [r["image_id"] for r in rows]
+    assert [r["label"] for r in rows] == [str(e["label"]) for e in fake]
+    probs = np.array([[float(r[f"prob_{d}"]) for d in range(10)] for r in rows])
+    served = tf.saved_model.load(exp["path"]).signatures["serving_default"](
+        images=tf.constant([e["image"] for e in fake]))["probabilities"].numpy()
+    np.testing.assert_allclose(probs, served, atol=1e-5)
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["num_images"] == 12
