@@ -187,3 +187,16 @@ def test_pretrain_finetune_export_score_on_a_tfds_dataset(tmp_path, capsys):
     np.testing.assert_allclose(probs, served, atol=1e-5)
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["num_images"] == 12
+
+
+def test_imagenet_config_reads_imagenet2012_through_tfds():
+    """configs/imagenet_simclr_r50_1x.yaml names TFDS's imagenet2012 (1000 ClassLabel
+    classes, an Image feature) and its splits; mocked, so nothing is downloaded."""
+    from tfmicle.build import data_source
+    cfg = load_config(os.path.join(CONFIGS, "imagenet_simclr_r50_1x.yaml"))
+    assert (cfg.mode, cfg.method, cfg.data.source) == ("pretrain", "simclr", "tfds")
+    with tfds.testing.mock_data(num_examples=3):
+        info, base = data_source(cfg, (cfg.data.train_split, cfg.data.eval_split))
+        assert count_items(base, "image") == 3
+    assert len(info["class_names"]) == 1000 and info["task"] == "multiclass"
+    assert base.tfds.spec == "tfds:imagenet2012" and base.batch_size == 4096
