@@ -200,3 +200,45 @@ def test_imagenet_config_reads_imagenet2012_through_tfds():
         assert count_items(base, "image") == 3
     assert len(info["class_names"]) == 1000 and info["task"] == "multiclass"
     assert base.tfds.spec == "tfds:imagenet2012" and base.batch_size == 4096
+
+
+def test_a_prepared_tfds_dataset_on_disk_groups_cases_and_checks_splits(tmp_path):
+    """Not mocked: a small dataset built by TFDS itself (TfDataBuilder writes its
+    tfrecord shards, shuffled, and dataset_info.json), then read back by name from its
+    data_dir: each patient's images (PNG, lossless) come back as one case, counts come
+    from the metadata, TFDS slicing works and an unknown split is a one-line error."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (7, 10, 12, 3)).astype(np.uint8)
+    patients = [f"p{i % 3}" for i in range(7)]
+    labels = [int(p[1]) % 2 for p in patients]  # a patient's images share its label
+    feats = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3)),
+        "label": tfds.features.ClassLabel(names=["benign", "malignant"]),
+        "patient": tfds.features.Text()})
+    split = tf.data.Dataset.from_tensor_slices(
+        {"image": images, "label": labels, "patient": patients})
+    tfds.dataset_builders.TfDataBuilder(
+        name="tiny_derm_disk", version="1.0.0", split_datasets={"train": split, "test": split},
+        features=feats, data_dir=str(tmp_path)).download_and_prepare()
+
+    src = TfdsSource("tiny_derm_disk", case_key="patient", data_dir=str(tmp_path))
+    cfg = PipelineConfig("", "train", tfds=src)
+    cases = list(read_cases(cfg, shuffle=False).as_numpy_iterator())
+    got = {c["case_id"].decode(): sorted(tf.io.decode_png(b).numpy().tobytes()
+                                         for b in c["images"]) for c in cases}
+    want = {p: sorted(images[i].tobytes() for i in range(7) if patients[i] == p)
+            for p in set(patients)}
+    assert got == want
+    assert {c["case_id"].decode(): int(c["label_class"]) for c in cases} == \
+        {p: int(p[1]) % 2 for p in want}
+    assert (count_items(cfg, "case"), count_items(cfg, "image")) == (3, 7)
+    assert count_items(PipelineConfig("", "train[:4]", tfds=TfdsSource(
+        "tiny_derm_disk", data_dir=str(tmp_path))), "image") == 4
+    from tfmicle.build import data_source
+    cfg2 = load_config(TINY, ["data.source=tfds", "data.tfds.name=tiny_derm_disk",
+                              f"data.tfds.data_dir={tmp_path}", "data.eval_split=valid"])
+    with pytest.raises(TfdsError, match=r"^split 'valid' not in tfds:tiny_derm_disk "
+                                        r"\(has: train, test\)$"):
+        data_source(cfg2, (cfg2.data.train_split, cfg2.data.eval_split))
+    info, _ = data_source(cfg2, ("train",))
+    assert info["class_names"] == ["benign", "malignant"]

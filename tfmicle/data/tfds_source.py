@@ -120,11 +120,11 @@ def class_names(src: TfdsSource) -> list[str]:
 
 
 def check_split(src: TfdsSource, split: str) -> None:
-    """TfdsError when the prepared dataset's metadata does not know split (TFDS slicing
-    such as "train[:10%]" is accepted). Without metadata (not prepared) every split
-    passes here and reading it fails with the TFDS message."""
+    """TfdsError when the dataset is not prepared or its metadata does not know split
+    (TFDS slicing such as "train[:10%]" is accepted)."""
     splits = builder(src).info.splits
     if not list(splits.keys()):
+        _examples(src, split)  # not prepared: TFDS knows no splits; this says so
         return
     try:
         splits[split]
@@ -147,10 +147,13 @@ def _examples(src: TfdsSource, split: str) -> tf.data.Dataset:
         return b.as_dataset(split=split, shuffle_files=False, read_config=rc,
                             decoders={src.image_key: tfds.decode.SkipDecoding()})
     except AssertionError as e:  # "could not find data in ...": not prepared
+        manual = getattr(b, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+        how = f"tfds build {src.name}" + (f" --manual_dir {src.manual_dir or 'DIR'}"
+                                           if manual or src.manual_dir else "") + \
+            (f" --data_dir {src.data_dir}" if src.data_dir else "")
         raise TfdsError(f"{src.spec} is not prepared in {src.data_dir or 'the TFDS data dir'}"
-                        f" (run `tfds build {src.name}"
-                        f"{' --manual_dir ' + src.manual_dir if src.manual_dir else ''}`"
-                        f" or set data.tfds.prepare: true): {_first_line(e)}") from None
+                        f" (run `{how}` or set data.tfds.prepare: true): "
+                        f"{_first_line(e)}") from None
     except (KeyError, ValueError) as e:
         raise TfdsError(f"{src.spec} split {split!r}: {_first_line(e)}") from None
 
