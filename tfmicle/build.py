@@ -109,4 +109,5 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
         raise
 
 
-__all__ = ["data_source", "augment_config", "resnet_spec", "schedule_steps", "optimizer", "classifier"]
+__all__ = ["data_source", "augment_config", "resnet_spec", "schedule_steps", "optimizer",
+           "classifier"]

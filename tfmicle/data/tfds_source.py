@@ -148,7 +148,7 @@ def _examples(src: TfdsSource, split: str) -> tf.data.Dataset:
                             decoders={src.image_key: tfds.decode.SkipDecoding()})
     except AssertionError as e:  # "could not find data in ...": not prepared
         manual = getattr(b, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-        how = f"tfds build {src.name}" + (f" --manual_dir {src.manual_dir or 'DIR'}"
+        how = f"tfds build {src.spec[len(SPEC_PREFIX):]}" + (f" --manual_dir {src.manual_dir or 'DIR'}"
                                            if manual or src.manual_dir else "") + \
             (f" --data_dir {src.data_dir}" if src.data_dir else "")
         raise TfdsError(f"{src.spec} is not prepared in {src.data_dir or 'the TFDS data dir'}"
@@ -243,5 +243,5 @@ def count(src: TfdsSource, split: str, per: str) -> int:
         return int(_examples(src, split).reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
-__all__ = ["TfdsSource", "TfdsError", "SPEC_PREFIX", "from_config", "builder", "class_names", "check_split",
-           "dataset_info", "case_sizes", "read_cases", "count"]
+__all__ = ["TfdsSource", "TfdsError", "SPEC_PREFIX", "from_config", "builder", "class_names",
+           "check_split", "dataset_info", "case_sizes", "read_cases", "count"]

@@ -15,8 +15,9 @@ def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m tfmicle.score",
         description="Batch-score a records split, a TFDS split, an image folder or a CSV "
-                    "manifest with an exported model: per-image and per-case predictions, metrics.json "
-                    "(when labeled) and report.md with ROC / PR / confusion figures.")
+                    "manifest with an exported model: per-image and per-case predictions, "
+                    "metrics.json (when labeled) and report.md with ROC / PR / confusion "
+                    "figures.")
     p.add_argument("--model", required=True, help="MODELS/<name> (highest version) or "
                                                   "MODELS/<name>/<version>")
     p.add_argument("--data", required=True, help="records folder, tfds:NAME[/CONFIG] (a "
