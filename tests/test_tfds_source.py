@@ -12,14 +12,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds  # the dev extra installs it (setup.cfg)
 
-tfds = pytest.importorskip("tensorflow_datasets")
-
-from conftest import png_bytes  # noqa: E402
-from tfmicle.config import ConfigError, load_config  # noqa: E402
-from tfmicle.data.augment import preset  # noqa: E402
-from tfmicle.data.pipeline import PipelineConfig, count_items, micle_pairs, read_cases  # noqa: E402
-from tfmicle.data.tfds_source import TfdsError, TfdsSource, builder  # noqa: E402
+from conftest import png_bytes
+from tfmicle.config import ConfigError, load_config
+from tfmicle.data.augment import preset
+from tfmicle.data.pipeline import PipelineConfig, count_items, micle_pairs, read_cases
+from tfmicle.data.tfds_source import TfdsError, TfdsSource, builder
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 TINY = os.path.join(CONFIGS, "tiny.yaml")
