@@ -87,6 +87,9 @@ def convert_parser() -> argparse.ArgumentParser:
                    help="multi-class label column, class names as text (default: label)")
     c.add_argument("--label-cols", type=_csv_list, metavar="A,B,...",
                    help="multi-label columns with 1/0/-1/blank (makes the task multilabel)")
+    c.add_argument("--meta-cols", type=_csv_list, metavar="A,B,...",
+                   help="patient / acquisition metadata columns kept per image in the records "
+                        "(e.g. sex,age,site; for tfmicle.score --subgroups)")
     o = p.add_argument_group("other format options")
     o.add_argument("--class-names", type=_csv_list, metavar="A,B,...",
                    help="class order (csv, folders, isic2020 diagnosis; default: sorted)")
@@ -191,7 +194,8 @@ def _run_convert(argv: list[str]) -> int:
         format_options=FormatOptions(
             images=args.images,
             columns=CsvColumns(args.image_col, args.case_col, args.patient_col, args.view_col,
-                               args.split_col, args.label_col, args.label_cols),
+                               args.split_col, args.label_col, args.label_cols,
+                               args.meta_cols),
             class_names=args.class_names, case_regex=args.case_regex,
             unlabeled_dirs=tuple(args.unlabeled_dirs), isic2020_label=args.isic2020_label),
         split_fractions=args.split_fractions, split_seed=args.split_seed,

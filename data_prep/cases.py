@@ -18,6 +18,7 @@ class ImageRef:
     image_id: str               # source image id / relative path, written to image/id
     view: str = ""
     missing: str = ""           # reason, when known missing at manifest time
+    meta: dict[str, str] = field(default_factory=dict)   # metadata column -> source text
 
 
 @dataclass
@@ -28,6 +29,17 @@ class CaseSpec:
     label_class: int = UNLABELED
     label_multi: list[float] | None = None
     source_split: str | None = None
+    split_group: str = ""           # patients drawn into one split together ('' : the patient)
+
+    @property
+    def group(self) -> str:
+        """What the split is drawn for: the split group, else the patient."""
+        return self.split_group or self.patient_id
+
+    @property
+    def meta_keys(self) -> list[str]:
+        """Metadata columns of the case's images (union, first-seen order)."""
+        return list(dict.fromkeys(k for r in self.images for k in r.meta))
 
     @property
     def labeled(self) -> bool:
@@ -47,6 +59,14 @@ class Skip:
     def as_row(self) -> list[str]:
         return [self.path, self.reason, self.image_id, self.case_id]
 
+    def strict_message(self) -> str:
+        """The one line ``--strict`` fails with: the file, the image and case ids, why."""
+        what = self.path or "(no file)"
+        ids = [f"image {self.image_id!r}" if self.image_id and self.image_id != self.path
+               else "", f"case {self.case_id!r}" if self.case_id else ""]
+        ids = [i for i in ids if i]
+        return f"--strict: {what}{' (' + ', '.join(ids) + ')' if ids else ''}: {self.reason}"
+
 
 SKIPPED_COLUMNS = ["path", "reason", "image_id", "case_id"]
 
@@ -58,10 +78,12 @@ class CaseResult:
     image_ids: list[str]
     views: list[str]
     skipped: list[Skip]
+    meta: list[list[str]] = field(default_factory=list)   # per kept image, CaseSpec.meta_keys
 
 
 def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
-    images, ids, views, skipped = [], [], [], []
+    images, ids, views, skipped, meta = [], [], [], [], []
+    keys = case.meta_keys
     for ref in case.images:
         if ref.missing:
             skipped.append(Skip(ref.path or ref.image_id, ref.missing, ref.image_id, case.case_id))
@@ -78,9 +100,10 @@ def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
         images.append(enc.data)
         ids.append(ref.image_id)
         views.append(ref.view)
+        meta.append([ref.meta.get(k, "") for k in keys])
     if not any(views):
         views = []
-    return CaseResult(images, ids, views, skipped)
+    return CaseResult(images, ids, views, skipped, meta if keys else [])
 
 
 def process_chunk(chunk: list[tuple[int, CaseSpec]], options: ImageOptions

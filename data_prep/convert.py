@@ -18,6 +18,7 @@ from data_prep.local_runner import Progress, RunResult, run_local
 from data_prep.plan import Plan, make_plan
 from data_prep.splits import (DEFAULT_LABEL_FRACTIONS, DEFAULT_SPLIT_FRACTIONS,
                               validate_label_fractions, validate_split_fractions)
+from data_prep.duplicates import remove_duplicates
 from data_prep.summary import make_subsets, skip_reasons, skipped_csv, split_stats
 from data_prep import writer
 
@@ -54,16 +55,22 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
     label_fractions = validate_label_fractions(cfg.label_fractions)
     if cfg.runner not in ("local", "beam"):
         raise UserError(f"--runner {cfg.runner!r}: use local or beam")
+    check_out_not_in_input(cfg.input, cfg.out)
     writer.check_out_dir(cfg.out, cfg.overwrite)
     opts = dataclasses.replace(cfg.format_options, exclude=tuple(cfg.format_options.exclude)
                                + (os.path.abspath(cfg.out),))
     manifest = read_manifest(cfg.format, cfg.input, opts)
+    duplicates = remove_duplicates(manifest)
     if cfg.strict and manifest.skipped:
-        s = manifest.skipped[0]
-        raise StrictError(f"--strict: {s.path or s.image_id}: {s.reason}")
+        raise StrictError(manifest.skipped[0].strict_message())
     if not manifest.cases:
         raise UserError(f"--input {cfg.input}: no usable case found "
                         f"({len(manifest.skipped)} rows skipped)")
+    listed = [r for c in manifest.cases for r in c.images]
+    if all(r.missing or not os.path.exists(r.path) for r in listed):
+        raise UserError(f"--input {cfg.input}: none of the {len(listed)} listed images was "
+                        f"found (e.g. {listed[0].path or listed[0].image_id}); check --input "
+                        "and --images")
     plan = make_plan(manifest, fractions, cfg.split_seed, cfg.shard_mb)
     for name, sp in plan.splits.items():
         log.info("split %s: %d cases, %d shard(s)", name, len(sp.cases),
@@ -76,12 +83,17 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
             from data_prep.beam_runner import run_beam
             result = run_beam(plan, staging, cfg.image_options, list(cfg.beam_args))
             if cfg.strict and result.skipped:
-                s = result.skipped[0]
-                raise StrictError(f"--strict: {s.path or s.image_id}: {s.reason}")
+                raise StrictError(result.skipped[0].strict_message())
         else:
             result = run_local(plan, staging, cfg.image_options, cfg.workers, cfg.strict,
                                progress)
-        info = finish(cfg, manifest, plan, result, staging, fractions, label_fractions)
+        if not result.cases:
+            skipped = list(manifest.skipped) + list(result.skipped)
+            raise UserError(f"--input {cfg.input}: no image could be used ({len(skipped)} "
+                            f"skipped: {skip_reasons(skipped)}; e.g. "
+                            f"{skipped[0].strict_message()[len('--strict: '):]})")
+        info = finish(cfg, manifest, plan, result, staging, fractions, label_fractions,
+                      duplicates.as_dict())
         writer.publish(staging, cfg.out)
     except BaseException:
         writer.discard(staging)
@@ -97,8 +109,26 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
     return info
 
 
+def _labeled(c) -> bool:
+    if c.label_multi is not None:
+        return any(v == v for v in c.label_multi)        # any non-NaN value
+    return c.label_class >= 0
+
+
+def check_out_not_in_input(input_path: str, out: str) -> None:
+    """Refuses an output folder that is the input folder or inside it: a later run would
+    read the records (or a staging folder) as input, and --overwrite could delete
+    source files."""
+    src = os.path.realpath(input_path)
+    dst = os.path.realpath(out)
+    if os.path.isdir(src) and (dst == src or dst.startswith(src.rstrip(os.sep) + os.sep)):
+        raise UserError(f"--out {out}: is inside --input {input_path}; write the records "
+                        "outside the source folder")
+
+
 def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult,
-           staging: str, fractions: dict[str, float], label_fractions: list[float]) -> dict:
+           staging: str, fractions: dict[str, float], label_fractions: list[float],
+           duplicates: dict | None = None) -> dict:
     """Writes subsets, skipped.csv and dataset.json into the staging folder."""
     from tfmicle.data.records import DATASET_JSON, SCHEMA_VERSION, subset_path
 
@@ -121,18 +151,26 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         if name not in by_split:
             continue
         subs = make_subsets(by_split[name], label_fractions, cfg.split_seed, manifest.task)
+        labeled = len(subs.get(1.0, [])) if 1.0 in subs else sum(
+            1 for c in by_split[name] if _labeled(c))
         subsets[name] = {}
         for f, ids in subs.items():
             path = subset_path(staging, name, f)
             writer.write_text_atomic(path, "".join(i + "\n" for i in ids))
-            subsets[name][f"{f:g}"] = {"cases": len(ids),
+            real = len(ids) / max(labeled, 1)
+            subsets[name][f"{f:g}"] = {"cases": len(ids), "fraction": round(real, 6),
                                        "file": os.path.relpath(path, staging)}
+            # each class keeps at least one case, so small data overshoot small fractions
+            (log.warning if real > 1.5 * f else log.info)(
+                "subset %s %g%%: %d of %d labeled cases = %.2f%% of the split", name,
+                f * 100, len(ids), labeled, real * 100)
     writer.write_text_atomic(os.path.join(staging, writer.SKIPPED_CSV), skipped_csv(skipped))
     primary = manifest.sources[0] if manifest.sources else None
     info = {
         "schema_version": SCHEMA_VERSION,
         "task": manifest.task,
         "class_names": manifest.class_names,
+        "metadata_columns": manifest.metadata_columns,   # schema v2: image/meta columns
         "splits": splits,
         "source": {
             "format": manifest.format,
@@ -147,6 +185,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         "subsets": subsets,
         "skipped": len(skipped),
         "skipped_reasons": skip_reasons(skipped),
+        "duplicates": duplicates or {},
         "images": {"max_side": cfg.image_options.max_side,
                    "jpeg_quality": cfg.image_options.jpeg_quality},
         "runner": cfg.runner,
@@ -155,3 +194,9 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
     writer.write_text_atomic(os.path.join(staging, DATASET_JSON),
                              json.dumps(info, indent=2, sort_keys=False) + "\n")
     return info
+
+
+def _labeled(c) -> bool:
+    if c.label_multi is not None:
+        return any(v == v for v in c.label_multi)        # any non-NaN value
+    return c.label_class >= 0

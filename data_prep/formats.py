@@ -15,9 +15,11 @@ import re
 
 from data_prep.cases import UNLABELED, ImageRef, Skip
 from data_prep.errors import UserError
+from data_prep.images import probe_size
 from data_prep.manifest import (CaseGrouper, FormatOptions, Manifest, SourceFile, StemIndex,
                                 first_existing, missing_ref, parse_multi_value, read_csv,
-                                require_columns, sha256_file, walk_images)
+                                require_columns, row_meta, sha256_file, sort_class_names,
+                                walk_images)
 from tfmicle.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 HAM10000_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 ISIC2019_CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
 ISIC2020_TARGET_CLASSES = ["benign", "malignant"]
+# Patient / acquisition metadata kept per image (schema v2), when the CSV has the column.
+HAM10000_META = ["sex", "age", "localization"]
+ISIC2020_META = ["sex", "age_approx", "anatom_site_general_challenge"]
+CHEXPERT_META = ["Sex", "Age", "Frontal/Lateral", "AP/PA"]
 CHEXPERT_CLASSES = [
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity",
     "Lung Lesion", "Edema", "Consolidation", "Pneumonia", "Atelectasis",
@@ -77,6 +83,8 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
     view_col = pick(cols.view, "view")
     split_col = pick(cols.split, "split")
     multi_cols = cols.labels
+    meta_cols = list(cols.meta or [])
+    require_columns(path, header, meta_cols)
     if multi_cols:
         require_columns(path, header, multi_cols)
         label_col = None
@@ -89,7 +97,8 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         task, class_names = MULTILABEL, list(multi_cols)
     else:
         task = MULTICLASS
-        present = sorted({r[label_col] for r in rows if r.get(label_col)}) if label_col else []
+        present = (sort_class_names({r[label_col] for r in rows if r.get(label_col)})
+                   if label_col else [])
         if opts.class_names:
             class_names = list(opts.class_names)
             unknown = [c for c in present if c not in class_names]
@@ -113,7 +122,7 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         patient = (r.get(patient_col, "") if patient_col else "") or case_id
         view = r.get(view_col, "") if view_col else ""
         split = (r.get(split_col, "") if split_col else "") or None
-        ref = ImageRef(full, rel, view)
+        ref = ImageRef(full, rel, view, meta=row_meta(r, meta_cols))
         label_class, label_multi = UNLABELED, None
         if multi_cols:
             try:
@@ -134,10 +143,48 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
                     [SourceFile(os.path.abspath(path), sha256_file(path))])
 
 
+def known_layout(root: str) -> tuple[str, str] | None:
+    """(format, the file or folder that shows it) when ``root`` is the download of a
+    dataset that has its own reader; the folders format would turn its image folders
+    (``HAM10000_images_part_1``, ``train``) into classes."""
+    def has(name: str) -> bool:
+        return os.path.exists(os.path.join(root, name))
+
+    def header(name: str) -> list[str]:
+        try:
+            with open(os.path.join(root, name), newline="", encoding="utf-8-sig") as f:
+                return [h.strip() for h in f.readline().replace(";", ",").replace(
+                    "\t", ",").split(",")]
+        except (OSError, UnicodeDecodeError):
+            return []
+
+    for name in ("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_images_part_1",
+                 "HAM10000_images_part_2"):
+        if has(name):
+            return "ham10000", name
+    if has("ISIC_2019_Training_GroundTruth.csv"):
+        return "isic2019", "ISIC_2019_Training_GroundTruth.csv"
+    for name in ("ISIC_2020_Training_GroundTruth.csv", "ISIC_2020_Training_GroundTruth_v2.csv"):
+        if has(name):
+            return "isic2020", name
+    for name in ("train.csv", "valid.csv"):
+        cols = header(name)
+        if "Path" in cols and "Frontal/Lateral" in cols:
+            return "chexpert", name
+        if "image_name" in cols and "patient_id" in cols:
+            return "isic2020", name
+    return None
+
+
 def read_folders(root: str, opts: FormatOptions) -> Manifest:
     """``root/<class>/<image>``; ``root/<unlabeled dir>/...`` and images in root are unlabeled."""
     if not os.path.isdir(root):
         raise UserError(f"--input {root}: not a folder")
+    layout = known_layout(root)
+    if layout:
+        raise UserError(f"--input {root}: holds {layout[1]}, a {layout[0]} download; the "
+                        f"folders format would make its folders classes: use --format "
+                        f"{layout[0]}")
     regex = None
     if opts.case_regex:
         try:
@@ -155,15 +202,15 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
         if extra:
             raise UserError(f"folders {', '.join(extra)} are not in --class-names")
     else:
-        class_names = found
+        class_names = sort_class_names(found)
     index = {c: i for i, c in enumerate(class_names)}
 
     g = CaseGrouper()
     listing = hashlib.sha256()
     unmatched = 0
-    for path in walk_images(root, opts.exclude):
+    for path in walk_images(root, opts.exclude, g.skipped):
         rel = os.path.relpath(path, root).replace(os.sep, "/")
-        listing.update(f"{rel}\t{os.path.getsize(path)}\n".encode())
+        listing.update(f"{rel}\t{probe_size(path)}\n".encode())
         top = rel.split("/", 1)[0] if "/" in rel else ""
         label = index.get(top, UNLABELED)
         case_id, patient = rel, None
@@ -205,6 +252,7 @@ def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
             continue
         path = files.find(image_id)
         ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
+        ref.meta = row_meta(r, HAM10000_META)
         g.add(lesion, lesion, ref, where, index[r["dx"]])
     files.log_unused()
     cases, skipped = g.result()
@@ -279,7 +327,8 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
         classes = list(ISIC2020_TARGET_CLASSES)
         to_index = {"0": 0, "1": 1, "0.0": 0, "1.0": 1}
     else:
-        classes = list(opts.class_names or sorted({r["diagnosis"] for r in rows if r["diagnosis"]}))
+        classes = list(opts.class_names or sort_class_names({r["diagnosis"] for r in rows
+                                                             if r["diagnosis"]}))
         to_index = {c: i for i, c in enumerate(classes)}
     files = StemIndex(folder, opts.exclude)
     labelled: list[tuple[str, str, int, ImageRef]] = []
@@ -295,6 +344,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
         label = to_index[r[label_col]]
         path = files.find(image_id)
         ref = ImageRef(path, image_id) if path else missing_ref(image_id, f"under {folder}")
+        ref.meta = row_meta(r, ISIC2020_META)
         labelled.append((patient, where, label, ref))
         per_patient.setdefault(patient, set()).add(label)
     g = CaseGrouper()
@@ -354,7 +404,7 @@ def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
                 g.skipped.append(Skip(rel, f"bad label: {where}: {e!s}", rel, case_id))
                 continue
             full = os.path.join(folder, *ip)
-            g.add(case_id, patient, ImageRef(full, rel, view), where,
-                  UNLABELED, labels, split)
+            ref = ImageRef(full, rel, view, meta=row_meta(r, CHEXPERT_META))
+            g.add(case_id, patient, ref, where, UNLABELED, labels, split)
     cases, skipped = g.result()
     return Manifest("chexpert", MULTILABEL, list(CHEXPERT_CLASSES), cases, skipped, sources)

@@ -1,26 +1,35 @@
 """Reading one source image into bytes fit for ``image/encoded``.
 
-Every image is decoded once to validate it. JPEG and PNG files whose longer side
-is within ``max_side`` pass through byte for byte; larger ones are resized and
-re-encoded (JPEG stays JPEG, everything else becomes PNG). DICOM files get the
-modality and VOI LUTs, MONOCHROME1 inversion and 8-bit scaling, and become PNG.
+Every image is decoded once with Pillow to validate it. JPEG and PNG files whose
+longer side is within ``max_side`` and that carry no EXIF rotation pass through byte
+for byte; larger or rotated ones are resized / turned upright and re-encoded (JPEG
+stays JPEG, everything else becomes PNG; the EXIF Orientation tag is dropped). DICOM
+files get the modality and VOI LUTs, MONOCHROME1 inversion and 8-bit scaling, and
+become PNG.
 
-This module imports no TensorFlow: it runs in the worker processes.
+The bytes that go into a record are then decoded once more with TensorFlow's decoder,
+the one training uses (``decode_error``): Pillow accepts some files that TensorFlow
+rejects (a JPEG without its end-of-image marker). Such a file is re-encoded from what
+Pillow decoded, and skipped only if that fails too. TensorFlow is imported lazily, in
+the worker, on the first check.
 """
 from __future__ import annotations
 
 import io
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Decompression-bomb guard stays on (PIL's default), but as an error, not a warning.
 Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
 # The image types data_prep prepares and tfmicle.score scores (one list for both).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".dcm", ".dicom", ".bmp", ".tif",
+                    ".tiff", ".gif", ".webp")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
+EXIF_ORIENTATION = 0x0112       # TIFF/EXIF tag 274; 1 = upright, 5-8 swap width and height
 
 
 def is_image_file(name: str) -> bool:
@@ -72,18 +81,67 @@ def encode_bytes(data: bytes, path: str = "", options: ImageOptions = ImageOptio
     if not data:
         raise ImageError("corrupt: empty file")
     if is_dicom(path, data[:132]):
-        return _from_array(dicom_to_uint8(data), options)
+        return checked(_from_array(dicom_to_uint8(data), options), data, options)
+    img, fmt, rotated, size = _open_checked(data, options, draft=True)
+    if fmt == "MPO":                    # camera JPEG with an embedded preview: a JPEG
+        fmt = "JPEG"
+    elif getattr(img, "n_frames", 1) > 1:
+        raise ImageError(f"unsupported: multi-frame {fmt} ({img.n_frames} frames)")
+    w, h = _upright_size(size, rotated)
+    fits = _fit(w, h, options.max_side) == (w, h) and not rotated
+    if fmt == "JPEG" and img.mode in ("L", "RGB") and fits:
+        return checked(EncodedImage(data, "JPEG", w, h, True), data, options)
+    if fmt == "PNG" and img.mode in ("L", "LA", "RGB", "RGBA", "P") and fits:
+        return checked(EncodedImage(data, "PNG", w, h, True), data, options)
+    return checked(_reencode(img, fmt, rotated, (w, h), options), data, options)
+
+
+def _reencode(img: Image.Image, fmt: str, rotated: int, upright: tuple[int, int],
+              options: ImageOptions) -> EncodedImage:
+    """Re-encodes a decoded image upright, at the size ``upright`` (w, h) fits into."""
+    if rotated:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return _from_array(_to_uint8(np.asarray(img)), options)
+    return _encode(_normalise_mode(img), options, "JPEG" if fmt == "JPEG" else "PNG",
+                   _fit(upright[0], upright[1], options.max_side))
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF Orientation (1..8) of an opened image; 1 when absent or invalid."""
+    try:
+        o = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:                   # a damaged EXIF block: treat as upright
+        return 1
+    return o if 1 <= o <= 8 else 1
+
+
+def _upright_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    w, h = size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _open_checked(data: bytes, options: ImageOptions, draft: bool
+                  ) -> tuple[Image.Image, str, int, tuple[int, int]]:
+    """Opens and fully decodes ``data`` with Pillow; returns (image, format, EXIF
+    orientation to undo or 0 when upright, stored (w, h) before any draft scaling).
+    JPEGs are decoded at a reduced scale when ``draft``."""
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format
         w, h = img.size
-        target = _fit(w, h, options.max_side)
-        if fmt in ("JPEG", "MPO") and img.mode in ("L", "RGB"):
+        orientation = _orientation(img)
+        rotated = orientation if orientation != 1 else 0
+        uw, uh = _upright_size((w, h), orientation)
+        target = _fit(uw, uh, options.max_side)
+        if draft and fmt in ("JPEG", "MPO") and img.mode in ("L", "RGB"):
             # libjpeg entropy-decodes the whole stream whatever the scale, so truncated
             # or damaged data fail just the same; only the IDCT runs at a reduced size:
             # 1/8 when the bytes pass through, the smallest scale >= target otherwise.
-            img.draft(img.mode, target if target != (w, h) else
-                      (max(1, (w + 7) // 8), max(1, (h + 7) // 8)))
+            if target != (uw, uh) or rotated:
+                img.draft(img.mode, _upright_size(target, orientation))
+            else:
+                img.draft(img.mode, (max(1, (w + 7) // 8), max(1, (h + 7) // 8)))
         img.load()                      # decode: truncated/corrupt data raise here
     except Image.DecompressionBombError as e:
         raise ImageError(f"too large: {e}") from None
@@ -94,18 +152,53 @@ def encode_bytes(data: bytes, path: str = "", options: ImageOptions = ImageOptio
         raise ImageError(f"corrupt: {type(e).__name__}: {e}") from None
     if w < 1 or h < 1:
         raise ImageError("corrupt: zero-size image")
-    if fmt == "MPO":                    # camera JPEG with an embedded preview: a JPEG
-        fmt = "JPEG"
-    elif getattr(img, "n_frames", 1) > 1:
-        raise ImageError(f"unsupported: multi-frame {fmt} ({img.n_frames} frames)")
-    fits = target == (w, h)
-    if fmt == "JPEG" and img.mode in ("L", "RGB") and fits:
-        return EncodedImage(data, "JPEG", w, h, True)
-    if fmt == "PNG" and img.mode in ("L", "LA", "RGB", "RGBA", "P") and fits:
-        return EncodedImage(data, "PNG", w, h, True)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return _from_array(_to_uint8(np.asarray(img)), options)
-    return _encode(_normalise_mode(img), options, "JPEG" if fmt == "JPEG" else "PNG", target)
+    return img, fmt, rotated, (w, h)
+
+
+def checked(enc: EncodedImage, source: bytes, options: ImageOptions) -> EncodedImage:
+    """``enc`` if TensorFlow decodes its bytes; a passthrough image that TensorFlow
+    rejects is re-encoded from a full Pillow decode. Raises ImageError otherwise."""
+    err = decode_error(enc.data)
+    if err is None:
+        return enc
+    if enc.passthrough:
+        img, fmt, rotated, size = _open_checked(source, options, draft=False)
+        enc = _reencode(img, "JPEG" if fmt in ("JPEG", "MPO") else fmt, rotated,
+                        _upright_size(size, rotated), options)
+        if decode_error(enc.data) is None:
+            return enc
+    raise ImageError(f"corrupt: TensorFlow cannot decode it ({err})")
+
+
+_tf = None
+
+
+def decode_error(data: bytes, full: bool = False) -> str | None:
+    """None when TensorFlow's image decoder (the one training uses) reads ``data``;
+    otherwise its error's first line. JPEGs are checked at 1/8 scale unless ``full``:
+    libjpeg entropy-decodes the whole stream at every scale, so the verdict is the same."""
+    global _tf
+    if _tf is None:
+        if "tensorflow" not in sys.modules:
+            # a worker process: its decode failures are reported in skipped.csv, so
+            # TensorFlow's own error lines for them would only be noise on the console
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        import tensorflow as tf
+        try:                            # one thread per worker: the workers are the parallelism
+            tf.config.threading.set_intra_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:            # already initialised (e.g. in the main process)
+            pass
+        _tf = tf
+    try:
+        if data[:3] == b"\xff\xd8\xff" and not full:
+            _tf.io.decode_jpeg(data, ratio=8)
+        else:
+            _tf.io.decode_image(data, expand_animations=False)
+    except (_tf.errors.OpError, ValueError) as e:
+        msg = str(getattr(e, "message", e)).strip().splitlines()
+        return (msg[0] if msg else type(e).__name__)[:200]
+    return None
 
 
 def _fit(w: int, h: int, max_side: int) -> tuple[int, int]:

@@ -2,7 +2,6 @@
 every shard parses and agrees with dataset.json."""
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections import Counter
@@ -33,12 +32,42 @@ def _histogram(hist: dict[int, int], width: int = 40) -> list[str]:
 
 
 def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
-    """Reads dataset.json and every shard; raises FileNotFoundError without dataset.json."""
-    import tensorflow as tf
-    from tfmicle.data.records import SCHEMA_VERSION, decode_case, load_dataset_info, read_subset
+    """Reads dataset.json and every shard; raises FileNotFoundError without dataset.json.
 
-    info = load_dataset_info(out)
-    r = Inspection(info)
+    Damage (an unreadable or malformed dataset.json, a shard that is a folder or does not
+    parse, a bad subset file) becomes a problem line, never an exception."""
+    from tfmicle.data.records import DATASET_JSON, load_dataset_info
+
+    try:
+        info = load_dataset_info(out)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:              # JSONDecodeError is a ValueError
+        r = Inspection({})
+        r.lines.append(f"dataset {os.path.abspath(out)}")
+        r.problems.append(f"{DATASET_JSON}: unreadable: {type(e).__name__}: {e}")
+        r.lines.append(f"{len(r.problems)} problem(s)")
+        return r
+    r = Inspection(info if isinstance(info, dict) else {})
+    if not isinstance(info, dict) or not isinstance(info.get("splits"), dict):
+        r.lines.append(f"dataset {os.path.abspath(out)}")
+        r.problems.append(f"{DATASET_JSON}: not a data_prep dataset description (no 'splits' "
+                          "object)")
+        r.lines.append(f"{len(r.problems)} problem(s)")
+        return r
+    try:
+        _inspect(out, info, r, decode_images)
+    except Exception as e:      # malformed fields: report, never a traceback
+        r.problems.append(f"{DATASET_JSON}: malformed: {type(e).__name__}: {e}")
+    r.lines.append("OK: every shard parses and matches dataset.json" if r.ok else
+                   f"{len(r.problems)} problem(s)")
+    return r
+
+
+def _inspect(out: str, info: dict, r: Inspection, decode_images: bool) -> None:
+    import tensorflow as tf
+    from tfmicle.data.records import READABLE_VERSIONS, decode_case, read_subset
+
     src = info.get("source", {})
     r.lines.append(f"dataset {os.path.abspath(out)}")
     r.lines.append(f"  schema v{info.get('schema_version')}, task {info.get('task')}, "
@@ -46,10 +75,13 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
                    f"{', '.join(info.get('class_names', []))}")
     r.lines.append(f"  source {src.get('format')} {src.get('manifest')} "
                    f"(sha256 {str(src.get('sha256'))[:12]}...)")
+    if info.get("metadata_columns"):
+        r.lines.append(f"  metadata per image: {', '.join(info['metadata_columns'])}")
     r.lines.append(f"  split seed {info.get('split_seed')}, fractions {info.get('split_fractions')}"
                    f", skipped {info.get('skipped')} {info.get('skipped_reasons', {})}")
-    if info.get("schema_version") != SCHEMA_VERSION:
-        r.problems.append(f"schema version {info.get('schema_version')} != {SCHEMA_VERSION}")
+    if info.get("schema_version") not in READABLE_VERSIONS:
+        r.problems.append(f"schema version {info.get('schema_version')} is not one of "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}")
     seen_patients: dict[str, str] = {}
     for split, s in info.get("splits", {}).items():
         hist: Counter = Counter()
@@ -58,7 +90,8 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
         for shard in s.get("shards", []):
             path = os.path.join(out, shard)
             if not os.path.isfile(path):
-                r.problems.append(f"{shard}: listed in dataset.json but missing")
+                r.problems.append(f"{shard}: listed in dataset.json but "
+                                  f"{'not a file' if os.path.exists(path) else 'missing'}")
                 continue
             try:
                 for rec in tf.data.TFRecordDataset(path):
@@ -74,7 +107,7 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
                         r.problems.append(f"{shard}: case {c.case_id}: image ids != images")
                     if decode_images:
                         _check_images(c, shard, r.problems)
-            except (tf.errors.DataLossError, tf.errors.OpError, ValueError, IndexError) as e:
+            except Exception as e:      # DataLossError, a record that is not a case, ...
                 r.problems.append(f"{shard}: does not parse: {type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else ''}")
         if cases != s.get("cases") or images != s.get("images"):
@@ -94,25 +127,25 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
         for frac, sub in info.get("subsets", {}).get(split, {}).items():
             try:
                 sub_ids = read_subset(out, split, float(frac))
-            except FileNotFoundError as e:
-                r.problems.append(str(e))
+            except (OSError, ValueError, UnicodeDecodeError) as e:
+                r.problems.append(f"subset {split} {frac}: unreadable: {e}")
                 continue
             outside = [i for i in sub_ids if i not in ids]
             if outside:
                 r.problems.append(f"subset {split} {frac}: {len(outside)} ids not in the split")
             r.lines.append(f"    subset {float(frac) * 100:g}%: {len(sub_ids)} cases")
-    r.lines.append("OK: every shard parses and matches dataset.json" if r.ok else
-                   f"{len(r.problems)} problem(s)")
-    return r
 
 
 def _check_images(case, shard: str, problems: list[str]) -> None:
-    from PIL import Image
+    """Each image must be JPEG or PNG and decode with TensorFlow's decoder, the one
+    training uses (data_prep checks the same way before writing)."""
+    from data_prep.images import decode_error
     for img_id, data in zip(case.image_ids, case.images):
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.format not in ("JPEG", "PNG"):
-                    problems.append(f"{shard}: {case.case_id}/{img_id}: {im.format}, not JPEG/PNG")
-                im.load()
-        except Exception as e:
-            problems.append(f"{shard}: {case.case_id}/{img_id}: does not decode ({e})")
+        kind = ("JPEG" if data[:3] == b"\xff\xd8\xff" else
+                "PNG" if data[:8] == b"\x89PNG\r\n\x1a\n" else None)
+        if kind is None:
+            problems.append(f"{shard}: {case.case_id}/{img_id}: not JPEG/PNG")
+            continue
+        err = decode_error(data, full=True)
+        if err:
+            problems.append(f"{shard}: {case.case_id}/{img_id}: does not decode ({err})")

@@ -45,6 +45,33 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: the worker exits when the parent dies, even killed with
+    SIGKILL (which leaves the pool no chance to stop its workers). Linux: the kernel
+    sends SIGKILL at the parent's death (PR_SET_PDEATHSIG); elsewhere, and as a
+    fallback, a thread polls the parent pid."""
+    import signal
+    import threading
+    import time
+
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)               # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):               # pragma: no cover - not Linux
+        pass
+    if os.getppid() != parent:                      # died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
 def _results(work: list[WorkItem], options: ImageOptions, workers: int,
              chunk: int = 8) -> Iterator[CaseResult]:
     """CaseResults in work order; at most a bounded number of chunks in flight."""
@@ -55,7 +82,8 @@ def _results(work: list[WorkItem], options: ImageOptions, workers: int,
     chunks = [[(i, work[i].case) for i in range(s, min(s + chunk, len(work)))]
               for s in range(0, len(work), chunk)]
     ctx = multiprocessing.get_context("spawn")      # never fork a process that runs TF
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_watch_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending: collections.deque[Future] = collections.deque()
         it = iter(chunks)
         try:
@@ -104,14 +132,14 @@ def run_local(plan: Plan, staging: str, options: ImageOptions, workers: int = 0,
                 current = key
             if res.skipped:
                 if strict:
-                    s = res.skipped[0]
-                    raise StrictError(f"--strict: {s.path or s.image_id}: {s.reason}")
+                    raise StrictError(res.skipped[0].strict_message())
                 skipped.extend(res.skipped)
             c: CaseSpec = item.case
             if res.images:
                 ex = encode_case(c.case_id, res.images, res.image_ids, c.patient_id,
-                                 res.views or None, c.label_class, c.label_multi)
-                writer.write(ex.SerializeToString())
+                                 res.views or None, c.label_class, c.label_multi,
+                                 c.meta_keys, res.meta)
+                writer.write(ex.SerializeToString(deterministic=True))
                 cases.append(CaseSummary(c.case_id, c.patient_id, item.split,
                                          os.path.basename(writer.path), res.image_ids,
                                          c.label_class, c.label_multi))

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -21,6 +22,7 @@ from data_prep.images import is_image_file
 log = logging.getLogger(__name__)
 
 # Preferred file when one image id has several files (e.g. ISIC 2020 jpeg/ and DICOM).
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 _EXT_RANK = {e: i for i, e in enumerate((".jpg", ".jpeg", ".png", ".dcm", ".dicom",
                                          ".tif", ".tiff", ".bmp"))}
 
@@ -44,6 +46,11 @@ class Manifest:
     def num_images(self) -> int:
         return sum(len(c.images) for c in self.cases)
 
+    @property
+    def metadata_columns(self) -> list[str]:
+        """Metadata columns kept in the records (union over cases, first-seen order)."""
+        return list(dict.fromkeys(k for c in self.cases for k in c.meta_keys))
+
 
 @dataclass
 class CsvColumns:
@@ -55,6 +62,7 @@ class CsvColumns:
     split: str | None = None          # default "split"
     label: str | None = None          # default "label" (multi-class, class names as text)
     labels: list[str] | None = None   # several columns: multi-label 1/0/-1/blank
+    meta: list[str] | None = None     # metadata columns kept per image (schema v2)
 
 
 @dataclass
@@ -66,6 +74,15 @@ class FormatOptions:
     unlabeled_dirs: tuple[str, ...] = ("unlabeled",)   # folders
     isic2020_label: str = "target"          # "target" | "diagnosis"
     exclude: tuple[str, ...] = ()           # folders never walked (the output folder)
+
+
+def sort_class_names(names: Iterable[str]) -> list[str]:
+    """Class names in their default order: by value when every name is a number
+    ("2" before "10"), as text otherwise."""
+    names = list(names)
+    if names and all(_NUMBER.fullmatch(n) for n in names):
+        return sorted(names, key=lambda n: (float(n), n))
+    return sorted(names)
 
 
 def sha256_file(path: str) -> str:
@@ -109,6 +126,11 @@ def require_columns(path: str, header: list[str], cols: Iterable[str]) -> None:
                         f"has {', '.join(header)}")
 
 
+def row_meta(row: dict[str, str], columns: Iterable[str]) -> dict[str, str]:
+    """The metadata a reader keeps of one row: the given columns the CSV has, as text."""
+    return {c: row[c] for c in columns if c in row}
+
+
 def first_existing(folder: str, names: Iterable[str]) -> str | None:
     for n in names:
         p = os.path.join(folder, n)
@@ -117,21 +139,51 @@ def first_existing(folder: str, names: Iterable[str]) -> str | None:
     return None
 
 
-def walk_images(root: str, exclude: Iterable[str] = ()) -> Iterable[str]:
-    """All image files under root (sorted, hidden entries and excluded folders skipped)."""
+def walk_images(root: str, exclude: Iterable[str] = (),
+                others: list[Skip] | None = None) -> Iterable[str]:
+    """All image files under root (sorted; hidden entries and excluded folders skipped;
+    a symlinked folder is walked once).
+
+    When ``others`` is given, every entry under root that is not yielded is appended to
+    it as a Skip with the reason, so that nothing under root is lost silently: files
+    of other types, hidden files and folders, dangling symlinks, folders reached a
+    second time through a symlink. Excluded folders (the output) are not listed.
+    """
     excl = {os.path.realpath(e) for e in exclude}
-    seen = {os.path.realpath(root)}             # symlinked folders are followed once
+    seen = {os.path.realpath(root): root}       # symlinked folders are followed once
+
+    def other(path: str, reason: str) -> None:
+        if others is not None:
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            others.append(Skip(path, reason, rel))
+
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         keep = []
         for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if not d.startswith(".") and real not in excl and real not in seen:
-                seen.add(real)
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
+            if real in excl:
+                continue
+            if d.startswith("."):
+                other(path, "not read: hidden folder")
+            elif real in seen:
+                other(path, f"duplicate: folder already read as {seen[real]}")
+            else:
+                seen[real] = path
                 keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
-            if is_image_file(name):
-                yield os.path.join(dirpath, name)
+            path = os.path.join(dirpath, name)
+            if name.startswith("."):
+                other(path, "not read: hidden file")
+            elif not os.path.exists(path):
+                other(path, f"missing: dangling symlink to {os.readlink(path)}")
+            elif not is_image_file(name):
+                ext = os.path.splitext(name)[1].lower() or "(none)"
+                other(path, f"unsupported: file type {ext} is not an image type data_prep "
+                            "reads")
+            else:
+                yield path
 
 
 class StemIndex:
@@ -169,27 +221,20 @@ class StemIndex:
 
 class CaseGrouper:
     """Groups rows into cases in source order; a row that contradicts its case (other
-    label, patient or source split) or repeats an image file is skipped with a reason."""
+    label, patient or source split) is skipped with a reason. Repeated images (the same
+    file or the same bytes, also across cases) are data_prep.duplicates' job."""
 
     def __init__(self):
         self.cases: dict[str, CaseSpec] = {}
         self.skipped: list[Skip] = []
-        self._seen_paths: dict[str, str] = {}
 
     def add(self, case_id: str, patient_id: str, image: ImageRef, where: str,
             label_class: int = UNLABELED, label_multi: list[float] | None = None,
             source_split: str | None = None) -> None:
-        key = os.path.normpath(os.path.abspath(image.path)) if image.path else "\0" + image.image_id
-        if key in self._seen_paths:
-            self.skipped.append(Skip(image.path or image.image_id,
-                                     f"duplicate: same image as {self._seen_paths[key]}",
-                                     image.image_id, case_id))
-            return
         case = self.cases.get(case_id)
         if case is None:
             self.cases[case_id] = CaseSpec(case_id, patient_id or case_id, [image], label_class,
                                            label_multi, source_split)
-            self._seen_paths[key] = where
             return
         problem = None
         if (patient_id or case_id) != case.patient_id:
@@ -204,7 +249,6 @@ class CaseGrouper:
                                      image.image_id, case_id))
             return
         case.images.append(image)
-        self._seen_paths[key] = where
 
     def result(self) -> tuple[list[CaseSpec], list[Skip]]:
         return list(self.cases.values()), self.skipped

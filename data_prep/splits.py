@@ -63,32 +63,33 @@ def hash_split(patient_id: str, fractions: dict[str, float], seed: int) -> str:
 
 def assign_splits(cases: Sequence[CaseSpec], fractions: dict[str, float],
                   seed: int) -> list[str]:
-    """The split of each case; all cases of one patient share it.
+    """The split of each case; all cases of one patient (of one split group, when
+    data_prep.duplicates merged patients that share an image) share it.
 
-    A patient with a source split (format's own, or the csv split column) keeps it;
-    a patient without any labeled case goes to 'unlabeled'; every other patient is
-    placed by the seeded hash of the patient id. A patient given two different
+    A group with a source split (format's own, or the csv split column) keeps it;
+    a group without any labeled case goes to 'unlabeled'; every other group is
+    placed by the seeded hash of its id (the patient id). A patient given two different
     source splits is an error (the source would leak a patient across splits).
     """
     source: dict[str, str] = {}
     labeled: set[str] = set()
     for c in cases:
         if c.source_split:
-            prev = source.setdefault(c.patient_id, c.source_split)
+            prev = source.setdefault(c.group, c.source_split)
             if prev != c.source_split:
                 raise UserError(f"patient {c.patient_id!r} is in source splits {prev!r} and "
                                 f"{c.source_split!r}; a patient must stay in one split")
         if c.labeled:
-            labeled.add(c.patient_id)
+            labeled.add(c.group)
     out = []
     for c in cases:
-        p = c.patient_id
-        if p in source:
-            out.append(source[p])
-        elif p not in labeled:
+        g = c.group
+        if g in source:
+            out.append(source[g])
+        elif g not in labeled:
             out.append(UNLABELED_SPLIT)
         else:
-            out.append(hash_split(p, fractions, seed))
+            out.append(hash_split(g, fractions, seed))
     return out
 
 

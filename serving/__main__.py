@@ -47,6 +47,15 @@ def build_parser() -> cli.ArgumentParser:
                    metavar="N", help="threads that parse bodies and check images (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
                    metavar="N", help="processes, each with its own model copy and batcher; 1 is usually best (default: %(default)s)")
+    p.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout_s, metavar="S",
+                   help="close a keep-alive connection idle this long between requests (default: %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s, metavar="S",
+                   help="a request's line and headers must arrive within S of its first byte, else 408 and "
+                        "close (default: %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout_s, metavar="S",
+                   help="longest wait for the next piece of a request body, else 408 and close (default: %(default)s)")
+    p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes, metavar="BYTES",
+                   help="largest request line + headers, 431 above (default: %(default)s)")
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     return p
 
@@ -78,7 +87,9 @@ def serve(args) -> int:
         max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
         max_body_bytes=args.max_body_bytes, max_images=args.max_images, max_pixels=args.max_pixels,
         max_queue_images=args.max_queue_images, api_key=api_key, poll_seconds=args.poll_seconds,
-        decode_threads=args.decode_threads, workers=args.workers, log_level=args.log_level,
+        decode_threads=args.decode_threads, workers=args.workers, keep_alive_timeout_s=args.keep_alive_timeout,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        max_header_bytes=args.max_header_bytes, log_level=args.log_level,
     )
     try:
         config.validate()
@@ -96,14 +107,13 @@ def serve(args) -> int:
     setup_logging(config.log_level)
     import uvicorn
 
+    from .protocol import PROTOCOL, configure
+
+    configure(config.header_timeout_s, config.max_header_bytes)
     if config.workers > 1:
         if config.port == 0:
             raise cli.UsageError("--port 0 needs --workers 1 (the workers must share a known port)")
-        os.environ[CONFIG_ENV] = config.to_json()
-        log.info("starting %d workers on http://%s:%d", config.workers, config.host, config.port)
-        uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
-                    workers=config.workers, log_config=None, access_log=False, log_level=config.log_level)
-        return 0
+        return _serve_workers(config, uvicorn, PROTOCOL)
 
     sock = _listen(config.host, config.port)
     from .app import create_app
@@ -119,8 +129,35 @@ def serve(args) -> int:
     print(f"serving: listening on http://{shown}:{port} (model '{config.model_name}', "
           f"version {app.state.serving.repository.current.version})", file=sys.stderr, flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, log_level=config.log_level,
-                                           timeout_graceful_shutdown=10))
+                                           timeout_graceful_shutdown=10, http=PROTOCOL, ws="none",
+                                           timeout_keep_alive=config.keep_alive_timeout_s))
     server.run(sockets=[sock])
+    return 0
+
+
+def _serve_workers(config: ServingConfig, uvicorn, protocol: str) -> int:
+    """N worker processes on one port; /metrics sums over them (serving.metrics' multiprocess
+    mode, in a fresh folder unless PROMETHEUS_MULTIPROC_DIR is set already)."""
+    import shutil
+    import tempfile
+
+    from .metrics import MULTIPROC_ENV
+
+    os.environ[CONFIG_ENV] = config.to_json()
+    own_dir = None
+    if not os.environ.get(MULTIPROC_ENV):
+        own_dir = os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="serving-metrics-")
+    shown = f"[{config.host}]" if ":" in config.host else config.host
+    # The same line as one worker prints (scripts and the tests read the port from it).
+    print(f"serving: listening on http://{shown}:{config.port} (model '{config.model_name}', "
+          f"{config.workers} workers)", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run("serving.app:create_app_from_env", factory=True, host=config.host, port=config.port,
+                    workers=config.workers, log_config=None, access_log=False, log_level=config.log_level,
+                    http=protocol, ws="none", timeout_keep_alive=config.keep_alive_timeout_s)
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
     return 0
 
 

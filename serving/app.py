@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .batcher import Batcher
 from .config import CONFIG_ENV, ServingConfig, setup_logging
-from .errors import ApiError
+from .errors import ApiError, bounded
 from .metrics import Metrics
 from .middleware import GatewayMiddleware
 from .repository import ModelRepository
@@ -64,6 +64,7 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
             repository.stop_polling()
             await batcher.stop()
             state.pool.shutdown(wait=False, cancel_futures=True)
+            metrics.close()
 
     app = FastAPI(
         title="tfmicle serving",
@@ -79,14 +80,14 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
     # -- errors: always JSON {"error": ...}, never a traceback ----------------------
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers or None)
+        return JSONResponse({"error": bounded(exc.message)}, status_code=exc.status, headers=exc.headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         status, detail = exc.status_code, str(exc.detail)
         if status == 400 and detail.startswith("Too many files"):
             status, detail = 413, f"too many images in one request (limit {config.max_images}, --max-images)"
-        return JSONResponse({"error": detail}, status_code=status, headers=getattr(exc, "headers", None))
+        return JSONResponse({"error": bounded(detail)}, status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -95,7 +96,7 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
             loc = [str(p) for p in e.get("loc", ())]
             where = f"{loc[0]} parameter {'.'.join(loc[1:])}" if loc and loc[0] in ("query", "path") else ".".join(loc)
             parts.append(f"{where}: {e.get('msg', 'invalid')}")
-        return JSONResponse({"error": "; ".join(parts) or "invalid request"}, status_code=422)
+        return JSONResponse({"error": bounded("; ".join(parts) or "invalid request")}, status_code=422)
 
     @app.exception_handler(ClientDisconnect)
     async def _client_gone(request: Request, exc: ClientDisconnect):
@@ -106,7 +107,9 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
     async def _internal_error(request: Request, exc: Exception):
         log.error("unhandled error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc,
                   exc_info=exc)
-        return JSONResponse({"error": "internal server error"}, status_code=500)
+        # Starlette re-raises after this response and uvicorn then drops the connection:
+        # say so, so a keep-alive client opens a new one instead of reading a reset.
+        return JSONResponse({"error": "internal server error"}, status_code=500, headers={"Connection": "close"})
 
     for router in ROUTERS:
         app.include_router(router)
@@ -128,7 +131,7 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
     app.openapi = custom_openapi  # type: ignore[method-assign]
 
     app.add_middleware(GatewayMiddleware, metrics=metrics, api_key=config.api_key,
-                       max_body_bytes=config.max_body_bytes)
+                       max_body_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s)
     return app
 
 
@@ -136,6 +139,9 @@ def create_app_from_env() -> FastAPI:
     """Factory for `--workers N`: each worker process reads the settings the CLI left in the environment."""
     import os
 
+    from .protocol import configure
+
     config = ServingConfig.from_json(os.environ[CONFIG_ENV])
     setup_logging(config.log_level)
+    configure(config.header_timeout_s, config.max_header_bytes)  # this worker's connections
     return create_app(config)

@@ -34,6 +34,10 @@ class ServingConfig:
     poll_seconds: float = 2.0  # how often to look for new versions; 0 = never
     decode_threads: int = field(default_factory=_default_decode_threads)
     workers: int = 1
+    keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's default)
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this of their first byte
+    body_timeout_s: float = 30.0  # longest wait for the next piece of a request body (nginx's idea)
+    max_header_bytes: int = 64 * 1024  # request line + headers, 431 above (nginx allows 4 x 8 KiB)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -52,6 +56,10 @@ class ServingConfig:
             (self.poll_seconds >= 0, "--poll-seconds must be >= 0"),
             (self.decode_threads >= 1, "--decode-threads must be >= 1"),
             (self.workers >= 1, "--workers must be >= 1"),
+            (self.keep_alive_timeout_s > 0, "--keep-alive-timeout must be > 0"),
+            (self.header_timeout_s > 0, "--header-timeout must be > 0"),
+            (self.body_timeout_s > 0, "--body-timeout must be > 0"),
+            (self.max_header_bytes >= 1024, "--max-header-bytes must be >= 1024"),
             (0 <= self.port <= 65535, "--port must be in 0..65535"),
             (self.api_key is None or self.api_key.strip() != "", "--api-key must not be empty"),
         ]

@@ -1,9 +1,22 @@
-"""Prometheus metrics, one registry per app (so tests can run several apps)."""
+"""Prometheus metrics: one registry per app (so tests can run several apps), or, under
+``--workers N``, prometheus_client's multiprocess mode, so that a scrape of /metrics,
+whichever worker answers it, gives the sum over all workers.
+
+Multiprocess mode is on when ``PROMETHEUS_MULTIPROC_DIR`` is set (the CLI sets it to a
+fresh folder for ``--workers N`` before the workers start, as prometheus_client needs it
+set before it is imported): each worker writes its values to files there and /metrics
+reads them all. Counters and histograms add up; the gauges say how they combine.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics
+from prometheus_client import multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 disable_created_metrics()  # the *_created series double the output and nobody graphs them
 
@@ -15,7 +28,10 @@ class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
+        self.registry = CollectorRegistry(auto_describe=True)
+        # In multiprocess mode the values live in the shared folder, not in a registry.
+        r = None if self.multiprocess else self.registry
         self.requests = Counter(
             "serving_requests_total", "HTTP requests by route template, method and status.",
             ["route", "method", "status"], registry=r,
@@ -39,8 +55,10 @@ class Metrics:
         self.inference = Histogram(
             "serving_inference_duration_seconds", "Model call latency.", buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.queue_images = Gauge("serving_queue_images", "Images waiting for the model.", registry=r)
-        self.model_version = Gauge("serving_model_version", "Version being served.", ["model"], registry=r)
+        self.queue_images = Gauge("serving_queue_images", "Images waiting for the model (all workers).",
+                                  registry=r, multiprocess_mode="livesum")
+        self.model_version = Gauge("serving_model_version", "Version being served (the lowest over the workers).",
+                                   ["model"], registry=r, multiprocess_mode="livemin")
         self.model_loads = Counter(
             "serving_model_loads_total", "Model version loads by result.", ["model", "result"], registry=r,
         )
@@ -51,4 +69,13 @@ class Metrics:
             self.model_version.labels(model).set(version)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """At worker exit: its live gauges (queue, version) stop counting."""
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())

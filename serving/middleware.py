@@ -6,19 +6,26 @@ In this order, for every HTTP request:
 2. API key: when one is set, refuse with 401 before any body is read, except
    the health checks;
 3. body limit: 413 from Content-Length before reading, or as soon as a
-   streamed body passes the limit.
+   streamed body passes the limit;
+4. body timeout: 408 (and the connection closed) when the next piece of a body
+   does not come within ``body_timeout_s``.
+(The header timeout and size limit act before a request reaches the app:
+serving.protocol.)
 One class rather than three stacked ones: each ASGI layer costs every request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from .errors import ApiError, BodyTooLarge
+from tfmicle.model_format import parse_uint
+
+from .errors import ApiError, BodyTooLarge, bounded
 from .metrics import Metrics
 
 Scope = dict[str, Any]
@@ -32,7 +39,7 @@ PUBLIC_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 
 
 async def send_json_error(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": message}).encode()
+    body = json.dumps({"error": bounded(message)}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -40,11 +47,13 @@ async def send_json_error(send: Send, status: int, message: str, headers: dict[s
 
 
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, api_key: str | None, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, metrics: Metrics, api_key: str | None, max_body_bytes: int,
+                 body_timeout_s: float = 30.0):
         self.app = app
         self.metrics = metrics
         self.key = api_key.encode() if api_key else None
         self.limit = int(max_body_bytes)
+        self.body_timeout = float(body_timeout_s)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -68,10 +77,19 @@ class GatewayMiddleware:
                 await send_json_error(observed_send, *refusal)
                 return
             received = 0
+            body_done = False
 
             async def limited_receive() -> dict:
-                nonlocal received
-                message = await receive()
+                nonlocal received, body_done
+                if body_done:  # later calls only wait for a disconnect: no deadline
+                    return await receive()
+                try:
+                    message = await asyncio.wait_for(receive(), self.body_timeout)
+                except asyncio.TimeoutError:
+                    access_log.info("request body stalled for %gs on %s; closing", self.body_timeout, scope.get("path"))
+                    raise ApiError(408, f"request body stalled: nothing received for {self.body_timeout:g}s "
+                                        "(--body-timeout)", {"Connection": "close"}) from None
+                body_done = message["type"] != "http.request" or not message.get("more_body", False)
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > self.limit:
@@ -102,10 +120,9 @@ class GatewayMiddleware:
                 message = "wrong API key" if authorization else "missing API key: send 'Authorization: Bearer <key>'"
                 return 401, message, {"WWW-Authenticate": "Bearer"}
         if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                return 400, "invalid Content-Length header", {}
+            size = parse_uint(declared.decode("latin-1").strip())
+            if size is None:
+                return 400, "invalid Content-Length header", {"Connection": "close"}
             if size > self.limit:
                 return 413, BodyTooLarge(self.limit).message, {}
         return None

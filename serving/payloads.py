@@ -14,17 +14,31 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from .errors import ApiError
+from .errors import ApiError, excerpt
 from .images import decode_base64, validate_image
 from .model import ServedModel
 from .schemas import ClassifyRequest, InferRequest, PredictRequest
 
 
+MAX_JSON_INT_DIGITS = 30  # more than any int64 / uint64 a client could mean; Python's own cap is 4300
+MAX_SHAPE_RANK = 16  # OIP shapes; keeps math.prod of client numbers cheap
+
+
+def _json_int(text: str) -> int:
+    """json's parse_int: refuses integers no field here could hold before int() does
+    work on them (int() of a 5,000-digit string raises a plain ValueError)."""
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ApiError(400, f"malformed JSON: an integer with {len(text.lstrip('-'))} digits "
+                            f"(at most {MAX_JSON_INT_DIGITS})")
+    return int(text)
+
+
 def validation_message(err: ValidationError, prefix: str = "") -> str:
-    """Pydantic errors as one line, locations and messages only (never the input)."""
+    """Pydantic errors as one line, locations and messages only (never the input; a key
+    the client invented shows as a short excerpt)."""
     parts = []
     for e in err.errors()[:3]:
-        loc = ".".join(str(p) for p in e.get("loc", ())) or "body"
+        loc = ".".join(str(p) if len(str(p)) <= 32 else excerpt(str(p), 32) for p in e.get("loc", ())) or "body"
         parts.append(f"{prefix}{loc}: {e.get('msg', 'invalid')}")
     more = len(err.errors()) - len(parts)
     if more > 0:
@@ -36,13 +50,15 @@ def load_json(body: bytes) -> Any:
     if not body or not body.strip():
         raise ApiError(400, "empty body: send a JSON object")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_int=_json_int)
     except UnicodeDecodeError:
         raise ApiError(400, "body is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise ApiError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as e:  # json's other refusals (e.g. Python's int digit limit)
+        raise ApiError(400, f"malformed JSON: {type(e).__name__}") from None
 
 
 def parse_model(cls: type[BaseModel], data: Any) -> Any:
@@ -120,7 +136,7 @@ def parse_predict(body: bytes, input_name: str, max_images: int, max_pixels: int
     data = load_json(body)
     req: PredictRequest = parse_model(PredictRequest, data)
     if req.signature_name not in (None, "", "serving_default"):
-        raise ApiError(400, f"unknown signature_name '{req.signature_name}'; only 'serving_default' is served")
+        raise ApiError(400, f"unknown signature_name {excerpt(req.signature_name)}; only 'serving_default' is served")
     if (req.instances is None) == (req.inputs is None):
         raise ApiError(400, "send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
     if req.instances is not None:
@@ -164,15 +180,17 @@ def _check_infer(req: InferRequest, model: ServedModel) -> tuple[Any, int]:
         raise ApiError(400, f"this model takes exactly one input ('{model.input.name}', BYTES), got {len(req.inputs)}")
     inp = req.inputs[0]
     if inp.name != model.input.name:
-        raise ApiError(400, f"unknown input '{inp.name}'; this model's input is '{model.input.name}' (BYTES)")
+        raise ApiError(400, f"unknown input {excerpt(inp.name)}; this model's input is '{model.input.name}' (BYTES)")
     if inp.datatype.upper() != "BYTES":
-        raise ApiError(400, f"input '{inp.name}' must have datatype BYTES (base64-encoded images), got {inp.datatype}")
-    if any(d < 0 for d in inp.shape) or not inp.shape:
-        raise ApiError(400, f"input '{inp.name}' has an invalid shape {inp.shape}")
+        raise ApiError(400, f"input '{inp.name}' must have datatype BYTES (base64-encoded images), "
+                            f"got {excerpt(inp.datatype)}")
+    if not inp.shape or len(inp.shape) > MAX_SHAPE_RANK or any(d < 0 for d in inp.shape):
+        raise ApiError(400, f"input '{inp.name}' has an invalid shape {excerpt(inp.shape)} "
+                            f"(1 to {MAX_SHAPE_RANK} non-negative sizes)")
     n = math.prod(inp.shape)
     for out in req.outputs or []:
         if out.name != model.output.name:
-            raise ApiError(400, f"unknown output '{out.name}'; this model's output is '{model.output.name}'")
+            raise ApiError(400, f"unknown output {excerpt(out.name)}; this model's output is '{model.output.name}'")
     return inp, n
 
 
@@ -183,7 +201,8 @@ def parse_infer_json(body: bytes, model: ServedModel, max_images: int, max_pixel
         raise ApiError(400, f"input '{inp.name}' has no data")
     values = _flatten(inp.data)
     if len(values) != n:
-        raise ApiError(400, f"input '{inp.name}' has shape {inp.shape} ({n} elements) but {len(values)} data elements")
+        raise ApiError(400, f"input '{inp.name}' has shape {excerpt(inp.shape)} ({excerpt(n)} elements) "
+                            f"but {len(values)} data elements")
     check_count(n, max_images)
     return req, decode_all(values, max_pixels)
 
@@ -201,11 +220,11 @@ def parse_infer_binary(body: bytes, header_length: int, model: ServedModel, max_
             raise ApiError(400, f"input '{inp.name}' has neither data nor binary_data_size")
         values = _flatten(inp.data)
         if len(values) != n:
-            raise ApiError(400, f"input '{inp.name}' has shape {inp.shape} but {len(values)} data elements")
+            raise ApiError(400, f"input '{inp.name}' has shape {excerpt(inp.shape)} but {len(values)} data elements")
         return req, decode_all(values, max_pixels)
     blob = body[header_length:]
-    if not isinstance(size, int) or size != len(blob):
-        raise ApiError(400, f"binary_data_size {size} does not match the {len(blob)} bytes after the header")
+    if type(size) is not int or size != len(blob):
+        raise ApiError(400, f"binary_data_size {excerpt(size)} does not match the {len(blob)} bytes after the header")
     images, pos = [], 0
     while pos < len(blob):
         if pos + 4 > len(blob):
@@ -217,7 +236,7 @@ def parse_infer_binary(body: bytes, header_length: int, model: ServedModel, max_
         images.append(blob[pos:pos + length])
         pos += length
     if len(images) != n:
-        raise ApiError(400, f"input '{inp.name}' has shape {inp.shape} but {len(images)} binary elements")
+        raise ApiError(400, f"input '{inp.name}' has shape {excerpt(inp.shape)} but {len(images)} binary elements")
     return req, check_images(images, max_pixels)
 
 

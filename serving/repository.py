@@ -1,9 +1,12 @@
 """A TF-Serving-style model repository: ``<base>/<integer version>/``.
 
-The highest loadable version is served. A background thread polls the
-folder; a new version is loaded once its files have stopped changing between
-two polls, checked and smoke-tested, then swapped in with one reference
-assignment, so batches already running keep the model they started with.
+The highest loadable version is served. A version folder counts only once it is
+published (tfmicle.model_format's rule: ``published.json`` written last, every file
+it lists there at its size); an unpublished folder is ignored, with one log line
+saying why. A background thread polls the folder; a new published version is
+loaded once its files have stopped changing between two polls, checked and
+smoke-tested, then swapped in with one reference assignment, so batches already
+running keep the model they started with.
 A version that fails to load is refused (logged, counted) and the current one
 keeps serving; it is retried only if its files change.
 """
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tfmicle.model_format import list_versions
+from tfmicle.model_format import list_versions, unpublished_reason
 
 from .model import ModelLoadError, ServedModel, load_version
 
@@ -66,6 +69,7 @@ class ModelRepository:
         self._current: ServedModel | None = None
         self._failed: dict[int, tuple[Fingerprint, str]] = {}
         self._seen: dict[int, Fingerprint] = {}
+        self._unpublished: dict[int, str] = {}  # version -> why it is ignored (logged once)
         self._lock = threading.Lock()  # one load at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,6 +100,19 @@ class ModelRepository:
             log.error("cannot load %s version %d: %s", self.name, version, msg)
         return None
 
+    def _published(self, version: int) -> bool:
+        """True when the version folder is complete by the publish rule; logs why not,
+        once per version and reason."""
+        reason = unpublished_reason(self.base_path / str(version))
+        if reason is None:
+            if self._unpublished.pop(version, None) is not None:
+                log.info("%s version %d is now published", self.name, version)
+            return True
+        if self._unpublished.get(version) != reason:
+            self._unpublished[version] = reason
+            log.warning("ignoring %s version %d until it is published: %s", self.name, version, reason)
+        return False
+
     def _swap(self, model: ServedModel) -> None:
         old = self._current
         self._current = model
@@ -111,6 +128,8 @@ class ModelRepository:
             if not versions:
                 raise NoModelError(f"no integer version folders (e.g. {self.base_path / '1'}) in {self.base_path}")
             for v in versions:
+                if not self._published(v):
+                    continue
                 fp = fingerprint(self.base_path / str(v))
                 self._seen[v] = fp
                 model = self._try_load(v, fp)
@@ -118,6 +137,8 @@ class ModelRepository:
                     self._swap(model)
                     return model
             errors = "; ".join(f"version {v}: {self._failed[v][1]}" for v in versions if v in self._failed)
+            errors = errors or "; ".join(f"version {v}: {self._unpublished[v]}" for v in versions[:3]
+                                         if v in self._unpublished)
             raise NoModelError(f"no loadable version in {self.base_path}: {errors}")
 
     def poll(self) -> bool:
@@ -126,11 +147,15 @@ class ModelRepository:
             versions = list_versions(self.base_path)
             for gone in set(self._failed) - set(versions):
                 del self._failed[gone]  # deleted folders drop out of the status
+            for gone in set(self._unpublished) - set(versions):
+                del self._unpublished[gone]
             current = self._current
             current_present = current is not None and current.version in versions
             for v in versions:
                 if current_present and v <= current.version:
                     break
+                if not self._published(v):
+                    continue
                 fp = fingerprint(self.base_path / str(v))
                 failed = self._failed.get(v)
                 if failed is not None and failed[0] == fp:

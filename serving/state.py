@@ -6,21 +6,30 @@ the versioned paths. Map: docs/architecture.md."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from fastapi import Depends, Path, Request
 
+from tfmicle.model_format import parse_uint
+
 from .batcher import Batcher
 from .config import ServingConfig
-from .errors import ApiError
+from .errors import ApiError, excerpt
 from .metrics import Metrics
 from .model import ServedModel
 from .repository import ModelRepository
 from .schemas import ErrorResponse
 
+log = logging.getLogger(__name__)
+
 SERVER_NAME = "tfmicle-serving"
+# What a parser of client input may raise on input nobody foresaw; offload() maps these
+# to a 400 (real server faults, e.g. MemoryError or the model's own errors, stay 5xx).
+PARSE_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, struct.error)
 JSON_TYPES = {"", "application/json", "text/plain", "application/x-www-form-urlencoded"}  # curl -d sends the last
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
 VERSION_SEGMENT = "/versions/{version}"
@@ -35,24 +44,32 @@ class State:
     pool: ThreadPoolExecutor | None = None
 
     async def offload(self, fn: Callable, *args: Any) -> Any:
+        """Runs a parser of client input (serving.payloads) in the decode pool. Its
+        refusals are ApiErrors; anything else it raises on odd input is a parser gap,
+        logged as such and answered 400, never 500."""
         assert self.pool is not None
         try:
             return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
         except ApiError as e:
             self.metrics.invalid_requests.labels(str(e.status)).inc()
             raise
+        except PARSE_ERRORS as e:
+            log.error("parser gap: %s raised %s on client input; answered 400", getattr(fn, "__name__", fn),
+                      type(e).__name__, exc_info=e)
+            self.metrics.invalid_requests.labels("400").inc()
+            raise ApiError(400, f"could not parse the request ({type(e).__name__})") from None
 
     def resolve(self, name: str, version: str | None = None) -> tuple[ServedModel, int | None]:
         if name != self.config.model_name:
-            raise ApiError(404, f"model '{name}' not found; this server serves '{self.config.model_name}'")
+            raise ApiError(404, f"model {excerpt(name)} not found; this server serves '{self.config.model_name}'")
         model = self.repository.current
         if model is None:
             raise ApiError(503, "no model version is loaded")
         if version is None:
             return model, None
-        if not version.isdigit():
-            raise ApiError(404, f"version '{version}' of model '{name}' not found (versions are integers)")
-        v = int(version)
+        v = parse_uint(version)
+        if v is None:
+            raise ApiError(404, f"version {excerpt(version)} of model '{name}' not found (versions are integers)")
         if v != model.version:
             raise ApiError(404, f"version {v} of model '{name}' is not served (serving version {model.version})")
         return model, v
@@ -111,7 +128,7 @@ def media_type(request: Request) -> str:
 def require_json(request: Request) -> None:
     mt = media_type(request)
     if mt not in JSON_TYPES and not mt.endswith("+json"):
-        raise ApiError(415, f"unsupported Content-Type '{mt}'; send application/json")
+        raise ApiError(415, f"unsupported Content-Type {excerpt(mt)}; send application/json")
 
 
 def json_body(model: str) -> dict:

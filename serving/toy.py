@@ -1,6 +1,6 @@
 """Small SavedModels with the serving contract, for tests, smoke checks and benchmarks.
 
-``python -m serving.toy OUT/<name>/1`` writes the mean-colour model; serve it with
+``python -m serving.toy OUT/<name>/1`` writes (and publishes) the mean-colour model; serve it with
 ``python -m serving --model-base-path OUT/<name>``.
 
 The mean-colour model: decode (JPEG/PNG, 3 channels) -> area-resize to
@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfmicle.model_format import write_labels
+from tfmicle.model_format import publish, write_labels
 
 
 def _decode(size: int, method: str):
@@ -37,9 +37,11 @@ def _decode(size: int, method: str):
     return decode
 
 
-def _write_labels(export_dir: Path, labels: Sequence[str] | None) -> None:
+def _finish(export_dir: Path, labels: Sequence[str] | None) -> None:
+    """labels.txt, then the publish marker last (tfmicle.model_format's rule)."""
     if labels is not None:
         write_labels(export_dir, labels)
+    publish(export_dir)
 
 
 def save_mean_colour_model(
@@ -80,7 +82,7 @@ def save_mean_colour_model(
     export_dir = Path(export_dir)
     module = MeanColour()
     tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
-    _write_labels(export_dir, labels)
+    _finish(export_dir, labels)
     return export_dir
 
 
@@ -130,7 +132,7 @@ def save_cnn_model(export_dir: str | Path, num_classes: int = 5, size: int = 96,
     export_dir = Path(export_dir)
     module = Classifier()
     tf.saved_model.save(module, str(export_dir), signatures={"serving_default": module.serve})
-    _write_labels(export_dir, labels if labels is not None else [f"class_{i}" for i in range(num_classes)])
+    _finish(export_dir, labels if labels is not None else [f"class_{i}" for i in range(num_classes)])
     return export_dir
 
 

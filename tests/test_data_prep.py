@@ -412,7 +412,9 @@ def test_folders_classes_unlabeled_and_case_regex(tmp_path):
     info = run("folders", root, tmp_path / "out", format_options=FormatOptions(
         case_regex=r"^(?P<case>(?P<patient>P\w\d)_visit\d)_"))
     assert info["class_names"] == ["benign", "malignant"]
-    got = check_accounting(tmp_path / "out", list(expect), {})
+    # every file under the input is a record or a skipped row: the text file is listed
+    got = check_accounting(tmp_path / "out", list(expect) + ["benign/notes.txt"],
+                           {"benign/notes.txt": "unsupported: file type .txt"})
     check_no_patient_leak(got)
     for cid, (split, c) in got.items():
         for i in c.image_ids:

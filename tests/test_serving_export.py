@@ -4,6 +4,7 @@ answers checked against the SavedModel called directly."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,14 @@ def test_server_serves_the_tfmicle_export(root):
     direct = tf.saved_model.load(str(version_dir)).signatures["serving_default"](
         images=tf.constant(images))["probabilities"].numpy()
     labels = (version_dir / "assets" / "labels.txt").read_text().split()
+    # export published it: the marker lists every other file of the folder at its size
+    from tfmicle.model_format import PUBLISHED_FILE, unpublished_reason
+
+    listed = json.loads((version_dir / PUBLISHED_FILE).read_text())["files"]
+    on_disk = {p.relative_to(version_dir).as_posix(): p.stat().st_size for p in version_dir.rglob("*") if p.is_file()}
+    assert listed == {k: v for k, v in on_disk.items() if k != PUBLISHED_FILE}
+    assert {"saved_model.pb", "assets/labels.txt", "assets/metadata.json"} <= set(listed)
+    assert any(k.startswith("variables/") for k in listed) and unpublished_reason(version_dir) is None
 
     with ServerProcess(version_dir.parent, "--poll-seconds", "0") as server, \
             httpx.Client(base_url=server.url, timeout=60) as c:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from serving.harness import REPO_ROOT, ServerProcess, encode, random_pixels
 from serving.toy import expected_mean_colour, save_cnn_model, save_mean_colour_model
+from tfmicle.model_format import PUBLISHED_FILE, publish
 
 httpx = pytest.importorskip("httpx")
 
@@ -78,6 +80,7 @@ def test_new_versions_are_picked_up_and_broken_ones_refused(tmp_path):
             # v3: corrupt -> refused, v2 keeps serving
             (base / "3").mkdir()
             (base / "3" / "saved_model.pb").write_bytes(b"\x08\x01 this is not a SavedModel" * 20)
+            publish(base / "3")  # published, so tried (and refused), not just ignored
             wait_for(lambda: 'serving_model_loads_total{model="m",result="failure"} 1.0' in c.get("/metrics").text,
                      what="the refusal of version 3")
             time.sleep(0.5)  # a few more polls: it must not be retried or swapped in
@@ -113,6 +116,54 @@ def test_new_versions_are_picked_up_and_broken_ones_refused(tmp_path):
         elif v == 2:
             np.testing.assert_allclose([top[str(i)] for i in range(3)], expected[2], atol=1e-5)
     assert re.search(r"refused m version 3, still serving version 2", log)
+    assert "Traceback" not in log
+
+
+def copy_slowly(src, dst, marker_first: bool, pause: float) -> list[str]:
+    """Copies a version folder one file at a time, ``pause`` seconds apart (slower than
+    the server's polls): labels.txt after the model files, the marker last or first."""
+    files = sorted(str(p.relative_to(src)) for p in src.rglob("*") if p.is_file())
+    labels = os.path.join("assets", "labels.txt")
+    rest = [f for f in files if f not in (labels, PUBLISHED_FILE)]
+    order = [*rest, labels, PUBLISHED_FILE] if not marker_first else [PUBLISHED_FILE, *rest, labels]
+    for f in order:
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / f, dst / f)
+        yield f
+        time.sleep(pause)
+
+
+@pytest.mark.slow
+def test_a_version_copied_file_by_file_is_served_only_once_published(tmp_path):
+    """The publish rule: a folder copied in file by file (as rsync or a bucket sync does) is
+    served only when complete, so its labels are there; the marker's file sizes make the
+    rule hold even when the marker happens to be copied first."""
+    base, staging = tmp_path / "models" / "m", tmp_path / "staging"
+    save_mean_colour_model(base / "1", W1, B1, labels=LABELS)
+    save_mean_colour_model(staging / "2", W2, B2, labels=["x2", "y2", "z2"])
+    save_mean_colour_model(staging / "3", W1, B2, labels=["x3", "y3", "z3"])
+    pixels = random_pixels(np.random.default_rng(5), 64, 64)
+    image = base64.b64encode(encode(pixels)).decode()
+
+    def labelled_scores(c) -> tuple[int, dict]:
+        body = c.post("/classify", json={"images": [image]}, params={"top_k": 3}).json()
+        return body["model_version"], {x["label"]: x["score"] for x in body["images"][0]["top"]}
+
+    with ServerProcess(base, "--poll-seconds", "0.2") as server, httpx.Client(base_url=server.url, timeout=30) as c:
+        for version, marker_first, want_before in ((2, False, 1), (3, True, 2)):
+            for copied in copy_slowly(staging / str(version), base / str(version), marker_first, pause=0.6):
+                if copied != PUBLISHED_FILE or marker_first:
+                    assert served_version(c) == want_before, (version, copied)
+            wait_for(lambda: served_version(c) == version, what=f"version {version}")
+            served, scores = labelled_scores(c)
+            weights, bias = {2: (W2, B2), 3: (W1, B2)}[version]
+            names = [f"{x}{version}" for x in "xyz"]
+            assert served == version and set(scores) == set(names), scores
+            np.testing.assert_allclose([scores[n] for n in names], expected_mean_colour(pixels, weights, bias),
+                                       atol=1e-5)
+        log = server.log_text()
+    assert re.search(rf"ignoring m version 2 until it is published: no {PUBLISHED_FILE}", log), log[-2000:]
+    assert re.search(r"ignoring m version 3 until it is published: .* is missing \(copy in progress", log), log[-2000:]
     assert "Traceback" not in log
 
 
@@ -157,6 +208,12 @@ def test_cli_usage_mistakes_exit_2_with_one_line(tmp_path):
 def test_cli_no_loadable_version_exits_2(tmp_path):
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "saved_model.pb").write_bytes(b"junk")
-    r = run_cli("--model-base-path", str(tmp_path))
+    r = run_cli("--model-base-path", str(tmp_path))  # not published: not even tried
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith("serving: error: no loadable version")
+    assert f"no {PUBLISHED_FILE}" in r.stderr.strip().splitlines()[-1]
+    publish(tmp_path / "1")
+    r = run_cli("--model-base-path", str(tmp_path))  # published but broken: tried and refused
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("serving: error: no loadable version")
+    assert "cannot load SavedModel" in r.stderr.strip().splitlines()[-1]

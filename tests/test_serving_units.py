@@ -208,3 +208,140 @@ def test_load_version_checks_the_contract(tmp_path):
         load_version(tmp_path / "garbage", "m", 1)
     with pytest.raises(ModelLoadError, match="no saved_model.pb"):
         load_version(tmp_path, "m", 1)
+
+
+# -- the publish rule (tfmicle.model_format) -----------------------------------------------------------
+def test_parse_uint_takes_ascii_digits_only():
+    from tfmicle.model_format import parse_uint
+
+    assert [parse_uint(t) for t in ("0", "12", "007", "9" * 18)] == [0, 12, 7, 10**18 - 1]
+    # str.isdigit() passes all of these; int() refuses the first, reads the next two as 3 and 12
+    for text in ("²", "٣", "１２", "9" * 19, "9" * 5000, "", " 1", "-1", "1e3", "+1"):
+        assert parse_uint(text) is None, text
+
+
+def test_publish_rule(tmp_path):
+    import json
+    import os
+
+    from tfmicle.model_format import PUBLISHED_FILE, list_versions, publish, resolve_version, unpublished_reason
+
+    base = tmp_path / "m"
+    v = base / "1"
+    files = {"saved_model.pb": b"\x08" * 300, "variables/variables.index": b"i" * 40,
+             "variables/variables.data-00000-of-00001": b"d" * 5000, "assets/labels.txt": b"a\nb\n"}
+    for rel, data in files.items():
+        (v / rel).parent.mkdir(parents=True, exist_ok=True)
+        (v / rel).write_bytes(data)
+    for odd in ("²", "٣", "01", ".tmp-export-2-x"):  # not version folders
+        (base / odd).mkdir()
+    assert list_versions(base) == [1]
+    assert f"no {PUBLISHED_FILE}" in unpublished_reason(v)
+    with pytest.raises(FileNotFoundError, match="no published version"):
+        resolve_version(str(base))
+    with pytest.raises(FileNotFoundError, match="not published"):
+        resolve_version(str(v))
+
+    publish(v)
+    marker = json.loads((v / PUBLISHED_FILE).read_text())
+    assert marker["files"] == {rel: len(data) for rel, data in files.items()}
+    assert sorted(os.listdir(v)) == ["assets", PUBLISHED_FILE, "saved_model.pb", "variables"]  # no temp file left
+    assert unpublished_reason(v) is None
+    assert resolve_version(str(base)) == (str(v), 1) and resolve_version(str(v)) == (str(v), 1)
+
+    (v / "assets/labels.txt").write_bytes(b"a\n")  # a copy still in progress
+    assert "assets/labels.txt has 2 bytes" in unpublished_reason(v)
+    (v / "assets/labels.txt").write_bytes(files["assets/labels.txt"])
+    (v / "variables/variables.index").unlink()
+    assert "variables/variables.index, listed in" in unpublished_reason(v)
+    (v / "variables/variables.index").write_bytes(files["variables/variables.index"])
+    assert unpublished_reason(v) is None
+    (v / PUBLISHED_FILE).write_text('{"files": {"saved_mo')  # the marker itself half-copied
+    assert "unreadable" in unpublished_reason(v)
+    with pytest.raises(FileNotFoundError, match="nothing to publish"):
+        publish(tmp_path / "empty")
+
+
+def test_publish_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tfmicle.model_format import unpublished_reason
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "tfmicle.model_format", "publish"]
+    r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nothing to publish" in r.stderr
+    (tmp_path / "saved_model.pb").write_bytes(b"\x08" * 10)
+    r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert unpublished_reason(tmp_path) is None
+
+
+def test_score_opens_published_versions_only(tmp_path):
+    """tfmicle.score follows the same rule as the server: an unpublished folder is refused
+    with the reason (the CLI prints it as its one-line error), a published one loads."""
+    from serving.toy import save_mean_colour_model
+    from tfmicle.model_format import PUBLISHED_FILE
+    from tfmicle.score import load_model
+
+    version = save_mean_colour_model(tmp_path / "m" / "1", np.eye(3, 2, dtype=np.float32), np.zeros(2, np.float32),
+                                     labels=["p", "q"])
+    marker = (version / PUBLISHED_FILE).read_bytes()
+    (version / PUBLISHED_FILE).unlink()
+    for path in (version, version.parent):
+        with pytest.raises(FileNotFoundError, match=f"no {PUBLISHED_FILE}"):
+            load_model(str(path))
+    (version / PUBLISHED_FILE).write_bytes(marker)
+    assert load_model(str(version.parent)).class_names == ["p", "q"]
+
+
+def test_an_unexpected_error_is_a_json_500_that_closes_the_connection(tmp_path):
+    """A real server fault stays a 500, but says Connection: close: Starlette re-raises after
+    the response and uvicorn then drops the connection, which a keep-alive client would
+    otherwise only learn from a reset on its next request."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from serving.repository import ModelRepository
+    from tfmicle.model_format import publish
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"\x08")
+    publish(tmp_path / "1")
+    repository = ModelRepository(tmp_path, "fake", loader=lambda folder, name, version: FakeModel(version))
+    app = create_app(ServingConfig(model_base_path=str(tmp_path), model_name="fake"), repository)
+
+    async def boom():
+        raise RuntimeError("a bug, not the client's fault")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/boom")
+    assert r.status_code == 500 and r.json() == {"error": "internal server error"}
+    assert r.headers["connection"] == "close"
+
+
+def test_a_parser_gap_is_a_400_and_a_server_fault_stays_one():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.metrics import Metrics
+    from serving.state import State
+
+    state = State(config=None, repository=None, metrics=Metrics(), batcher=None, pool=ThreadPoolExecutor(1))
+
+    def gap(text):  # a parser that forgot a case: int("²") raises ValueError
+        return int(text)
+
+    def fault():
+        raise MemoryError
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(state.offload(gap, "²"))
+    assert e.value.status == 400 and "ValueError" in e.value.message
+    assert 'serving_invalid_requests_total{status="400"} 1.0' in state.metrics.render().decode()
+    with pytest.raises(MemoryError):
+        asyncio.run(state.offload(fault))
+    state.pool.shutdown()

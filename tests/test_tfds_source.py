@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds  # the dev extra installs it (setup.cfg)
 
 from conftest import png_bytes
 from tfmicle.config import ConfigError, load_config
+from tfmicle.data import records
 from tfmicle.data.augment import preset
 from tfmicle.data.pipeline import PipelineConfig, count_items, micle_pairs, read_cases
 from tfmicle.data.tfds_source import TfdsError, TfdsSource, builder
@@ -66,11 +67,16 @@ def test_examples_are_their_own_cases_with_tfds_ids_and_labels():
                      .as_numpy_iterator())
         assert count_items(PipelineConfig("", "train", tfds=src), "case") == 10
     assert len(cases) == 10
+    record = records.parse_case(records.encode_case("c", [png_bytes(np.zeros((2, 2, 3),
+                                                                            np.uint8))], ["i"])
+                                .SerializeToString())
+    assert set(cases[0]) == set(record)  # the records reader's structure
     for i, c in enumerate(cases):
         tid = f"smallnorb-train__{i}".encode()
         assert c["case_id"] == c["patient_id"] == tid and list(c["image_ids"]) == [tid]
         assert len(c["images"]) == 1 and pixel(c["images"][0]) == grey(i)
         assert c["label_class"] == INSTANCE[i] % 5 and c["label_multi"].size == 0
+        assert c["meta"].shape == (1, 0) and c["meta_keys"].size == 0
 
 
 def test_case_key_groups_examples_and_micle_pairs_two_images_of_a_case():

@@ -6,8 +6,9 @@ TensorFlow Serving, ``python -m serving`` and ``tfmicle.score`` load unchanged.
 Layout (TF Serving's model repository, written through tfmicle.model_format):
 ``MODELS/<name>/<version>/`` with saved_model.pb, variables/, assets/labels.txt (class
 names, one per line, index order) and assets/metadata.json. Without a version, the next
-free integer is used. The version folder is written under a temporary name and renamed
-into place, so a server polling the repository never sees half a model.
+free integer is used. The version folder is written under a temporary name, published
+(``model_format.publish``: the marker ``published.json``, written last) and renamed into
+place, so a server polling the repository never sees half a model.
 
 Signatures:
 - ``serving_default``: ``images`` 1-D tf.string (encoded JPEG / PNG / BMP / GIF) ->
@@ -42,8 +43,8 @@ def resolve_out(out: str) -> tuple[str, int]:
     (MODELS/<name>, n), which must not exist yet."""
     out = os.path.normpath(out)
     last = os.path.basename(out)
-    if last.isdigit():
-        base, version = os.path.dirname(out) or ".", int(last)
+    if mf.parse_uint(last) is not None:
+        base, version = os.path.dirname(out) or ".", mf.parse_uint(last)
         if version < 1:
             raise cli.UsageError(f"version must be a positive integer, got {last}")
         if os.path.exists(out):
@@ -168,6 +169,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
                 raise RuntimeError(f"exported model disagrees with the Keras model "
                                    f"(max |diff| {err:.2e}); not published")
             log.info("verified: SavedModel and Keras model agree (max |diff| %.1e)", err)
+        mf.publish(tmp)  # the publish marker: the last file written (model_format's rule)
         if os.path.exists(final):
             raise cli.UsageError(f"{final} appeared while exporting; not overwritten")
         os.rename(tmp, final)

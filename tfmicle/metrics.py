@@ -226,6 +226,38 @@ def classification_metrics(task: str, labels, probs, auc_indices: Sequence[int] 
     return out
 
 
+class _CaseDraws:
+    """Rows of bootstrap replicates that resample groups (cases) with replacement."""
+
+    def __init__(self, groups: Sequence[np.ndarray]):
+        self.n = len(groups)
+        self.sizes = np.array([len(g) for g in groups], dtype=np.int64)
+        self.flat = np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]) \
+            if self.n else np.zeros(0, np.int64)
+        self.offsets = np.r_[0, np.cumsum(self.sizes)[:-1]]
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """One replicate: ``len(groups)`` cases drawn with one ``rng.integers`` call; the
+        rows of the drawn cases, concatenated in draw order."""
+        pick = rng.integers(0, self.n, self.n)
+        counts = self.sizes[pick]
+        total = int(counts.sum())
+        # rows of the picked cases: offset of the case + position within it.
+        starts = np.repeat(self.offsets[pick] - np.r_[0, np.cumsum(counts)[:-1]], counts)
+        return self.flat[starts + np.arange(total)]
+
+
+def _percentiles(values: dict[str, list[float]], alpha: float) -> dict:
+    out = {}
+    for name, vs in values.items():
+        a = np.asarray(vs)
+        a = a[~np.isnan(a)]
+        out[name] = ([float(np.percentile(a, 100 * alpha / 2)),
+                      float(np.percentile(a, 100 * (1 - alpha / 2)))] if a.size
+                     else [math.nan, math.nan])
+    return out
+
+
 def bootstrap_ci(statistic: Callable[[np.ndarray], dict], groups: Sequence[np.ndarray],
                  replicates: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
     """Percentile bootstrap confidence intervals that resample groups (cases).
@@ -237,30 +269,33 @@ def bootstrap_ci(statistic: Callable[[np.ndarray], dict], groups: Sequence[np.nd
     Returns {name: [low, high]} at the (alpha/2, 1 - alpha/2) percentiles of the
     replicates where the value is defined (NaN pairs when none is).
     """
-    sizes = np.array([len(g) for g in groups], dtype=np.int64)
-    flat = np.concatenate([np.asarray(g, dtype=np.int64) for g in groups]) if len(groups) \
-        else np.zeros(0, np.int64)
-    offsets = np.r_[0, np.cumsum(sizes)[:-1]]
+    draws = _CaseDraws(groups)
     rng = np.random.default_rng(seed)
     values: dict[str, list[float]] = {}
-    n = len(groups)
     for _ in range(int(replicates)):
-        pick = rng.integers(0, n, n)
-        counts = sizes[pick]
-        total = int(counts.sum())
-        # rows of the picked cases: offset of the case + position within it.
-        starts = np.repeat(offsets[pick] - np.r_[0, np.cumsum(counts)[:-1]], counts)
-        rows = flat[starts + np.arange(total)]
-        for name, v in statistic(rows).items():
+        for name, v in statistic(draws.draw(rng)).items():
             values.setdefault(name, []).append(float(v))
-    out = {}
-    for name, vs in values.items():
-        a = np.asarray(vs)
-        a = a[~np.isnan(a)]
-        out[name] = ([float(np.percentile(a, 100 * alpha / 2)),
-                      float(np.percentile(a, 100 * (1 - alpha / 2)))] if a.size
-                     else [math.nan, math.nan])
-    return out
+    return _percentiles(values, alpha)
+
+
+def difference_ci(statistic_a: Callable[[np.ndarray], dict], groups_a: Sequence[np.ndarray],
+                  statistic_b: Callable[[np.ndarray], dict], groups_b: Sequence[np.ndarray],
+                  replicates: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap CI of a difference a - b between two independent sets (two
+    datasets, two disjoint subgroups): each replicate resamples the cases of a, then
+    those of b (one generator, seeded once, as in bootstrap_ci), and records
+    statistic_a(rows_a)[name] - statistic_b(rows_b)[name] for the names both return.
+    Returns {name: [low, high]}; NaN pairs where no replicate defines the difference."""
+    da, db = _CaseDraws(groups_a), _CaseDraws(groups_b)
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {}
+    for _ in range(int(replicates)):
+        va = statistic_a(da.draw(rng))
+        vb = statistic_b(db.draw(rng))
+        for name in va:
+            if name in vb:
+                values.setdefault(name, []).append(float(va[name]) - float(vb[name]))
+    return _percentiles(values, alpha)
 
 
 def _scalar_metrics(task, labels, probs, auc_indices):
@@ -324,5 +359,5 @@ def to_json_safe(obj):
 
 __all__ = ["roc_auc", "roc_curve", "precision_recall_curve", "average_precision",
            "top_k_accuracy", "confusion_matrix", "binary_targets", "per_class_auc", "nanmean",
-           "has_labels", "aggregate_cases", "classification_metrics", "bootstrap_ci",
+           "has_labels", "aggregate_cases", "classification_metrics", "bootstrap_ci", "difference_ci",
            "evaluate", "to_json_safe"]

@@ -7,12 +7,22 @@ A model repository (TF Serving's layout)::
         saved_model.pb, variables/
         assets/labels.txt             class names, one per line, in output index order
         assets/metadata.json          FORMAT, task, class names, image size, training run...
+        published.json                the publish marker, written LAST (below)
 
 Contract of the SavedModel: signature ``serving_default`` takes ``images`` (1-D
 tf.string, encoded images) and returns ``probabilities`` float32 [batch, K] (and
 ``embedding``); tfmicle's export also has ``serving_pixels`` and the
 ``predict_preprocessed`` function. New versions must pass a smoke test on
 ``probe_images()`` before they are published or served.
+
+The publish rule (one rule for local folders and object stores): a version folder is
+complete only when ``published.json`` is there and every file it lists has the size it
+records. Writers stage the folder, call ``publish()`` last (it lists what is there, then
+writes the marker under a temporary name and renames it), then rename the folder into
+place where the filesystem can. Readers (``serving``'s repository, ``tfmicle.score``)
+ignore a folder until ``unpublished_reason()`` is None, so a copy made file by file, in
+any order, is never read half-way. A SavedModel made elsewhere is published with
+``python -m tfmicle.model_format publish MODELS/<name>/<version>``.
 
 This module imports no TensorFlow (numpy and Pillow only), so the server can use it
 without pulling in training. Map: docs/architecture.md.
@@ -22,6 +32,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from typing import Sequence
 
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -29,6 +40,7 @@ SAVED_MODEL_TEXT_FILE = "saved_model.pbtxt"
 ASSETS_DIR = "assets"
 LABELS_FILE = os.path.join(ASSETS_DIR, "labels.txt")
 METADATA_FILE = os.path.join(ASSETS_DIR, "metadata.json")
+PUBLISHED_FILE = "published.json"  # the publish marker, written last
 FORMAT = "tfmicle-classifier"
 FORMAT_VERSION = 1
 
@@ -38,19 +50,32 @@ PREPROCESSED_FUNCTION = "predict_preprocessed"  # pixels [B, S, S, 3], no prepro
 IMAGES_INPUT = "images"
 PROBABILITIES_OUTPUT = "probabilities"
 EMBEDDING_OUTPUT = "embedding"
+MAX_UINT_DIGITS = 18  # versions fit in an int64 (TF Serving's type), and int() stays cheap
 
 
 # --------------------------------------------------------------------------- versions
 
+def parse_uint(text: str, max_digits: int = MAX_UINT_DIGITS) -> int | None:
+    """A non-negative integer someone typed (a version folder's name, a URL segment, a
+    numeric header) -> int, or None. ASCII digits only, at most ``max_digits``:
+    ``str.isdigit()`` also passes "²" (int() refuses it) and "٣" (int() reads 3), and
+    int() of thousands of digits raises. The one such parser of the project."""
+    if not (0 < len(text) <= max_digits and text.isascii() and text.isdigit()):
+        return None
+    return int(text)
+
+
 def list_versions(base: str | os.PathLike) -> list[int]:
     """Integer-named sub-folders of a model folder, highest first (hidden and temporary
-    folders ignored; [] when base cannot be read)."""
+    folders ignored; [] when base cannot be read). Published or not: see
+    ``unpublished_reason``."""
     try:
         entries = list(os.scandir(base))
     except OSError:
         return []
-    return sorted({int(e.name) for e in entries if e.name.isdigit() and e.is_dir()},
-                  reverse=True)
+    # "01" is not version 1's folder: only the canonical spelling names a version
+    return sorted({v for e in entries if (v := parse_uint(e.name)) is not None
+                   and str(v) == e.name and e.is_dir()}, reverse=True)
 
 
 def next_version(base: str | os.PathLike) -> int:
@@ -64,18 +89,81 @@ def has_saved_model(version_dir: str | os.PathLike) -> bool:
 
 
 def resolve_version(path: str) -> tuple[str, int | None]:
-    """(version folder, version) of a version folder, or of a model folder (its highest
-    integer version holding a SavedModel). FileNotFoundError when there is none."""
+    """(version folder, version) of a published version folder, or of a model folder (its
+    highest published integer version). FileNotFoundError, saying why, when there is none."""
     if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
-        base = os.path.basename(os.path.normpath(path))
-        return path, int(base) if base.isdigit() else None
+        reason = unpublished_reason(path)
+        if reason is not None:
+            raise FileNotFoundError(f"model {path} is not published: {reason}")
+        return path, parse_uint(os.path.basename(os.path.normpath(path)))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model {path} not found")
+    reasons = []
     for v in list_versions(path):
-        if os.path.isfile(os.path.join(path, str(v), SAVED_MODEL_FILE)):
-            return os.path.join(path, str(v)), v
+        vdir = os.path.join(path, str(v))
+        reason = unpublished_reason(vdir)
+        if reason is None:
+            return vdir, v
+        reasons.append(f"version {v}: {reason}")
+    if reasons:
+        raise FileNotFoundError(f"no published version in {path} ({'; '.join(reasons[:3])})")
     raise FileNotFoundError(f"no SavedModel in {path} (expected {path}/<version>/"
                             f"{SAVED_MODEL_FILE})")
+
+
+# --------------------------------------------------------------------------- publishing
+
+def _files(version_dir: str | os.PathLike) -> dict[str, int]:
+    """{relative path with '/': size} of every file in the folder but the marker."""
+    out = {}
+    for root, _dirs, files in os.walk(version_dir):
+        for f in files:
+            p = os.path.join(root, f)
+            rel = os.path.relpath(p, version_dir).replace(os.sep, "/")
+            if rel != PUBLISHED_FILE and not f.startswith(f".{PUBLISHED_FILE}"):
+                out[rel] = os.path.getsize(p)
+    return dict(sorted(out.items()))
+
+
+def publish(version_dir: str | os.PathLike) -> str:
+    """Writes the publish marker: the LAST write of a version folder. It lists every file
+    with its size, so a reader can tell a complete copy from one in progress whatever
+    order the copy goes in. Raises FileNotFoundError when there is no SavedModel."""
+    if not has_saved_model(version_dir):
+        raise FileNotFoundError(f"{version_dir} has no {SAVED_MODEL_FILE}: nothing to publish")
+    marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": _files(version_dir)}
+    path = os.path.join(version_dir, PUBLISHED_FILE)
+    tmp = os.path.join(version_dir, f".{PUBLISHED_FILE}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(marker, f, indent=1)
+    os.replace(tmp, path)  # the marker itself is never seen half-written
+    return path
+
+
+def unpublished_reason(version_dir: str | os.PathLike) -> str | None:
+    """None when the version folder is complete by the publish rule, else why not (one
+    line, for the log)."""
+    path = os.path.join(version_dir, PUBLISHED_FILE)
+    if not os.path.isfile(path):
+        return (f"no {PUBLISHED_FILE} (the publish marker, written last by tfmicle.export; "
+                f"publish a finished copy with 'python -m tfmicle.model_format publish DIR')")
+    try:
+        with open(path, encoding="utf-8") as f:
+            files = json.load(f)["files"]
+        items = [(str(k), int(v)) for k, v in files.items()]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{PUBLISHED_FILE} is unreadable (still being written?)"
+    for rel, size in items:
+        p = os.path.join(version_dir, *rel.split("/"))
+        try:
+            got = os.path.getsize(p)
+        except OSError:
+            return f"{rel}, listed in {PUBLISHED_FILE}, is missing (copy in progress?)"
+        if got != size:
+            return f"{rel} has {got} bytes, {PUBLISHED_FILE} says {size} (copy in progress?)"
+    if not any(rel == SAVED_MODEL_FILE or rel == SAVED_MODEL_TEXT_FILE for rel, _ in items):
+        return f"{PUBLISHED_FILE} lists no {SAVED_MODEL_FILE}"
+    return None
 
 
 # --------------------------------------------------------------------------- assets
@@ -138,6 +226,30 @@ def probe_images() -> list[bytes]:
 
 __all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "SIGNATURE", "PIXELS_SIGNATURE", "PREPROCESSED_FUNCTION", "IMAGES_INPUT",
-           "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "list_versions", "next_version",
-           "has_saved_model", "resolve_version", "write_labels", "read_labels",
-           "write_metadata", "read_metadata", "probe_images"]
+           "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_uint",
+           "list_versions", "next_version", "has_saved_model", "resolve_version", "publish",
+           "unpublished_reason", "write_labels", "read_labels", "write_metadata",
+           "read_metadata", "probe_images"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tfmicle.model_format publish DIR``: publish a finished version folder
+    that another tool wrote (a SavedModel of the serving contract)."""
+    from tfmicle import cli
+
+    p = cli.ArgumentParser(prog="python -m tfmicle.model_format",
+                           description="Publish a finished model version folder: write "
+                                       f"{PUBLISHED_FILE}, the marker servers and scoring wait for.")
+    p.add_argument("command", choices=["publish"])
+    p.add_argument("version_dir", help="MODELS/<name>/<version>, complete (SavedModel, assets)")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        print(publish(args.version_dir))
+        return 0
+
+    return cli.run("python -m tfmicle.model_format", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from .. import payloads
-from ..errors import ApiError
+from ..errors import ApiError, excerpt
 from ..schemas import ClassifyResponse
 from ..state import ERRORS, State, get_state, media_type, ref
 
@@ -53,6 +53,6 @@ async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000, descri
             raise ApiError(400, "empty body: send multipart 'files' or JSON {\"images\": [<base64>, ...]}")
         images = await state.offload(payloads.parse_classify_json, body, config.max_images, config.max_pixels)
     else:
-        raise ApiError(415, f"unsupported Content-Type '{mt}'; send multipart/form-data or application/json")
+        raise ApiError(415, f"unsupported Content-Type {excerpt(mt)}; send multipart/form-data or application/json")
     pred = await state.run(images)
     return JSONResponse(payloads.classify_response(pred.model, pred.probabilities, top_k, filenames))

@@ -9,6 +9,8 @@ import json
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
+from tfmicle.model_format import parse_uint
+
 from .. import __version__, payloads
 from ..errors import ApiError
 from ..schemas import (InferResponse, LiveResponse, ModelReadyResponse, ReadyResponse, V2ModelMetadata,
@@ -63,13 +65,14 @@ async def v2_model_ready(target: Target = Depends(resolve_model)):
 async def v2_model_infer(request: Request, target: Target = Depends(resolve_model),
                          state: State = Depends(get_state)) -> Response:
     config, model = state.config, target.model
-    header_length = request.headers.get("inference-header-content-length")
-    if header_length is not None:
-        if not header_length.strip().isdigit():
+    header_text = request.headers.get("inference-header-content-length")
+    if header_text is not None:
+        header_length = parse_uint(header_text.strip())
+        if header_length is None:
             raise ApiError(400, "Inference-Header-Content-Length must be a non-negative integer")
         body = await request.body()
         req, images = await state.offload(
-            payloads.parse_infer_binary, body, int(header_length), model, config.max_images, config.max_pixels
+            payloads.parse_infer_binary, body, header_length, model, config.max_images, config.max_pixels
         )
     else:
         require_json(request)

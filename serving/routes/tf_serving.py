@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from .. import payloads
-from ..errors import ApiError
+from ..errors import ApiError, excerpt
 from ..schemas import ModelMetadataResponse, ModelStatusResponse, PredictResponse
 from ..state import ERRORS, State, Target, get_state, json_body, require_json, requested_version, resolve_model, versioned
 
@@ -31,12 +31,12 @@ async def tf_model_status(name: str, request: Request, state: State = Depends(ge
     # resolve to the served model.
     config, version = state.config, requested_version(request)
     if name != config.model_name:
-        raise ApiError(404, f"model '{name}' not found; this server serves '{config.model_name}'")
+        raise ApiError(404, f"model {excerpt(name)} not found; this server serves '{config.model_name}'")
     states = state.repository.states()
     if version is not None:
         states = [s for s in states if str(s.version) == version]
         if not states:
-            raise ApiError(404, f"version '{version}' of model '{name}' not found")
+            raise ApiError(404, f"version {excerpt(version)} of model '{name}' not found")
     return {"model_version_status": [
         {"version": str(s.version), "state": s.state,
          "status": {"error_code": "OK" if not s.error else "UNKNOWN", "error_message": s.error}}

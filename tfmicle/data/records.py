@@ -1,5 +1,8 @@
-"""The case-grouped TFRecord schema (version 1; its table is in docs/architecture.md):
+"""The case-grouped TFRecord schema (version 2; its table is in docs/architecture.md):
 one owner, shared by data_prep (writing) and training / scoring (reading).
+
+Version 2 adds patient / acquisition metadata per image (``meta/keys``, ``image/meta``);
+version 1 records (without them) read back with no metadata.
 
 One ``tf.train.Example`` per case. Shards are ``<dir>/<split>-00000-of-000NN.tfrecord``;
 ``<dir>/dataset.json`` describes the dataset; nested label-fraction subsets are
@@ -17,7 +20,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)     # v1 = v2 without metadata
 DATASET_JSON = "dataset.json"
 SUBSETS_DIR = "subsets"
 
@@ -28,6 +32,8 @@ K_IMAGE_IDS = "image/id"
 K_VIEWS = "image/view"
 K_LABEL_CLASS = "label/class"
 K_LABEL_MULTI = "label/multi"
+K_META_KEYS = "meta/keys"       # v2: M metadata column names of the case
+K_META = "image/meta"           # v2: N * M strings, image-major (image i: [i*M, (i+1)*M))
 
 UNLABELED = -1
 
@@ -40,11 +46,16 @@ def _bytes_list(values: Sequence[bytes | str]) -> tf.train.Feature:
 def encode_case(case_id: str, images: Sequence[bytes], image_ids: Sequence[str],
                 patient_id: str | None = None, views: Sequence[str] | None = None,
                 label_class: int = UNLABELED,
-                label_multi: Sequence[float] | None = None) -> tf.train.Example:
+                label_multi: Sequence[float] | None = None,
+                meta_keys: Sequence[str] | None = None,
+                meta: Sequence[Sequence[str]] | None = None) -> tf.train.Example:
     """Builds the Example of one case.
 
     images: N >= 1 encoded JPEG/PNG byte strings in source order; image_ids: N ids;
-    views: N view tags or None; label_multi: K floats (1, 0, -1 uncertain, NaN blank).
+    views: N view tags or None; label_multi: K floats (1, 0, -1 uncertain, NaN blank);
+    meta_keys: M metadata column names; meta: N rows of M strings (source text, ''
+    unknown), one row per image because some metadata (a CheXpert view, an ISIC site)
+    differs between the images of a case.
     """
     if len(images) < 1:
         raise ValueError(f"case {case_id!r} has no images")
@@ -52,6 +63,11 @@ def encode_case(case_id: str, images: Sequence[bytes], image_ids: Sequence[str],
         raise ValueError(f"case {case_id!r}: {len(images)} images but {len(image_ids)} ids")
     if views and len(views) != len(images):
         raise ValueError(f"case {case_id!r}: {len(images)} images but {len(views)} views")
+    meta_keys = list(meta_keys or [])
+    meta = [list(row) for row in (meta or [])] if meta_keys else []
+    if meta_keys and (len(meta) != len(images) or any(len(r) != len(meta_keys) for r in meta)):
+        raise ValueError(f"case {case_id!r}: metadata must be {len(images)} rows of "
+                         f"{len(meta_keys)} values")
     feats = {
         K_CASE_ID: _bytes_list([case_id]),
         K_PATIENT_ID: _bytes_list([patient_id or case_id]),
@@ -61,6 +77,8 @@ def encode_case(case_id: str, images: Sequence[bytes], image_ids: Sequence[str],
         K_LABEL_CLASS: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label_class)])),
         K_LABEL_MULTI: tf.train.Feature(float_list=tf.train.FloatList(
             value=[float(v) for v in (label_multi or [])])),
+        K_META_KEYS: _bytes_list(meta_keys),
+        K_META: _bytes_list([v for row in meta for v in row]),
     }
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
@@ -73,6 +91,8 @@ _FEATURES = {
     K_VIEWS: tf.io.VarLenFeature(tf.string),
     K_LABEL_CLASS: tf.io.FixedLenFeature([], tf.int64, default_value=UNLABELED),
     K_LABEL_MULTI: tf.io.VarLenFeature(tf.float32),
+    K_META_KEYS: tf.io.VarLenFeature(tf.string),      # absent in v1: empty
+    K_META: tf.io.VarLenFeature(tf.string),
 }
 
 
@@ -80,9 +100,11 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """Parses one serialized case (a scalar tf.string) inside tf.data.
 
     Returns case_id [], patient_id [], images [N] string, image_ids [N], views [N or 0],
-    label_class [] int64, label_multi [K] float32.
+    label_class [] int64, label_multi [K] float32, meta_keys [M] string, meta [N, M]
+    string (M = 0 for v1 records).
     """
     p = tf.io.parse_single_example(serialized, _FEATURES)
+    keys = tf.sparse.to_dense(p[K_META_KEYS])
     return {
         "case_id": p[K_CASE_ID],
         "patient_id": p[K_PATIENT_ID],
@@ -91,6 +113,8 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         "views": tf.sparse.to_dense(p[K_VIEWS]),
         "label_class": p[K_LABEL_CLASS],
         "label_multi": tf.sparse.to_dense(p[K_LABEL_MULTI], default_value=math.nan),
+        "meta_keys": keys,
+        "meta": tf.reshape(tf.sparse.to_dense(p[K_META]), [-1, tf.size(keys)]),
     }
 
 
@@ -104,6 +128,7 @@ class Case:
     views: list[str] = field(default_factory=list)
     label_class: int = UNLABELED
     label_multi: list[float] = field(default_factory=list)
+    meta: list[dict[str, str]] = field(default_factory=list)   # per image; [] in v1
 
 
 def decode_case(serialized: bytes) -> Case:
@@ -122,7 +147,14 @@ def decode_case(serialized: bytes) -> Case:
         views=strs(K_VIEWS),
         label_class=int(f[K_LABEL_CLASS].int64_list.value[0]) if K_LABEL_CLASS in f else UNLABELED,
         label_multi=list(f[K_LABEL_MULTI].float_list.value) if K_LABEL_MULTI in f else [],
+        meta=_meta_rows(strs(K_META_KEYS), strs(K_META)),
     )
+
+
+def _meta_rows(keys: list[str], flat: list[str]) -> list[dict[str, str]]:
+    """N * M image-major values -> N dicts; [] without keys (v1)."""
+    m = len(keys)
+    return [dict(zip(keys, flat[i:i + m])) for i in range(0, len(flat), m)] if m else []
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:
@@ -143,6 +175,33 @@ def iter_cases(data_dir: str, split: str):
     for path in list_shards(data_dir, split):
         for rec in tf.data.TFRecordDataset(path):
             yield decode_case(rec.numpy())
+
+
+def read_image_metadata(data_dir: str, split: str
+                        ) -> tuple[list[str], list[tuple[str, str, dict[str, str]]]]:
+    """(metadata columns, [(case id, image id, {column: value})] for every image of a
+    split), shard by shard, without reading the images into Python. Columns: the union
+    over cases in first-seen order; v1 records give no columns and empty dicts. The
+    training pipelines interleave shards, so match rows by (case id, image id)."""
+    feats = {k: _FEATURES[k] for k in (K_IMAGE_IDS, K_META_KEYS, K_META)}
+    feats[K_CASE_ID] = _FEATURES[K_CASE_ID]
+    columns: dict[str, None] = {}
+    rows = []
+
+    def parse(s):
+        p = tf.io.parse_single_example(s, feats)
+        return {k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v)
+                for k, v in p.items()}
+
+    for el in tf.data.TFRecordDataset(list_shards(data_dir, split)).map(parse) \
+            .as_numpy_iterator():
+        keys = [k.decode("utf-8") for k in el[K_META_KEYS]]
+        columns.update(dict.fromkeys(keys))
+        case_id = el[K_CASE_ID].decode("utf-8", "replace")
+        image_ids = [i.decode("utf-8", "replace") for i in el[K_IMAGE_IDS]]
+        meta = _meta_rows(keys, [v.decode("utf-8", "replace") for v in el[K_META]])
+        rows += [(case_id, i, m) for i, m in zip(image_ids, meta or [{} for _ in image_ids])]
+    return list(columns), rows
 
 
 def load_dataset_info(data_dir: str) -> dict:

@@ -2,8 +2,9 @@
 
 A TFDS split is read into exactly the element structure ``records.parse_case`` gives
 (case_id, patient_id, images [N] encoded, image_ids [N], views [0], label_class,
-label_multi [0]), so pipeline.py's SimCLR / MICLe pairs, epoch_stream, supervised and
-evaluation batches, and scoring run on it unchanged: one pipeline, two sources.
+label_multi [0], meta_keys [0], meta [N, 0]: no metadata columns), so pipeline.py's
+SimCLR / MICLe pairs, epoch_stream, supervised and evaluation batches, and scoring run
+on it unchanged: one pipeline, two sources.
 
 - Images stay encoded (``tfds.decode.SkipDecoding``) and are decoded by
   ``augment.decode_image`` like record images.
@@ -148,9 +149,11 @@ def _examples(src: TfdsSource, split: str) -> tf.data.Dataset:
                             decoders={src.image_key: tfds.decode.SkipDecoding()})
     except AssertionError as e:  # "could not find data in ...": not prepared
         manual = getattr(b, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-        how = f"tfds build {src.spec[len(SPEC_PREFIX):]}" + (f" --manual_dir {src.manual_dir or 'DIR'}"
-                                           if manual or src.manual_dir else "") + \
-            (f" --data_dir {src.data_dir}" if src.data_dir else "")
+        how = f"tfds build {src.spec[len(SPEC_PREFIX):]}"
+        if manual or src.manual_dir:
+            how += f" --manual_dir {src.manual_dir or 'DIR'}"
+        if src.data_dir:
+            how += f" --data_dir {src.data_dir}"
         raise TfdsError(f"{src.spec} is not prepared in {src.data_dir or 'the TFDS data dir'}"
                         f" (run `{how}` or set data.tfds.prepare: true): "
                         f"{_first_line(e)}") from None
@@ -166,11 +169,15 @@ def _case_id(src: TfdsSource, ex: dict) -> tf.Tensor:
     return tf.reshape(value if value.dtype == tf.string else tf.strings.as_string(value), [])
 
 
-def _empty(dtype: tf.DType) -> tf.Tensor:
-    """[0] tensor of static shape [None], as parse_case's views / label_multi have: a
-    static [0] float component makes ragged_batch build a dense [B, 0] batch, and
-    unbatching that crashes TensorFlow 2.21 (segfault)."""
-    return tf.raw_ops.PlaceholderWithDefault(input=tf.zeros([0], dtype), shape=[None])
+def _empty(dtype: tf.DType, rows: tf.Tensor | None = None) -> tf.Tensor:
+    """[0] (or [rows, 0]) tensor of static shape [None] ([None, None]), as parse_case's
+    views / label_multi / meta_keys / meta have: a static [0] float component makes
+    ragged_batch build a dense [B, 0] batch, and unbatching that crashes TensorFlow 2.21
+    (segfault)."""
+    if rows is None:
+        return tf.raw_ops.PlaceholderWithDefault(input=tf.zeros([0], dtype), shape=[None])
+    return tf.raw_ops.PlaceholderWithDefault(input=tf.zeros(tf.stack([rows, 0]), dtype),
+                                             shape=[None, None])
 
 
 def _as_case(src: TfdsSource):
@@ -182,7 +189,8 @@ def _as_case(src: TfdsSource):
         return {"case_id": case_id, "patient_id": case_id,
                 "images": tf.reshape(ex[src.image_key], [1]),
                 "image_ids": tf.reshape(ex["tfds_id"], [1]), "views": _empty(tf.string),
-                "label_class": label, "label_multi": _empty(tf.float32)}
+                "label_class": label, "label_multi": _empty(tf.float32),
+                "meta_keys": _empty(tf.string), "meta": _empty(tf.string, 1)}
     return fn
 
 
@@ -215,7 +223,8 @@ def _group_cases(cases: tf.data.Dataset, src: TfdsSource, split: str) -> tf.data
                 "images": tf.reshape(b["images"], [-1]),
                 "image_ids": tf.reshape(b["image_ids"], [-1]),
                 "views": _empty(tf.string), "label_class": b["label_class"][-1],
-                "label_multi": _empty(tf.float32)}
+                "label_multi": _empty(tf.float32), "meta_keys": _empty(tf.string),
+                "meta": _empty(tf.string, tf.shape(b["images"])[0])}
     return cases.group_by_window(
         key_func=lambda c: index.lookup(c["case_id"]),
         reduce_func=lambda key, window: window.batch(tf.gather(size_of, key)),

@@ -3,6 +3,7 @@ write predictions, metrics and a report.
 
     python -m tfmicle.score --model MODELS/<name>[/<version>] --data SRC --out DIR \\
         [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet]
+        [--subgroups sex,age_band,site [--age-bands 0,40,60]]
 
 SRC is one of
 - a records folder (a data_prep output, dataset.json inside): one split (--split);
@@ -18,7 +19,11 @@ case), skipped.csv (images that could not be read or decoded: listed, never fata
 metrics.json when labels exist (tfmicle.metrics.evaluate: image and case level, bootstrap
 95 % CIs resampling cases), and report.md with roc.png, pr.png and confusion.png.
 --compare SRC2 scores a second dataset (e.g. an external test set) into DIR/compare/
-and puts it beside the first in report.md and the figures.
+and puts it beside the first in report.md and the figures, with a distribution-shift
+section (shift.py: prevalence, metric drops with bootstrap CIs, ECE) and shift.json.
+predictions_images.csv carries each image's metadata as meta_<column> (records schema
+v2, extra CSV columns); --subgroups reports metrics per patient group (subgroups.py)
+and flags the largest gap at the top of report.md.
 
 Scoring preprocesses in tf.data with tfmicle's one eval preprocessing (the same
 function the exported graph runs), in parallel with the model, and calls the model's
@@ -26,7 +31,7 @@ function the exported graph runs), in parallel with the model, and calls the mod
 contract) is called through ``serving_default`` with the encoded images.
 
 Modules: model (the exported model as the scorer sees it), sources, predict, report,
-job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
+subgroups, shift, job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 

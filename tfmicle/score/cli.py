@@ -9,6 +9,7 @@ from tfmicle import cli
 from tfmicle.score.job import FORMATS, score
 from tfmicle.score.model import ScoreError
 from tfmicle.score.report import parquet_available
+from tfmicle.score.subgroups import Subgroups, parse_age_bands, parse_subgroups
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -37,6 +38,14 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--auc-classes", help="comma-separated classes for the mean AUC "
                                          "(default: all), e.g. the CheXpert competition five")
+    p.add_argument("--subgroups", metavar="A,B,...",
+                   help="metrics per patient subgroup of these metadata columns, e.g. "
+                        "sex,age_band,site (friendly names: tfmicle/score/subgroups.py)")
+    p.add_argument("--age-bands", metavar="E0,E1,...",
+                   help="age band edges for age / age_band, e.g. 0,40,60 "
+                        "(default: decades)")
+    p.add_argument("--subgroup-min-cases", type=int, default=5, metavar="N",
+                   help="smallest group the largest subgroup gap may compare (default 5)")
     t = p.add_argument_group("TFDS sources (--data tfds:NAME)")
     t.add_argument("--tfds-data-dir", help="TFDS data dir (default: TFDS's)")
     t.add_argument("--image-key", help="Image feature (default: image)")
@@ -76,9 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
             if args.auc_classes else None
+        if args.subgroup_min_cases < 1:
+            raise ScoreError("--subgroup-min-cases must be >= 1")
+        groups = Subgroups(parse_subgroups(args.subgroups), parse_age_bands(args.age_bands),
+                           args.subgroup_min_cases)
         result = score(args.model, args.data, args.out, args.split, args.compare,
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
-                       args.seed, auc, args.images, True, progress_factory,
+                       args.seed, auc, args.images, True, progress_factory, groups,
                        tfds_options(args))
         for run in result["runs"]:
             m = run["metrics"]

@@ -13,6 +13,7 @@ from tfmicle.score.predict import predict
 from tfmicle.score.report import (Scored, parquet_available, tables, write_figures, write_report,
                                   write_table)
 from tfmicle.score.sources import Source, open_source
+from tfmicle.score.subgroups import Subgroups, resolve_column, subgroup_metrics
 
 log = logging.getLogger("tfmicle.score")
 
@@ -22,8 +23,10 @@ FORMATS = ("csv", "parquet")
 def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv",
               batch_size: int = 64, replicates: int = 1000, seed: int = 0,
               auc_classes: Sequence[str] | None = None,
-              progress: Callable[[int], None] | None = None, name: str = "") -> Scored:
-    """Predicts one source and writes its tables and metrics.json into out_dir."""
+              progress: Callable[[int], None] | None = None, name: str = "",
+              subgroups: Subgroups | None = None) -> Scored:
+    """Predicts one source and writes its tables and metrics.json into out_dir;
+    with subgroups, metrics.json gets "subgroups" (tfmicle.score.subgroups)."""
     import numpy as np
     from tfmicle import metrics as M
     os.makedirs(out_dir, exist_ok=True)
@@ -43,6 +46,13 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
                             model.class_names, auc_classes, replicates, seed)
         result.update({"source": source.spec, "num_skipped": len(pred.skipped),
                        "model": model.path, "model_version": model.version})
+        if subgroups and subgroups.names:
+            columns, meta = source.metadata()
+            result["subgroups"] = subgroup_metrics(
+                model.task, pred.probs.astype(np.float64), labels, case_ids,
+                [meta[r] for r in pred.rows], columns, model.class_names, subgroups,
+                auc_classes, replicates, seed)
+            result["age_bands"] = subgroups.age_edges or "decades"
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(M.to_json_safe(result), f, indent=2)
         files["metrics"] = os.path.join(out_dir, "metrics.json")
@@ -56,9 +66,11 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
           batch_size: int = 64, replicates: int = 1000, seed: int = 0,
           auc_classes: Sequence[str] | None = None, images_root: str | None = None,
           report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None,
-          tfds_options: dict | None = None) -> dict:
+          subgroups: Subgroups | None = None, tfds_options: dict | None = None) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
     progress_factory(total, name) -> callback(n_done) (and an optional .close()).
+    subgroups: metrics per patient subgroup of each run; with compare, the shift
+    summary (tfmicle.score.shift) goes to DIR/shift.json and the report.
     tfds_options: for tfds:NAME sources, TfdsSource fields (image_key, label_key,
     case_key, data_dir, manual_dir)."""
     if fmt not in FORMATS:
@@ -79,12 +91,18 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         sources.append(("compare", open_source(compare, model, compare_split or split,
                                                images_root, tfds_options),
                         os.path.join(out_dir, "compare")))
+    if subgroups and subgroups.names:
+        primary = sources[0][1]
+        for n in subgroups.names:
+            if resolve_column(n, primary.meta_columns) is None:
+                raise ScoreError(f"--subgroups {n}: no such metadata column in {primary.spec} "
+                                 f"(has: {', '.join(primary.meta_columns) or 'none'})")
     runs = []
     for name, src, d in sources:
         bar = progress_factory(len(src), name) if progress_factory else None
         try:
             runs.append(score_one(model, src, d, fmt, batch_size, replicates, seed, classes,
-                                  bar, name))
+                                  bar, name, subgroups))
         finally:
             if bar is not None and hasattr(bar, "close"):
                 bar.close()
@@ -92,12 +110,35 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         {"name": r.name, "source": r.pred.source.spec, "scored": int(len(r.pred.rows)),
          "skipped": len(r.pred.skipped), "files": r.files, "metrics": r.metrics}
         for r in runs]}
+    if len(runs) == 2 and all(r.metrics for r in runs):
+        out["shift"] = _shift(model, runs, classes, replicates, seed)
+        with open(os.path.join(out_dir, "shift.json"), "w") as f:
+            json.dump(_json_safe(out["shift"]), f, indent=2)
     if report:
         figures = write_figures(model, [r for r in runs if r.metrics], out_dir, classes) \
             if any(r.metrics for r in runs) else {}
-        out["report"] = write_report(model, runs, out_dir, figures, classes)
+        out["report"] = write_report(model, runs, out_dir, figures, classes, out.get("shift"))
         out["figures"] = figures
     return out
+
+
+def _shift(model: ScoringModel, runs: list[Scored], classes: Sequence[str], replicates: int,
+           seed: int) -> dict:
+    """The shift summary of primary vs compare from the rows written."""
+    import numpy as np
+    from tfmicle.score.shift import shift_summary
+    sets = []
+    for r in runs:
+        src, pred = r.pred.source, r.pred
+        sets.append((pred.probs.astype(np.float64), np.asarray(src.labels)[pred.rows],
+                     [src.case_ids[i] for i in pred.rows]))
+    return shift_summary(model.task, model.class_names, sets[0], sets[1], classes, replicates,
+                         seed)
+
+
+def _json_safe(obj):
+    from tfmicle import metrics as M
+    return M.to_json_safe(obj)
 
 
 __all__ = ["score", "score_one", "FORMATS"]

@@ -16,6 +16,8 @@ from tfmicle.tasks import MULTICLASS
 
 log = logging.getLogger("tfmicle.score")
 
+META_PREFIX = "meta_"   # metadata columns of predictions_images (records schema v2, CSV)
+
 
 def _f(v) -> str:
     """Exact text of a float (shortest repr that reads back to the same value)."""
@@ -47,10 +49,12 @@ def tables(model: ScoringModel, pred: Predictions) -> dict[str, tuple[list[str],
     def predicted(p):
         return [names[int(np.argmax(p))]] if task == MULTICLASS else []
 
+    meta_cols, meta = src.metadata()
     img_rows = []
     for j, r in enumerate(pred.rows):
         img_rows.append([src.image_ids[r], src.case_ids[r], *label_values(labels[j]),
-                         *predicted(pred.probs[j]), *[_f(v) for v in pred.probs[j]]])
+                         *predicted(pred.probs[j]), *[_f(v) for v in pred.probs[j]],
+                         *[meta[r].get(c, "") for c in meta_cols]])
     case_ids = [src.case_ids[r] for r in pred.rows]
     cases, cprobs, clabels, counts = M.aggregate_cases(case_ids, pred.probs, labels)
     case_rows = []
@@ -58,8 +62,8 @@ def tables(model: ScoringModel, pred: Predictions) -> dict[str, tuple[list[str],
         case_rows.append([cases[c], int(counts[c]), *label_values(clabels[c]),
                           *predicted(cprobs[c]), *[_f(v) for v in cprobs[c]]])
     return {
-        "predictions_images": (["image_id", "case_id", *label_cols, *pred_col, *prob_cols],
-                               img_rows),
+        "predictions_images": (["image_id", "case_id", *label_cols, *pred_col, *prob_cols,
+                                *[META_PREFIX + c for c in meta_cols]], img_rows),
         "predictions_cases": (["case_id", "num_images", *label_cols, *pred_col, *prob_cols],
                               case_rows),
         "skipped": (["image_id", "case_id", "reason"], [list(s) for s in pred.skipped]),
@@ -214,8 +218,18 @@ def _cell(m: dict | None, level: str, key: str) -> str:
 
 
 def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures: dict,
-                 auc_classes: Sequence[str]) -> str:
+                 auc_classes: Sequence[str], shift: dict | None = None) -> str:
+    from tfmicle.score import shift as S
+    from tfmicle.score import subgroups as G
     lines = ["# Scoring report", ""]
+    for r in runs:   # the largest subgroup gap first, as issue 11 asks
+        found = G.largest_gap_overall((r.metrics or {}).get("subgroups") or {})
+        if found:
+            name, gap = found
+            lines += [f"**Largest subgroup gap ({r.name}):** {G.METRIC_LABELS[gap['metric']]} "
+                      f"(case level) by {name}: {gap['best']} {gap['best_value']:.3f} vs "
+                      f"{gap['worst']} {gap['worst_value']:.3f}, difference "
+                      f"{G.fmt_ci(gap['difference'], gap['ci95'])}.", ""]
     meta = model.metadata
     lines += [f"- Model: `{model.path}`" + (f" (version {model.version})" if model.version else ""),
               f"- Task: {model.task}, {model.num_classes} classes"
@@ -255,6 +269,11 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
                     cells.append("n/a" if v is None or not math.isfinite(v) else f"{v:.3f}")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         lines.append("")
+    if shift:
+        lines += S.report_lines(shift, model.class_names)
+    for r in runs:
+        if (r.metrics or {}).get("subgroups"):
+            lines += G.report_lines(r.metrics["subgroups"], model.task, r.name)
     if figures:
         lines += ["## Figures", ""]
         for kind, title in (("roc", "ROC curves"), ("pr", "Precision-recall curves"),
@@ -274,6 +293,8 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     for r in runs:
         for k, p in r.files.items():
             lines.append(f"- {r.name}: `{os.path.relpath(p, out_dir)}`")
+    if shift:
+        lines.append("- shift: `shift.json`")
     path = os.path.join(out_dir, "report.md")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

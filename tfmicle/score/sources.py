@@ -1,6 +1,7 @@
 """Scoring: what to score. A records folder (one split), a TFDS split
-(``tfds:NAME[/CONFIG]``), a folder of images, or a CSV manifest, each as a Source: one row per image (ids, labels in the model's class order)
-and a tf.data of its encoded images.
+(``tfds:NAME[/CONFIG]``), a folder of images, or a CSV manifest, each as a Source: one
+row per image (ids, labels in the model's class order) and a tf.data of its encoded
+images.
 
 Image files: the same types data_prep accepts (data_prep.images.IMAGE_EXTENSIONS,
 DICOM and TIFF included). Those tf.io.decode_image reads go in as they are; the others
@@ -51,6 +52,8 @@ class Source:
     convert_labels: Callable | None = None  # records / tfds: (label_class, label_multi) -> labels
     tfds: object = None            # tfds: the TfdsSource
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # id, case, reason
+    meta_columns: list[str] = field(default_factory=list)   # patient / acquisition metadata
+    meta: list[dict[str, str]] | None = None   # one {column: text} per row (records: lazy)
 
     @property
     def reads_rows(self) -> bool:
@@ -105,6 +108,28 @@ class Source:
                       np.asarray(cols["label_multi"], np.float64).reshape(-1, k))
 
 
+    def metadata(self) -> tuple[list[str], list[dict[str, str]]]:
+        """(metadata columns, one {column: text} per row). Records (schema v2) read them
+        once, after scoring learnt the rows, matched by (case id, image id) because the
+        record pipeline interleaves shards; v1 records, folders: no columns."""
+        if self.image_ids is None:      # records before scoring: columns from dataset.json
+            return self.meta_columns, []
+        if self.meta is None:
+            self.meta = [{} for _ in range(len(self))]
+            if self.kind == "records":
+                from tfmicle.data import records
+                data_dir, split, _ = self.records
+                cols, rows = records.read_image_metadata(data_dir, split)
+                queues: dict[tuple[str, str], list[dict]] = {}
+                for case_id, image_id, m in rows:
+                    queues.setdefault((case_id, image_id), []).append(m)
+                for i, key in enumerate(zip(self.case_ids, self.image_ids)):
+                    q = queues.get(key)
+                    self.meta[i] = q.pop(0) if q else {}
+                self.meta_columns = cols
+        return self.meta_columns, self.meta
+
+
 def _multi_value(raw: str, where: str) -> float:
     """A multi-label cell, read as data_prep reads one (1, 0, -1, blank -> NaN)."""
     try:
@@ -127,9 +152,11 @@ def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
                          "choose one with --split")
     records.list_shards(data_dir, split)
     expected = splits[split].get("images")
-    return _dataset_source(f"{data_dir} ({split})", "records", data_dir, split,
-                           info.get("task", MULTICLASS), list(info.get("class_names", [])),
-                           int(expected) if expected is not None else None, model)
+    out = _dataset_source(f"{data_dir} ({split})", "records", data_dir, split,
+                          info.get("task", MULTICLASS), list(info.get("class_names", [])),
+                          int(expected) if expected is not None else None, model)
+    out.meta_columns = list(info.get("metadata_columns") or [])  # schema v2
+    return out
 
 
 def tfds_source(spec: str, split: str, model: ScoringModel, options: dict | None = None
@@ -222,9 +249,11 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
     if col is None:
         raise ScoreError(f"{path}: no 'image' column (columns: {', '.join(cols) or 'none'})")
     multi_cols = [c for c in model.class_names if c in cols] if model.task != MULTICLASS else []
+    # Every other column is metadata (e.g. sex, age, site for --subgroups).
+    meta_cols = [c for c in cols if c not in {col, "case_id", "label", *multi_cols}]
     n = len(rows)
     labels = _empty_labels(model.task, n, model.num_classes)
-    image_ids, case_ids, paths, skipped = [], [], [], []
+    image_ids, case_ids, paths, skipped, meta = [], [], [], [], []
     keep = []
     for i, row in enumerate(rows):
         where = f"{path} row {i + 2}"
@@ -247,13 +276,14 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
             skipped.append((rel, case, "file not found"))
             continue
         keep.append(i)
+        meta.append({c: row.get(c) or "" for c in meta_cols})
         image_ids.append(rel)
         case_ids.append(case)
         paths.append(full)
     if not rows:
         raise ScoreError(f"{path} has no rows")
     return Source(path, "csv", image_ids, case_ids, labels[np.asarray(keep, np.int64)],
-                  paths=paths, skipped=skipped)
+                  paths=paths, skipped=skipped, meta_columns=meta_cols, meta=meta)
 
 
 def open_source(spec: str, model: ScoringModel, split: str | None = None,
