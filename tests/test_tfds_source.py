@@ -247,3 +247,41 @@ def test_a_prepared_tfds_dataset_on_disk_groups_cases_and_checks_splits(tmp_path
         data_source(cfg2, (cfg2.data.train_split, cfg2.data.eval_split))
     info, _ = data_source(cfg2, ("train",))
     assert info["class_names"] == ["benign", "malignant"]
+
+
+def test_each_epoch_reads_the_parts_of_a_prepared_split_in_a_new_order(tmp_path):
+    """A split of 4 TFDS shards is read in 4 parts (TFDS's own even_splits, read here
+    through tfds.load as the reference); with no window shuffle (buffer 1) an epoch is
+    the 4 parts one after another, in an order drawn per epoch, and a stream restarted
+    at step 3 continues the uninterrupted one."""
+    images = np.arange(12, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3),
+                                                                           np.uint8)
+    feats = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(4, 4, 3)),
+                                        "label": tfds.features.ClassLabel(num_classes=2)})
+    split = tf.data.Dataset.from_tensor_slices({"image": images, "label": [0, 1] * 6})
+    tfds.dataset_builders.TfDataBuilder(
+        name="sharded", version="1.0.0", split_datasets={"train": split}, features=feats,
+        data_dir=str(tmp_path)).download_and_prepare(
+            download_config=tfds.download.DownloadConfig(num_shards=4))
+    parts = []
+    for p in tfds.even_splits("train", n=4):
+        ds = tfds.load("sharded", split=p, data_dir=str(tmp_path),
+                       read_config=tfds.ReadConfig(add_tfds_id=True))
+        parts.append(tuple(x["tfds_id"].decode() for x in ds.as_numpy_iterator()))
+    assert sorted(len(p) for p in parts) == [3, 3, 3, 3]
+
+    from tfmicle.data.pipeline import epoch_stream
+    cfg = PipelineConfig("", "train", batch_size=4, shuffle_buffer=1, seed=5,
+                         tfds=TfdsSource("sharded", data_dir=str(tmp_path)))
+    ids = [x["case_id"].decode() for x, _ in epoch_stream(cfg, "case", 12).take(60)
+           .as_numpy_iterator()]
+    orders = []
+    for e in range(5):
+        epoch = ids[12 * e:12 * (e + 1)]
+        chunks = [tuple(epoch[i:i + 3]) for i in range(0, 12, 3)]
+        assert sorted(chunks) == sorted(parts)  # whole parts, each once
+        orders.append(tuple(parts.index(c) for c in chunks))
+    assert len(set(orders)) > 1  # the part order changes between epochs
+    resumed = [x["case_id"].decode() for x, _ in epoch_stream(cfg, "case", 12, start_step=3)
+               .take(20).as_numpy_iterator()]
+    assert resumed == ids[12:32]

@@ -6,7 +6,7 @@ Two sources give the same cases: data_prep's records (data_dir) and a TFDS datas
 is shared."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tensorflow as tf
 
@@ -152,14 +152,23 @@ def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
         raise ValueError(f"no examples in split '{cfg.split}' of {cfg.where}")
     start_epoch, skip = divmod(start_step * b, per_epoch)
     base = tf.constant([cfg.seed, 104_729], tf.int64)
-    # A cached split, or a TFDS one (its order has no per-epoch seed), is built once and
-    # re-read every epoch.
-    cached = read_cases(cfg, shuffle=False) if cfg.cache or cfg.tfds is not None else None
+    # A TFDS split permutes its parts per epoch (tfds_source.epoch_reader) when TFDS can
+    # cut it into parts; a cached split, or a TFDS one that cannot be cut, is built once
+    # and re-read every epoch.
+    tfds_epoch = tfds_source.epoch_reader(cfg.tfds, cfg.split) \
+        if cfg.tfds is not None and not cfg.cache else None
+    cached = read_cases(cfg, shuffle=False) \
+        if cfg.cache or (cfg.tfds is not None and tfds_epoch is None) else None
 
     def epoch(e):
         es = tf.random.experimental.stateless_fold_in(base, e)
-        cases = cached if cached is not None else read_cases(
-            cfg, shuffle=False, file_seed=tf.random.experimental.stateless_fold_in(es, -1))
+        file_seed = tf.random.experimental.stateless_fold_in(es, -1)
+        if cached is not None:
+            cases = cached
+        elif tfds_epoch is not None:
+            cases = _filter_and_cache(tfds_epoch(file_seed), replace(cfg, cache=False))
+        else:
+            cases = read_cases(cfg, shuffle=False, file_seed=file_seed)
         items = _images_of_cases(cases) if per == "image" else cases
 
         def permute(w, window):

@@ -16,13 +16,17 @@ on it unchanged: one pipeline, two sources.
   shuffled one at worst the split's encoded images.
 - Labels come from a ClassLabel feature (``label_key``; "" = unlabeled, -1): the task
   is multiclass and the class names are the ClassLabel's.
-- The read order is TFDS's own (deterministic, files not shuffled): epoch_stream's
-  per-epoch permutations happen within windows of data.shuffle_buffer examples.
+- Order: a prepared split is read in parts (even TFDS sub-splits, about one per shard,
+  at most MAX_PARTS) whose order epoch_stream draws from its per-epoch seed, as records
+  shuffle their shards; then come its permutations within windows of
+  data.shuffle_buffer examples. Everywhere else (and when TFDS does not know the
+  split's size, as under tfds.testing.mock_data) the order is TFDS's own, fixed.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import tensorflow as tf
 
@@ -30,6 +34,7 @@ from tfmicle.config import ConfigError, TfdsConfig
 from tfmicle.tasks import MULTICLASS
 
 SPEC_PREFIX = "tfds:"  # how a TFDS source is named in messages, finetune.json and scoring
+MAX_PARTS = 64  # most parts an epoch's read order permutes (ImageNet: 1024 shards)
 
 
 class TfdsError(ConfigError):
@@ -206,14 +211,16 @@ def case_sizes(src: TfdsSource, split: str) -> tuple[tuple[bytes, ...], tuple[in
     return tuple(sizes), tuple(sizes.values())
 
 
-def _group_cases(cases: tf.data.Dataset, src: TfdsSource, split: str) -> tf.data.Dataset:
-    """One-image cases -> one case per distinct case id, its images in read order; the
-    label of a case is its last example's (examples of one case share it in a sane
-    dataset). A case is emitted as soon as its last image is read (its size is known
-    from case_sizes), so only incomplete cases wait in memory."""
+def _grouper(src: TfdsSource, split: str
+             ) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """cases -> grouped cases: one-image cases -> one case per distinct case id, its
+    images in read order; the label of a case is its last example's (examples of one
+    case share it in a sane dataset). A case is emitted as soon as its last image is
+    read (its size is known from case_sizes, read here, eagerly), so only incomplete
+    cases wait in memory."""
     ids, sizes = case_sizes(src, split)
     if not ids:
-        return cases
+        return lambda cases: cases
     index = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
         tf.constant(ids, tf.string), tf.range(len(ids), dtype=tf.int64)), -1)
     size_of = tf.constant(sizes, tf.int64)
@@ -225,17 +232,51 @@ def _group_cases(cases: tf.data.Dataset, src: TfdsSource, split: str) -> tf.data
                 "views": _empty(tf.string), "label_class": b["label_class"][-1],
                 "label_multi": _empty(tf.float32), "meta_keys": _empty(tf.string),
                 "meta": _empty(tf.string, tf.shape(b["images"])[0])}
-    return cases.group_by_window(
-        key_func=lambda c: index.lookup(c["case_id"]),
-        reduce_func=lambda key, window: window.batch(tf.gather(size_of, key)),
-        window_size_func=lambda key: tf.gather(size_of, key)).map(merge)
+
+    def group(cases: tf.data.Dataset) -> tf.data.Dataset:
+        return cases.group_by_window(
+            key_func=lambda c: index.lookup(c["case_id"]),
+            reduce_func=lambda key, window: window.batch(tf.gather(size_of, key)),
+            window_size_func=lambda key: tf.gather(size_of, key)).map(merge)
+    return group
 
 
 def read_cases(src: TfdsSource, split: str) -> tf.data.Dataset:
     """The split as cases (records.parse_case dicts), in a deterministic order."""
     cases = _examples(src, split).map(_as_case(src), num_parallel_calls=tf.data.AUTOTUNE,
                                       deterministic=True)
-    return _group_cases(cases, src, split) if src.case_key else cases
+    return _grouper(src, split)(cases) if src.case_key else cases
+
+
+def epoch_reader(src: TfdsSource, split: str
+                 ) -> Callable[[tf.Tensor], tf.data.Dataset] | None:
+    """For epoch_stream: file_seed [2] int64 -> the split's cases, its parts read one
+    after another in an order drawn statelessly from file_seed. The parts are even TFDS
+    sub-splits, one per shard up to MAX_PARTS (so a part seldom starts inside a shard it
+    must skip into). None when the split has one shard or TFDS does not know its size
+    (then epochs read in TFDS's fixed order)."""
+    tfds = _tfds()
+    splits = builder(src).info.splits
+    try:
+        shards, total = int(splits[split].num_shards or 0), int(splits[split].num_examples)
+    except Exception:  # noqa: BLE001 - no metadata (mocked), or a split TFDS cannot size
+        return None
+    n = min(shards, MAX_PARTS, total)
+    if n < 2:
+        return None
+    parts = tfds.even_splits(split, n=n)
+    sizes = tf.constant([int(splits[p].num_examples) for p in parts], tf.int64)
+    datasets = [_examples(src, p).map(_as_case(src), num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True) for p in parts]
+    group = _grouper(src, split) if src.case_key else (lambda cases: cases)
+
+    def read(file_seed: tf.Tensor) -> tf.data.Dataset:
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         file_seed)
+        choice = tf.data.Dataset.from_tensor_slices(order).flat_map(
+            lambda i: tf.data.Dataset.from_tensors(i).repeat(tf.gather(sizes, i)))
+        return group(tf.data.Dataset.choose_from_datasets(datasets, choice))
+    return read
 
 
 def count(src: TfdsSource, split: str, per: str) -> int:
@@ -253,4 +294,4 @@ def count(src: TfdsSource, split: str, per: str) -> int:
 
 
 __all__ = ["TfdsSource", "TfdsError", "SPEC_PREFIX", "from_config", "builder", "class_names",
-           "check_split", "dataset_info", "case_sizes", "read_cases", "count"]
+           "check_split", "dataset_info", "case_sizes", "read_cases", "epoch_reader", "count"]
