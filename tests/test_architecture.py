@@ -23,6 +23,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "data_prep": (("data_prep",), ("foundation",)),
     # the library: data pipelines, models, losses, optimizers, metrics
     "library": (("tfmicle.data.augment", "tfmicle.data.pipeline", "tfmicle.data.ph2",
+                 "tfmicle.data.tfds_source",
                  "tfmicle.retrieval", "tfmicle.calibration", "tfmicle.models",
                  "tfmicle.losses", "tfmicle.optim", "tfmicle.metrics", "tfmicle.distribute"),
                 ("foundation",)),

@@ -11,7 +11,9 @@ from typing import Sequence
 import keras
 
 from tfmicle.config import Config, ConfigError
+from tfmicle.data import records, tfds_source
 from tfmicle.data.augment import AugmentConfig, preset
+from tfmicle.data.pipeline import PipelineConfig
 from tfmicle.models.classifier import Classifier, build_classifier
 from tfmicle.models.resnet import ResNetSpec
 from tfmicle.optim import EXCLUDE_DEFAULT, WarmupCosine, make_optimizer
@@ -27,6 +29,34 @@ def augment_config(cfg: Config) -> AugmentConfig:
                   color_p=d.color_p if d.color_p >= 0 else None,
                   grayscale_p=d.grayscale_p if d.grayscale_p >= 0 else None,
                   crop=None if d.crop else False, flip=None if d.flip else False)
+
+
+def data_source(cfg: Config, splits: Sequence[str] = ()) -> tuple[dict, PipelineConfig]:
+    """The data a config reads: (info, base pipeline config). info is dataset.json's
+    task and class_names (records) or the TFDS dataset's; the base PipelineConfig names
+    the source (records folder or TFDS dataset) with cfg.train's batch and seed and
+    cfg.data's image size, shuffle buffer and cache; replace() its split and the rest.
+    Raises FileNotFoundError / ConfigError (one line) for a missing source or split."""
+    d = cfg.data
+    base = dict(batch_size=cfg.train.batch_size, image_size=d.image_size,
+                shuffle_buffer=d.shuffle_buffer, cache=d.cache, seed=cfg.train.seed)
+    if d.source == "tfds":
+        src = tfds_source.from_config(d.tfds)
+        for split in splits:
+            if split:
+                tfds_source.check_split(src, split)
+        return tfds_source.dataset_info(src), PipelineConfig("", d.train_split, tfds=src,
+                                                             **base)
+    if not d.dir:
+        raise FileNotFoundError("data.dir is not set (a data_prep output folder), or use "
+                                "data.source: tfds")
+    info = records.load_dataset_info(d.dir)
+    known = info.get("splits", {})
+    for split in splits:
+        if split and split not in known:
+            raise FileNotFoundError(f"split '{split}' not in {d.dir} "
+                                    f"(has: {', '.join(known)})")
+    return info, PipelineConfig(d.dir, d.train_split, **base)
 
 
 def resnet_spec(cfg: Config, global_bn: bool | None = None) -> ResNetSpec:
@@ -79,4 +109,5 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
         raise
 
 
-__all__ = ["augment_config", "resnet_spec", "schedule_steps", "optimizer", "classifier"]
+__all__ = ["data_source", "augment_config", "resnet_spec", "schedule_steps", "optimizer",
+           "classifier"]

@@ -20,7 +20,20 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class TfdsConfig:
+    name: str = ""                 # TFDS dataset, e.g. imagenet2012 (optionally name:version)
+    config: str = ""               # builder config; "" = the dataset's default
+    image_key: str = "image"       # the Image feature
+    label_key: str = "label"       # a ClassLabel feature; "" = unlabeled
+    case_key: str = ""             # feature naming the case (MICLe); "" = each example a case
+    data_dir: str = ""             # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets)
+    manual_dir: str = ""           # manually downloaded archives (imagenet2012's tars)
+    prepare: bool = False          # true: download_and_prepare on first use
+
+
+@dataclass
 class DataConfig:
+    source: str = "records"        # records (data.dir, from data_prep) | tfds (data.tfds.*)
     dir: str = ""                  # data_prep output folder
     train_split: str = "train"
     eval_split: str = ""           # "" = no evaluation during training
@@ -40,6 +53,8 @@ class DataConfig:
     grayscale_p: float = -1.0      # random-grayscale probability; < 0 = the preset's
     simclr_unit: str = "case"      # SimCLR example: case (one image per case per epoch, no
                                    # same-case negatives) | image (plain image-level SimCLR)
+    tfds: TfdsConfig = field(default_factory=TfdsConfig)  # with source: tfds; splits are
+                                   # train_split / eval_split (TFDS slicing works: train[:10%])
 
 
 @dataclass
@@ -111,6 +126,7 @@ class Config:
 CHOICES = {
     "mode": ("pretrain", "finetune"),
     "method": ("simclr", "micle"),
+    "data.source": ("records", "tfds"),
     "data.augment": ("simclr", "cxr", "finetune", "none", "derm"),
     "data.simclr_unit": ("case", "image"),
     "train.optimizer": ("lars", "momentum", "sgd", "adam"),

@@ -1,12 +1,17 @@
 """tf.data pipelines over case-grouped records: SimCLR pairs, MICLe pairs, supervised
-and eval. All randomness is seeded (stateless ops fed by a seeded random stream)."""
+and eval. All randomness is seeded (stateless ops fed by a seeded random stream).
+
+Two sources give the same cases: data_prep's records (data_dir) and a TFDS dataset
+(PipelineConfig.tfds, read by tfmicle.data.tfds_source); everything after read_cases
+is shared."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import tensorflow as tf
 
-from tfmicle.data import records
+from tfmicle.data import records, tfds_source
+from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.tasks import MULTICLASS
 from tfmicle.data.augment import (AugmentConfig, augment_batch, crop_view, decode_image,
                                   preprocess_eval)
@@ -16,8 +21,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """How records become batches. batch_size is the global batch."""
-    data_dir: str
+    """How records (or a TFDS split, with tfds set) become batches. batch_size is the
+    global batch."""
+    data_dir: str                  # records folder; "" with tfds
     split: str = "train"
     batch_size: int = 256
     image_size: int = 224
@@ -25,6 +31,12 @@ class PipelineConfig:
     cache: bool = False
     seed: int = 0
     case_ids: tuple[str, ...] | None = None  # keep only these cases (label subsets)
+    tfds: TfdsSource | None = None  # read this TFDS dataset instead of data_dir
+
+    @property
+    def where(self) -> str:
+        """The source, for messages: the records folder or tfds:name[/config]."""
+        return self.tfds.spec if self.tfds is not None else self.data_dir
 
 
 def read_cases(cfg: PipelineConfig, shuffle: bool,
@@ -32,7 +44,10 @@ def read_cases(cfg: PipelineConfig, shuffle: bool,
     """Parsed cases (records.parse_case dicts) of one split; shards interleaved in
     parallel, optionally filtered to cfg.case_ids and cached. shuffle: shard order
     shuffled (seeded by cfg.seed); file_seed [2]: shard order permuted statelessly by
-    this seed instead (the per-epoch order of epoch_stream)."""
+    this seed instead (the per-epoch order of epoch_stream). A TFDS source is read in
+    its own fixed order (shuffle and file_seed do not apply)."""
+    if cfg.tfds is not None:
+        return _filter_and_cache(tfds_source.read_cases(cfg.tfds, cfg.split), cfg)
     paths = records.list_shards(cfg.data_dir, cfg.split)
     if file_seed is not None:
         files = tf.data.Dataset.from_tensor_slices(
@@ -43,7 +58,11 @@ def read_cases(cfg: PipelineConfig, shuffle: bool,
             files = files.shuffle(len(paths), seed=cfg.seed)
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
                           num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.map(records.parse_case, num_parallel_calls=AUTOTUNE)
+    return _filter_and_cache(ds.map(records.parse_case, num_parallel_calls=AUTOTUNE), cfg)
+
+
+def _filter_and_cache(ds: tf.data.Dataset, cfg: PipelineConfig) -> tf.data.Dataset:
+    """Cases filtered to cfg.case_ids (when set), cached (cfg.cache)."""
     if cfg.case_ids is not None:
         keep = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(list(cfg.case_ids), tf.string),
@@ -130,15 +149,26 @@ def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
     b = cfg.batch_size
     per_epoch = (num_items // b) * b if num_items >= b else num_items
     if per_epoch <= 0:
-        raise ValueError(f"no examples in split '{cfg.split}' of {cfg.data_dir}")
+        raise ValueError(f"no examples in split '{cfg.split}' of {cfg.where}")
     start_epoch, skip = divmod(start_step * b, per_epoch)
     base = tf.constant([cfg.seed, 104_729], tf.int64)
-    cached = read_cases(cfg, shuffle=False) if cfg.cache else None
+    # A TFDS split permutes its parts per epoch (tfds_source.epoch_reader) when TFDS can
+    # cut it into parts; a cached split, or a TFDS one that cannot be cut, is built once
+    # and re-read every epoch.
+    tfds_epoch = tfds_source.epoch_reader(cfg.tfds, cfg.split) \
+        if cfg.tfds is not None and not cfg.cache else None
+    cached = read_cases(cfg, shuffle=False) \
+        if cfg.cache or (cfg.tfds is not None and tfds_epoch is None) else None
 
     def epoch(e):
         es = tf.random.experimental.stateless_fold_in(base, e)
-        cases = cached if cached is not None else read_cases(
-            cfg, shuffle=False, file_seed=tf.random.experimental.stateless_fold_in(es, -1))
+        file_seed = tf.random.experimental.stateless_fold_in(es, -1)
+        if cached is not None:
+            cases = cached
+        elif tfds_epoch is not None:
+            cases = _filter_and_cache(tfds_epoch(file_seed), replace(cfg, cache=False))
+        else:
+            cases = read_cases(cfg, shuffle=False, file_seed=file_seed)
         items = _images_of_cases(cases) if per == "image" else cases
 
         def permute(w, window):
@@ -299,8 +329,11 @@ def count_examples(data_dir: str, split: str, per: str) -> int:
 
 def count_items(cfg: PipelineConfig, per: str) -> int:
     """Images (per="image") or cases (per="case") a pipeline over cfg reads: from
-    dataset.json, or by one pass over the records when cfg.case_ids filters them."""
+    dataset.json (or the TFDS metadata), or by one pass over the records when
+    cfg.case_ids filters them."""
     if cfg.case_ids is None:
+        if cfg.tfds is not None:
+            return tfds_source.count(cfg.tfds, cfg.split, per)
         return count_examples(cfg.data_dir, cfg.split, per)
     cases = read_cases(cfg, shuffle=False)
     if per == "case":

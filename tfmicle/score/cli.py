@@ -15,14 +15,17 @@ from tfmicle.score.subgroups import Subgroups, parse_age_bands, parse_subgroups
 def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m tfmicle.score",
-        description="Batch-score a records split, an image folder or a CSV manifest with an "
-                    "exported model: per-image and per-case predictions, metrics.json "
-                    "(when labeled) and report.md with ROC / PR / confusion figures.")
+        description="Batch-score a records split, a TFDS split, an image folder or a CSV "
+                    "manifest with an exported model: per-image and per-case predictions, "
+                    "metrics.json (when labeled) and report.md with ROC / PR / confusion "
+                    "figures.")
     p.add_argument("--model", required=True, help="MODELS/<name> (highest version) or "
                                                   "MODELS/<name>/<version>")
-    p.add_argument("--data", required=True, help="records folder, image folder or CSV manifest")
+    p.add_argument("--data", required=True, help="records folder, tfds:NAME[/CONFIG] (a "
+                                                 "prepared TFDS dataset), image folder or "
+                                                 "CSV manifest")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--split", help="records split to score (default: test)")
+    p.add_argument("--split", help="records or TFDS split to score (default: test)")
     p.add_argument("--compare", metavar="SRC2", help="a second dataset, reported side by side")
     p.add_argument("--compare-split", help="split of --compare records (default: --split)")
     p.add_argument("--images", help="root folder of the CSV manifest's image paths "
@@ -46,7 +49,20 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--explain", type=int, default=0, metavar="N",
                    help="Grad-CAM overlays of the N most confident errors and N most confident "
                         "correct predictions into the report (default 0: none)")
+    t = p.add_argument_group("TFDS sources (--data tfds:NAME)")
+    t.add_argument("--tfds-data-dir", help="TFDS data dir (default: TFDS's)")
+    t.add_argument("--image-key", help="Image feature (default: image)")
+    t.add_argument("--label-key", help="ClassLabel feature (default: label; '' = unlabeled)")
+    t.add_argument("--case-key", help="feature naming the case (default: each example is "
+                                      "its own case)")
     return cli.add_output_flags(p)
+
+
+def tfds_options(args) -> dict:
+    """The TFDS flags given, as TfdsSource fields."""
+    pairs = (("data_dir", args.tfds_data_dir), ("image_key", args.image_key),
+             ("label_key", args.label_key), ("case_key", args.case_key))
+    return {k: v for k, v in pairs if v is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         result = score(args.model, args.data, args.out, args.split, args.compare,
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
                        args.seed, auc, args.images, True, progress_factory,
-                       subgroups=groups, explain=args.explain)
+                       subgroups=groups, explain=args.explain,
+                       tfds_options=tfds_options(args))
         for run in result["runs"]:
             m = run["metrics"]
             summary = ""

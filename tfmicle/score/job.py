@@ -69,13 +69,16 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
           batch_size: int = 64, replicates: int = 1000, seed: int = 0,
           auc_classes: Sequence[str] | None = None, images_root: str | None = None,
           report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None,
-          subgroups: Subgroups | None = None, explain: int = 0) -> dict:
+          subgroups: Subgroups | None = None, explain: int = 0,
+          tfds_options: dict | None = None) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
     progress_factory(total, name) -> callback(n_done) (and an optional .close()).
     subgroups: metrics per patient subgroup of each run; with compare, the shift
     summary (tfmicle.score.shift) goes to DIR/shift.json and the report.
     explain: Grad-CAM overlays of the N most confident errors and correct predictions
-    of each labelled source (needs the model's serving_explain)."""
+    of each labelled source (needs the model's serving_explain).
+    tfds_options: for tfds:NAME sources, TfdsSource fields (image_key, label_key,
+    case_key, data_dir, manual_dir)."""
     if fmt not in FORMATS:
         raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
     if fmt == "parquet" and not parquet_available():
@@ -95,10 +98,11 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         if c not in model.class_names:
             raise ScoreError(f"--auc-classes: unknown class {c!r} (classes: "
                              f"{', '.join(model.class_names)})")
-    sources = [("primary", open_source(data, model, split, images_root), out_dir)]
+    sources = [("primary", open_source(data, model, split, images_root, tfds_options), out_dir)]
     if compare:
         sources.append(("compare", open_source(compare, model, compare_split or split,
-                                               images_root), os.path.join(out_dir, "compare")))
+                                               images_root, tfds_options),
+                        os.path.join(out_dir, "compare")))
     if subgroups and subgroups.names:
         primary = sources[0][1]
         for n in subgroups.names:

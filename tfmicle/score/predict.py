@@ -53,7 +53,7 @@ def predict(model: ScoringModel, source: Source, batch_size: int = 64,
     fn = model.preprocessed_fn
     size = int(model.image_size) if fn is not None else 0
     meta_keys = ("image_id", "case_id", "label_class", "label_multi") \
-        if source.kind == "records" else ()
+        if source.reads_rows else ()
 
     def prep(el):
         out = {"index": el["index"], **{k: el[k] for k in meta_keys}}
@@ -83,7 +83,7 @@ def predict(model: ScoringModel, source: Source, batch_size: int = 64,
     if probs.shape[1] != model.num_classes:
         raise ScoreError(f"the model returns {probs.shape[1]} classes but labels.txt has "
                          f"{model.num_classes}")
-    if source.kind == "records":
+    if source.reads_rows:
         complete = source.expected == len(rows) and np.array_equal(rows, np.arange(len(rows)))
         if complete:
             cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in meta.items()}
@@ -107,7 +107,7 @@ def _failure_reasons(source: Source, failed: list[int]) -> dict[int, str]:
     import tensorflow as tf
     want = set(failed)
     out = {}
-    if source.kind == "records":
+    if source.reads_rows:
         for el in source.encoded().as_numpy_iterator():
             if el["index"] in want:
                 out[int(el["index"])] = _decode_error(el["image"])

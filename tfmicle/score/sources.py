@@ -1,6 +1,7 @@
-"""Scoring: what to score. A records folder (one split), a folder of images, or a CSV
-manifest, each as a Source: one row per image (ids, labels in the model's class order)
-and a tf.data of its encoded images.
+"""Scoring: what to score. A records folder (one split), a TFDS split
+(``tfds:NAME[/CONFIG]``), a folder of images, or a CSV manifest, each as a Source: one
+row per image (ids, labels in the model's class order) and a tf.data of its encoded
+images.
 
 Image files: the same types data_prep accepts (data_prep.images.IMAGE_EXTENSIONS,
 DICOM and TIFF included). Those tf.io.decode_image reads go in as they are; the others
@@ -40,17 +41,24 @@ class Source:
     """What to score: one row per image (ids, labels) plus how to read the bytes. A
     records source learns its rows while it is scored (one pass over the records)."""
     spec: str
-    kind: str                      # records | folder | csv
+    kind: str                      # records | tfds | folder | csv
     image_ids: list[str] | None
     case_ids: list[str] | None
     labels: object                 # multiclass: int array [N] (-1 unlabeled); multilabel: [N, K]
     paths: list[str] | None = None              # folder / csv
-    records: tuple[str, str, int] | None = None  # (data_dir, split, dataset classes)
-    expected: int | None = None    # records: images of the split per dataset.json
-    convert_labels: Callable | None = None  # records: (label_class, label_multi) -> labels
+    records: tuple[str, str, int] | None = None  # (data_dir, split, dataset classes);
+                                   # data_dir "" for tfds
+    expected: int | None = None    # records / tfds: images of the split per its metadata
+    convert_labels: Callable | None = None  # records / tfds: (label_class, label_multi) -> labels
+    tfds: object = None            # tfds: the TfdsSource
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # id, case, reason
     meta_columns: list[str] = field(default_factory=list)   # patient / acquisition metadata
     meta: list[dict[str, str]] | None = None   # one {column: text} per row (records: lazy)
+
+    @property
+    def reads_rows(self) -> bool:
+        """records / tfds: ids and labels come with the images (set while scoring)."""
+        return self.kind in ("records", "tfds")
 
     def __len__(self) -> int:
         if self.image_ids is not None:
@@ -59,12 +67,13 @@ class Source:
 
     def encoded(self):
         """tf.data of dicts, in row order: index (int64), image (encoded string), and for
-        records image_id, case_id, label_class, label_multi."""
+        records / tfds image_id, case_id, label_class, label_multi."""
         import tensorflow as tf
-        if self.kind == "records":
+        if self.reads_rows:
             from tfmicle.data.pipeline import PipelineConfig, image_examples
             data_dir, split, k = self.records
-            return image_examples(PipelineConfig(data_dir, split), k).enumerate().map(
+            return image_examples(PipelineConfig(data_dir, split, tfds=self.tfds),
+                                  k).enumerate().map(
                 lambda i, el: {"index": i, **el})
         idx = tf.data.Dataset.range(len(self.paths))
         files = tf.data.Dataset.from_tensor_slices(tf.constant(self.paths, tf.string))
@@ -80,13 +89,13 @@ class Source:
             read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def set_rows(self, image_ids, case_ids, label_class, label_multi) -> None:
-        """Records: the rows, in index order, from the record fields."""
+        """Records / tfds: the rows, in index order, from the record fields."""
         self.image_ids = [b.decode("utf-8", "replace") for b in image_ids]
         self.case_ids = [b.decode("utf-8", "replace") for b in case_ids]
         self.labels = self.convert_labels(label_class, label_multi)
 
     def read_rows(self) -> None:
-        """Records: one pass over the split without decoding images (used when scoring
+        """Records / tfds: one pass over the split without decoding images (used when scoring
         could not account for every image)."""
         import numpy as np
         cols = {k: [] for k in ("image_id", "case_id", "label_class", "label_multi")}
@@ -135,7 +144,6 @@ def _empty_labels(task: str, n: int, k: int):
 
 
 def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
-    import numpy as np
     from tfmicle.data import records
     info = records.load_dataset_info(data_dir)
     splits = info.get("splits", {})
@@ -143,17 +151,52 @@ def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
         raise ScoreError(f"split '{split}' not in {data_dir} (has: {', '.join(splits)}); "
                          "choose one with --split")
     records.list_shards(data_dir, split)
-    names = list(info.get("class_names", []))
-    task = info.get("task", MULTICLASS)
+    expected = splits[split].get("images")
+    out = _dataset_source(f"{data_dir} ({split})", "records", data_dir, split,
+                          info.get("task", MULTICLASS), list(info.get("class_names", [])),
+                          int(expected) if expected is not None else None, model)
+    out.meta_columns = list(info.get("metadata_columns") or [])  # schema v2
+    return out
+
+
+def tfds_source(spec: str, split: str, model: ScoringModel, options: dict | None = None
+                ) -> Source:
+    """spec tfds:NAME[/CONFIG]; options: TfdsSource fields (image_key, label_key,
+    case_key, data_dir, manual_dir). Labels: the ClassLabel's names, matched to the
+    model's classes by name."""
+    from tfmicle.data import tfds_source as T
+    name, _, config = spec[len(T.SPEC_PREFIX):].partition("/")
+    try:
+        src = T.TfdsSource(name, config, **(options or {}))
+        T.builder(src)
+        T.check_split(src, split)
+        n = T.count(src, split, "image")
+        info = T.dataset_info(src)
+    except T.TfdsError as e:
+        raise ScoreError(str(e)) from None
+    except TypeError as e:  # an unknown option
+        raise ScoreError(f"{spec}: {e}") from None
+    out = _dataset_source(f"{src.spec} ({split})", "tfds", "", split, info["task"],
+                          info["class_names"], n, model)
+    out.tfds = src
+    return out
+
+
+def _dataset_source(spec: str, kind: str, data_dir: str, split: str, task: str,
+                    names: list[str], expected: int | None, model: ScoringModel) -> Source:
+    """A records / tfds Source: the dataset's labels (class names, task) mapped onto the
+    model's classes by name."""
+    import numpy as np
+    where = spec.rsplit(" (", 1)[0]
     if names and task != model.task:
-        raise ScoreError(f"{data_dir} is {task} but the model is {model.task}")
+        raise ScoreError(f"{where} is {task} but the model is {model.task}")
     missing = [n for n in names if n not in model.class_names]
     label_map = np.array([model.class_names.index(n) if n in model.class_names else -1
                           for n in names] + [-1], np.int64)
     k = max(len(names), 1)
 
     def unknown(name):
-        return ScoreError(f"{data_dir}: class {name!r} is not one of the model's classes "
+        return ScoreError(f"{where}: class {name!r} is not one of the model's classes "
                           f"({', '.join(model.class_names)})")
 
     def convert(label_class, label_multi):
@@ -172,12 +215,8 @@ def records_source(data_dir: str, split: str, model: ScoringModel) -> Source:
                                                            np.float64)[:, :len(names)]
         return labels
 
-    expected = splits[split].get("images")
-    return Source(f"{data_dir} ({split})", "records", None, None, None,
-                  records=(data_dir, split, k),
-                  expected=int(expected) if expected is not None else None,
-                  convert_labels=convert,
-                  meta_columns=list(info.get("metadata_columns") or []))  # schema v2
+    return Source(spec, kind, None, None, None, records=(data_dir, split, k),
+                  expected=expected, convert_labels=convert)
 
 
 def folder_source(root: str, model: ScoringModel) -> Source:
@@ -248,9 +287,12 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
 
 
 def open_source(spec: str, model: ScoringModel, split: str | None = None,
-                images_root: str | None = None) -> Source:
-    """records folder | image folder | CSV manifest, by what spec is."""
+                images_root: str | None = None, tfds_options: dict | None = None) -> Source:
+    """records folder | tfds:NAME[/CONFIG] | image folder | CSV manifest, by what spec
+    is. split: of records or TFDS (default test)."""
     from tfmicle.data import records
+    if spec.startswith("tfds:"):
+        return tfds_source(spec, split or "test", model, tfds_options)
     if os.path.isdir(spec):
         if os.path.isfile(os.path.join(spec, records.DATASET_JSON)):
             return records_source(spec, split or "test", model)
@@ -263,5 +305,5 @@ def open_source(spec: str, model: ScoringModel, split: str | None = None,
     raise FileNotFoundError(f"data {spec} not found")
 
 
-__all__ = ["Source", "records_source", "folder_source", "csv_source", "open_source",
+__all__ = ["Source", "records_source", "tfds_source", "folder_source", "csv_source", "open_source",
            "is_image_file", "needs_conversion", "converted_bytes"]

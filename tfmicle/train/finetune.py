@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import replace
 
 import keras
 import tensorflow as tf
@@ -22,6 +23,7 @@ from tfmicle.train import runner
 from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
+from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
 from tfmicle.models.resnet import small_stem
 from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint, config_of,
@@ -44,10 +46,12 @@ def resolve_auc_classes(spec: str, class_names: list[str]) -> list[str]:
     return names or list(class_names)
 
 
-def count_labeled(data_dir: str, split: str, task: str,
-                  case_ids: tuple[str, ...] | None) -> tuple[int, int]:
-    """(cases, images) of a split (or of the given cases) that carry a label for task."""
-    ds = read_cases(PipelineConfig(data_dir, split, case_ids=case_ids), shuffle=False)
+def count_labeled(data_dir: str, split: str, task: str, case_ids: tuple[str, ...] | None,
+                  tfds: TfdsSource | None = None) -> tuple[int, int]:
+    """(cases, images) of a split (or of the given cases) that carry a label for task;
+    the split of data_dir's records, or of the TFDS dataset tfds."""
+    ds = read_cases(PipelineConfig(data_dir, split, case_ids=case_ids, tfds=tfds),
+                    shuffle=False)
 
     def labeled(c):
         ok = (c["label_class"] >= 0) if task == MULTICLASS else (tf.size(c["label_multi"]) > 0)
@@ -136,19 +140,18 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     pretrain(): start_step, end_step, total_steps, history, checkpoint, plus
     best_checkpoint / best (metric, value, step), validation (last metrics) and
     early_stopped."""
-    if not cfg.data.dir:
-        raise FileNotFoundError("data.dir is not set (a data_prep output folder)")
-    info = records.load_dataset_info(cfg.data.dir)
-    splits = info.get("splits", {})
-    for split in (cfg.data.train_split, cfg.data.eval_split):
-        if split and split not in splits:
-            raise FileNotFoundError(f"split '{split}' not in {cfg.data.dir} "
-                                    f"(has: {', '.join(splits)})")
+    info, base = build.data_source(cfg, (cfg.data.train_split, cfg.data.eval_split))
+    tfds = base.tfds
     task = info.get("task", MULTICLASS)
     class_names = list(info.get("class_names", []))
     if not class_names:
-        raise ConfigError(f"{cfg.data.dir}/dataset.json has no class_names: nothing to "
+        raise ConfigError(f"{tfds.spec} has no label (data.tfds.label_key): nothing to "
+                          "fine-tune on" if tfds is not None else
+                          f"{cfg.data.dir}/dataset.json has no class_names: nothing to "
                           "fine-tune on")
+    if tfds is not None and cfg.data.label_fraction < 1:
+        raise ConfigError("data.label_fraction reads data_prep's subsets; with a TFDS source "
+                          "slice the split instead, e.g. data.train_split: 'train[:10%]'")
     validate_config(cfg, task)
     auc_classes = resolve_auc_classes(cfg.finetune.auc_classes, class_names)
     auc_indices = [class_names.index(c) for c in auc_classes]
@@ -167,15 +170,16 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                                              cfg.data.label_fraction))
     runner.prepare_model_dir(cfg)
     strategy = runner.run_strategy(cfg)
-    n_cases, n_images = count_labeled(cfg.data.dir, cfg.data.train_split, task, case_ids)
+    n_cases, n_images = count_labeled(cfg.data.dir, cfg.data.train_split, task, case_ids, tfds)
     if n_images == 0:
         raise ConfigError(f"no labeled images in split '{cfg.data.train_split}' of "
-                          f"{cfg.data.dir} (label_fraction {cfg.data.label_fraction})")
+                          f"{base.where} (label_fraction {cfg.data.label_fraction})")
     total, warmup = build.schedule_steps(cfg, n_images)
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
     write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
-        "data_dir": os.path.abspath(cfg.data.dir), "train_split": cfg.data.train_split,
+        "data_dir": tfds.spec if tfds is not None else os.path.abspath(cfg.data.dir),
+        "train_split": cfg.data.train_split,
         "eval_split": cfg.data.eval_split, "label_fraction": cfg.data.label_fraction,
         "train_cases": n_cases, "train_images": n_images, "auc_classes": auc_classes,
         "image_size": cfg.data.image_size, "init": cfg.finetune.init,
@@ -184,9 +188,9 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
 
     # The buffer never needs more than the labeled images: a larger one would make the
     # first batch wait for many filtered passes over the split (small label fractions).
-    pcfg = PipelineConfig(cfg.data.dir, cfg.data.train_split, cfg.train.batch_size,
-                          cfg.data.image_size, max(min(cfg.data.shuffle_buffer, n_images), 1),
-                          cfg.data.cache, cfg.train.seed, case_ids)
+    pcfg = replace(base, split=cfg.data.train_split,
+                   shuffle_buffer=max(min(cfg.data.shuffle_buffer, n_images), 1),
+                   case_ids=case_ids)
     if case_ids is not None and not cfg.data.cache:
         log.info("label fraction %g: every pass re-reads the split to filter it; "
                  "data.cache: true keeps the subset in memory", cfg.data.label_fraction)
@@ -203,7 +207,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     validator = None
     if cfg.data.eval_split:
         vds = eval_batches(cfg.data.dir, cfg.data.eval_split, len(class_names),
-                           cfg.train.batch_size, cfg.data.image_size)
+                           cfg.train.batch_size, cfg.data.image_size, tfds)
         if cfg.train.eval_steps:
             vds = vds.take(cfg.train.eval_steps)
         validator = Validation(vds, cfg.finetune.eval_every_steps or epoch_steps, total, task,

@@ -3,15 +3,14 @@ model and optimizer, then trains through the shared runner."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import keras
 
-from tfmicle.build import augment_config, resnet_spec, schedule_steps
-from tfmicle.config import Config
+from tfmicle.build import augment_config, data_source, resnet_spec, schedule_steps
+from tfmicle.config import Config, ConfigError
 from tfmicle.tasks import MULTICLASS
-from tfmicle.data import records
-from tfmicle.data.pipeline import (PipelineConfig, count_examples, pretrain_dataset,
-                                   pretrain_examples)
+from tfmicle.data.pipeline import count_items, pretrain_dataset, pretrain_examples
 from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
 from tfmicle.models.resnet import build_resnet
@@ -37,34 +36,29 @@ def build_contrastive_model(cfg: Config, num_classes: int) -> ContrastiveModel:
 
 def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
     """Runs (or resumes) a pretraining run into cfg.model_dir; returns a summary."""
-    if not cfg.data.dir:
-        raise FileNotFoundError("data.dir is not set (a data_prep output folder)")
-    info = records.load_dataset_info(cfg.data.dir)
-    if cfg.data.train_split not in info.get("splits", {}):
-        raise FileNotFoundError(f"split '{cfg.data.train_split}' not in {cfg.data.dir} "
-                                f"(has: {', '.join(info.get('splits', {}))})")
+    info, base = data_source(cfg, (cfg.data.train_split, cfg.data.eval_split))
+    if cfg.method == "micle" and base.tfds is not None and not base.tfds.case_key:
+        raise ConfigError("method micle on a TFDS source needs data.tfds.case_key (a feature "
+                          "naming the case): without it every example is its own case and "
+                          "MICLe is SimCLR; use method: simclr")
     num_classes = (len(info.get("class_names", []))
                    if cfg.model.online_probe and info.get("task") == MULTICLASS else 0)
     runner.prepare_model_dir(cfg)
     strategy = runner.run_strategy(cfg)
     per = pretrain_examples(cfg.method, cfg.data.simclr_unit)
-    n = count_examples(cfg.data.dir, cfg.data.train_split, per)
+    pcfg = replace(base, split=cfg.data.train_split)
+    n = count_items(pcfg, per)
     total, warmup = schedule_steps(cfg, n)
-    pcfg = PipelineConfig(cfg.data.dir, cfg.data.train_split, cfg.train.batch_size,
-                          cfg.data.image_size, cfg.data.shuffle_buffer, cfg.data.cache,
-                          cfg.train.seed)
     # A resumed run continues the data stream where the checkpoint left it.
     start_step = runner.checkpoint_step(cfg.model_dir)
     ds = pretrain_dataset(cfg.method, pcfg, augment_config(cfg), cfg.data.simclr_unit,
                           start_step)
     val, val_steps = None, None
     if cfg.data.eval_split:
-        vcfg = PipelineConfig(cfg.data.dir, cfg.data.eval_split, cfg.train.batch_size,
-                              cfg.data.image_size, cfg.data.shuffle_buffer, False,
-                              cfg.train.seed + 1)
+        vcfg = replace(base, split=cfg.data.eval_split, cache=False, seed=cfg.train.seed + 1)
         val = pretrain_dataset(cfg.method, vcfg, augment_config(cfg), cfg.data.simclr_unit)
-        val_steps = cfg.train.eval_steps or max(
-            count_examples(cfg.data.dir, cfg.data.eval_split, per) // cfg.train.batch_size, 1)
+        val_steps = cfg.train.eval_steps or max(count_items(vcfg, per) // cfg.train.batch_size,
+                                                1)
     keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_contrastive_model(cfg, num_classes)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfmicle import metrics as M
 from tfmicle.data.pipeline import PipelineConfig, evaluation
+from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.rundir import (BEST_JSON, BEST_PREFIX, LOGS_DIR, append_validation, read_json, write_best,
                             write_json)
 from tfmicle.tasks import MULTICLASS, probabilities, task_loss
@@ -27,9 +28,11 @@ def metric_mode(name: str) -> str:
 
 
 def eval_batches(data_dir: str, split: str, num_classes: int, batch_size: int,
-                 image_size: int) -> tf.data.Dataset:
-    """pipeline.evaluation of a split: every image once through the eval preprocessing."""
-    return evaluation(PipelineConfig(data_dir, split, batch_size, image_size), num_classes)
+                 image_size: int, tfds: TfdsSource | None = None) -> tf.data.Dataset:
+    """pipeline.evaluation of a split (of data_dir's records, or of the TFDS dataset
+    tfds): every image once through the eval preprocessing."""
+    return evaluation(PipelineConfig(data_dir, split, batch_size, image_size, tfds=tfds),
+                      num_classes)
 
 
 def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
