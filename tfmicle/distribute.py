@@ -159,6 +159,16 @@ def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list[in
     return [int(v) for v in strategy.gather(per, axis=0).numpy()]
 
 
+def chief_decides(strategy: tf.distribute.Strategy, flag: bool) -> bool:
+    """The chief's value of a per-process decision, on every worker (a collective:
+    every worker must call it at the same point). One machine: flag."""
+    if not is_multi_worker(strategy):
+        return bool(flag)
+    # One gather: 2 marks the chief's entry, 1 its flag.
+    votes = gather_from_workers(strategy, 2 * int(is_chief(strategy)) + int(bool(flag)))
+    return bool(next(v for v in votes if v >= 2) % 2)
+
+
 def shard_by_data(ds: tf.data.Dataset) -> tf.data.Dataset:
     """Auto-shard policy DATA: every worker builds the same global batches (the
     pipelines are seeded and stateless) and feeds its replicas their slices of each,

@@ -11,11 +11,13 @@ save and at the end, as in TensorFlow's multi-worker Keras guide.
 Map: docs/architecture.md."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -79,41 +81,62 @@ def run_strategy(cfg: Config) -> tf.distribute.Strategy:
 def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, model_dir: str,
               checkpoint_steps: int, log_steps: int, keep_checkpoints: int = 3,
               validation_data=None, validation_steps: int | None = None,
-              callbacks: list | None = None, verbose: int = 1) -> dict:
+              callbacks: list | None = None, verbose: int = 1,
+              out_dir: str | None = None) -> dict:
     """Trains `model` (compiled, variables built) until its optimizer has made
     total_steps steps, resuming from the latest checkpoint in model_dir.
 
     Multi-worker: every worker calls this with the same arguments (model_dir shared);
-    only the chief writes there (see the module doc).
+    only the chief writes there (see the module doc). out_dir: where this process writes
+    (an output_dir the caller holds open); None opens one for the call.
 
     Returns {"start_step", "end_step", "history"}; raises NaNLossError on a NaN loss.
     """
-    strategy = model.distribute_strategy
-    chief = is_chief(strategy)
-    out_dir = model_dir if chief else tempfile.mkdtemp(
-        prefix=f"tfmicle-{worker_name(strategy) or 'worker'}-")
-    try:
+    if out_dir is not None:
         return _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps,
                     log_steps, keep_checkpoints, validation_data, validation_steps,
                     callbacks, verbose)
+    with output_dir(model.distribute_strategy, model_dir) as out:
+        return fit_steps(model, dataset, total_steps, model_dir, checkpoint_steps, log_steps,
+                         keep_checkpoints, validation_data, validation_steps, callbacks,
+                         verbose, out)
+
+
+@contextlib.contextmanager
+def output_dir(strategy: tf.distribute.Strategy, model_dir: str) -> Iterator[str]:
+    """Where this process writes the run's files: model_dir on the chief (and on one
+    machine); on the other workers of a multi-worker run a temporary folder, removed
+    on exit."""
+    if is_chief(strategy):
+        yield model_dir
+        return
+    tmp = tempfile.mkdtemp(prefix=f"tfmicle-{worker_name(strategy) or 'worker'}-")
+    try:
+        yield tmp
     finally:
-        if not chief:
-            shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fit_multi_worker(model: keras.Model) -> None:
     """Works around two gaps of Keras 3's fit under MultiWorkerMirroredStrategy
     (keras-team/keras#20585, #20329; MirroredStrategy takes other code paths):
     - before training, fit "symbolically builds" the model from a cross-replica reduce
-      of the first batch, which fails on a dict batch. Our models are built before fit
-      (build_all, optimizer.build), so there is nothing to build: skipped.
+      of a first batch, which fails on a dict batch. Our models are built before fit
+      (build_all, optimizer.build), so there is nothing to build; the first batch is
+      still drawn from a first iterator, as Keras does, so that training iterates the
+      dataset's second iterator on every strategy (a reshuffling tf.data shuffle
+      gives each iterator its own order).
     - fit reduces each step's logs with strategy.reduce(MEAN, value, axis=0), which
       fails on scalars: the steps return their logs as [1] tensors, so the reduce is
       the mean over replicas that MirroredStrategy reports.
     Patches this model instance only."""
     if not (model.built and model.optimizer.built):
         raise ValueError("build the model and its optimizer before a multi-worker fit")
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    def draw_first_batch(iterator=None, data_batch=None):
+        for _, _, it in iterator or ():
+            next(it)
+            break
+    model._maybe_symbolic_build = draw_first_batch
     for name in ("train_step", "test_step"):
         step = getattr(model, name)
         setattr(model, name, lambda data, step=step: {
@@ -163,5 +186,6 @@ def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_
 
 
 __all__ = ["NaNLossError", "StepCheckpoint", "run_strategy", "fit_steps", "is_chief",
+           "output_dir",
            # the run folder's, used through the runner by both trainers
            "prepare_model_dir", "latest_checkpoint", "checkpoint_manager", "checkpoint_step"]
