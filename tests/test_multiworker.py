@@ -48,15 +48,15 @@ def _train(model_dir, overrides: list[str], env: dict | None = None, *flags: str
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(procs: list) -> list[str]:
+def _finish(procs: list, status: int = 0) -> list[str]:
     """Waits for every process; kills the rest when one fails (a worker whose peer died
-    would wait for it). Returns their outputs; fails the test on a non-zero exit."""
+    would wait for it). Returns their outputs; fails the test on another exit status."""
     outs = []
     try:
         for p in procs:
             out, _ = p.communicate(timeout=TIMEOUT)
             outs.append(out)
-            assert p.returncode == 0, out[-3000:]
+            assert p.returncode == status, out[-3000:]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -65,14 +65,16 @@ def _finish(procs: list) -> list[str]:
     return outs
 
 
-def _workers(model_dir, overrides, ports, tmp_root) -> list:
+def _workers(model_dir, overrides, ports, tmp_root, model_dir_1=None) -> list:
     """The two workers of one multi-worker run, each with its own TMPDIR (so the test
-    sees what a worker leaves in its temporary folder)."""
+    sees what a worker leaves in its temporary folder); model_dir_1: worker 1's
+    --model-dir when it differs (a mistake)."""
     procs = []
     for i in range(2):
         tmp = tmp_root / f"tmp-worker{i}"
         tmp.mkdir(parents=True, exist_ok=True)
-        procs.append(_train(model_dir, overrides,
+        procs.append(_train(model_dir if i == 0 or model_dir_1 is None else model_dir_1,
+                            overrides,
                             {"TF_CONFIG": _tf_config(ports, i), "TMPDIR": str(tmp)},
                             "--strategy", "multiworker"))
     return procs
@@ -136,6 +138,14 @@ def test_two_workers_train_like_two_replicas_and_resume(tmp_path):
     for out in outs:
         assert "done: steps 2 -> 4 of 4" in out, out[-2000:]
     _assert_same(_checkpoint(resumed, 4), want)
+
+    # Workers that see different run folders (no shared storage) would each restore
+    # their own: both refuse with one line instead of training on different weights.
+    outs = _finish(_workers(resumed, over, _free_ports(2), tmp_path / "run3",
+                            model_dir_1=tmp_path / "elsewhere"), status=2)
+    for out in outs:
+        errors = [line for line in out.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "resumed from different steps [4, 0]" in errors[0], out
 
 
 @pytest.mark.parametrize("tf_config,expect", [
