@@ -44,7 +44,9 @@ def make_strategy(name: str = "default", tpu: str = "", num_cpu_devices: int = 0
     - one_device: the first GPU if any, else the CPU.
     - mirrored: all local GPUs; on a machine without GPUs, num_cpu_devices (>= 2) logical
       CPUs (or the single CPU when 0).
-    - multiworker: MultiWorkerMirroredStrategy (cluster from TF_CONFIG).
+    - multiworker: MultiWorkerMirroredStrategy, cluster from TF_CONFIG (checked by
+      tf_config_cluster: StrategyError when missing or malformed). Each worker's
+      replicas are its GPUs, or its one CPU.
     - tpu: TPUStrategy through TPUClusterResolver(tpu) (name, grpc:// address or "" for
       the local / Cloud TPU VM). Raises StrategyError when no TPU is reachable.
     """

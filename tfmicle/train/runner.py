@@ -23,8 +23,8 @@ import keras
 import tensorflow as tf
 
 from tfmicle.config import Config
-from tfmicle.distribute import (gather_from_workers, is_chief, is_multi_worker, shard_by_data,
-                                worker_name)
+from tfmicle.distribute import (StrategyError, gather_from_workers, is_chief, is_multi_worker,
+                                shard_by_data, worker_name)
 from tfmicle.rundir import (LOGS_DIR, checkpoint_manager, checkpoint_step, latest_checkpoint,
                             prepare_model_dir)
 
@@ -92,14 +92,11 @@ def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, mo
 
     Returns {"start_step", "end_step", "history"}; raises NaNLossError on a NaN loss.
     """
-    if out_dir is not None:
-        return _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps,
-                    log_steps, keep_checkpoints, validation_data, validation_steps,
-                    callbacks, verbose)
-    with output_dir(model.distribute_strategy, model_dir) as out:
-        return fit_steps(model, dataset, total_steps, model_dir, checkpoint_steps, log_steps,
-                         keep_checkpoints, validation_data, validation_steps, callbacks,
-                         verbose, out)
+    opened = contextlib.nullcontext(out_dir) if out_dir is not None else \
+        output_dir(model.distribute_strategy, model_dir)
+    with opened as out:
+        return _fit(model, dataset, total_steps, model_dir, out, checkpoint_steps, log_steps,
+                    keep_checkpoints, validation_data, validation_steps, callbacks, verbose)
 
 
 @contextlib.contextmanager
@@ -132,6 +129,7 @@ def _fit_multi_worker(model: keras.Model) -> None:
     Patches this model instance only."""
     if not (model.built and model.optimizer.built):
         raise ValueError("build the model and its optimizer before a multi-worker fit")
+
     def draw_first_batch(iterator=None, data_batch=None):
         for _, _, it in iterator or ():
             next(it)
@@ -156,7 +154,6 @@ def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_
     start = int(model.optimizer.iterations.numpy())
     steps = gather_from_workers(strategy, start)
     if len(set(steps)) > 1:
-        from tfmicle.distribute import StrategyError
         raise StrategyError(f"the workers resumed from different steps {steps}: model_dir "
                             f"{model_dir} must be one folder every worker reads (a bucket "
                             f"or a shared disk)")
