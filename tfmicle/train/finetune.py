@@ -168,15 +168,17 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     if cfg.data.label_fraction < 1:
         case_ids = tuple(records.read_subset(cfg.data.dir, cfg.data.train_split,
                                              cfg.data.label_fraction))
-    runner.prepare_model_dir(cfg)
     strategy = runner.run_strategy(cfg)
+    chief = runner.is_chief(strategy)  # other workers of a multi-worker run write elsewhere
+    if chief:
+        runner.prepare_model_dir(cfg)
     n_cases, n_images = count_labeled(cfg.data.dir, cfg.data.train_split, task, case_ids, tfds)
     if n_images == 0:
         raise ConfigError(f"no labeled images in split '{cfg.data.train_split}' of "
                           f"{base.where} (label_fraction {cfg.data.label_fraction})")
     total, warmup = build.schedule_steps(cfg, n_images)
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
-    write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), {
+    run_json = {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
         "data_dir": tfds.spec if tfds is not None else os.path.abspath(cfg.data.dir),
         "train_split": cfg.data.train_split,
@@ -184,7 +186,9 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         "train_cases": n_cases, "train_images": n_images, "auc_classes": auc_classes,
         "image_size": cfg.data.image_size, "init": cfg.finetune.init,
         "encoder": IMAGENET_ENCODER if cfg.finetune.init == "imagenet" else "resnet",
-        "checkpoint": cfg.finetune.checkpoint})
+        "checkpoint": cfg.finetune.checkpoint}
+    if chief:
+        write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), run_json)
 
     # The buffer never needs more than the labeled images: a larger one would make the
     # first batch wait for many filtered passes over the split (small label fractions).
@@ -203,21 +207,6 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         model.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
         opt.build(model.trainable_variables)
 
-    cbs = list(callbacks or [])
-    validator = None
-    if cfg.data.eval_split:
-        vds = eval_batches(cfg.data.dir, cfg.data.eval_split, len(class_names),
-                           cfg.train.batch_size, cfg.data.image_size, tfds)
-        if cfg.train.eval_steps:
-            vds = vds.take(cfg.train.eval_steps)
-        validator = Validation(vds, cfg.finetune.eval_every_steps or epoch_steps, total, task,
-                               cfg.finetune.uncertainty_policy, auc_indices,
-                               cfg.finetune.best_metric, cfg.finetune.early_stopping_patience,
-                               cfg.model_dir, cfg.data.image_size)
-        cbs.insert(0, validator)
-    elif cfg.finetune.best_metric != "val_loss":
-        log.warning("no data.eval_split: finetune.best_metric %s is not used; export takes "
-                    "the latest checkpoint", cfg.finetune.best_metric)
     log.info("fine-tuning (%s, %d classes, init %s, fine_tune_after_block %d): %d labeled "
              "images in %d cases (label fraction %g), %d steps of batch %d on %d replica(s), "
              "%d warmup steps, validation every %d steps", task, len(class_names),
@@ -225,17 +214,38 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
              cfg.data.label_fraction, total, cfg.train.batch_size,
              strategy.num_replicas_in_sync, warmup,
              cfg.finetune.eval_every_steps or epoch_steps)
+    if cfg.finetune.best_metric != "val_loss" and not cfg.data.eval_split:
+        log.warning("no data.eval_split: finetune.best_metric %s is not used; export takes "
+                    "the latest checkpoint", cfg.finetune.best_metric)
 
-    if best_state.get("early_stopped_at") is not None and resuming:
-        ckpt, manager = runner.checkpoint_manager(model, cfg.model_dir, cfg.train.keep_checkpoints)
-        ckpt.restore(manager.latest_checkpoint).expect_partial()
-        step = int(model.optimizer.iterations.numpy())
-        log.info("this run stopped early at step %d: nothing to train", step)
-        result = {"start_step": step, "end_step": step, "history": {}}
-    else:
-        result = runner.fit_steps(model, ds, total, cfg.model_dir, cfg.train.checkpoint_steps,
-                                  cfg.train.log_steps, cfg.train.keep_checkpoints, None, None,
-                                  cbs, verbose)
+    # Multi-worker: every worker validates (they must agree on early stopping); only
+    # the chief writes into model_dir.
+    with runner.output_dir(strategy, cfg.model_dir) as out_dir:
+        cbs = list(callbacks or [])
+        validator = None
+        if cfg.data.eval_split:
+            vds = eval_batches(cfg.data.dir, cfg.data.eval_split, len(class_names),
+                               cfg.train.batch_size, cfg.data.image_size, tfds)
+            if cfg.train.eval_steps:
+                vds = vds.take(cfg.train.eval_steps)
+            validator = Validation(
+                vds, cfg.finetune.eval_every_steps or epoch_steps, total, task,
+                cfg.finetune.uncertainty_policy, auc_indices, cfg.finetune.best_metric,
+                cfg.finetune.early_stopping_patience, cfg.model_dir, cfg.data.image_size,
+                out_dir)
+            cbs.insert(0, validator)
+        if best_state.get("early_stopped_at") is not None and resuming:
+            ckpt, manager = runner.checkpoint_manager(model, cfg.model_dir,
+                                                      cfg.train.keep_checkpoints)
+            ckpt.restore(manager.latest_checkpoint).expect_partial()
+            step = int(model.optimizer.iterations.numpy())
+            log.info("this run stopped early at step %d: nothing to train", step)
+            result = {"start_step": step, "end_step": step, "history": {}}
+        else:
+            result = runner.fit_steps(model, ds, total, cfg.model_dir,
+                                      cfg.train.checkpoint_steps, cfg.train.log_steps,
+                                      cfg.train.keep_checkpoints, None, None, cbs, verbose,
+                                      out_dir)
     state = validator.state if validator is not None else best_state
     result.update({
         "model_dir": cfg.model_dir, "total_steps": total, "task": task,

@@ -43,8 +43,9 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                           "MICLe is SimCLR; use method: simclr")
     num_classes = (len(info.get("class_names", []))
                    if cfg.model.online_probe and info.get("task") == MULTICLASS else 0)
-    runner.prepare_model_dir(cfg)
     strategy = runner.run_strategy(cfg)
+    if runner.is_chief(strategy):  # other workers of a multi-worker run write nothing here
+        runner.prepare_model_dir(cfg)
     per = pretrain_examples(cfg.method, cfg.data.simclr_unit)
     pcfg = replace(base, split=cfg.data.train_split)
     n = count_items(pcfg, per)

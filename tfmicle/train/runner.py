@@ -2,17 +2,29 @@
 checkpoints every N steps with optimizer state, exact resume, TensorBoard, stop on NaN,
 and a step-budgeted ``fit``. The run folder's files are tfmicle.rundir's (its
 prepare_model_dir, latest_checkpoint and checkpoint_manager are used from here too).
+
+Multi-worker runs (distribute.strategy: multiworker): every worker runs the same code,
+restores the same checkpoint from the shared model_dir and takes part in every save
+(saving reads synchronised variables through collectives), but only the chief writes
+into model_dir; the others write to a temporary folder that is removed after each
+save and at the end, as in TensorFlow's multi-worker Keras guide.
 Map: docs/architecture.md."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
 
 from tfmicle.config import Config
+from tfmicle.distribute import (StrategyError, gather_from_workers, is_chief, is_multi_worker,
+                                shard_by_data, worker_name)
 from tfmicle.rundir import (LOGS_DIR, checkpoint_manager, checkpoint_step, latest_checkpoint,
                             prepare_model_dir)
 
@@ -28,9 +40,11 @@ class StepCheckpoint(keras.callbacks.Callback):
     `every` steps and at the last step, and stops training at `total_steps` and on a
     non-finite loss."""
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, total_steps: int,
+                 scratch: bool = False):
         super().__init__()
         self.manager = manager
+        self.scratch = scratch  # a non-chief worker: delete what it saved
         self.every = max(int(every), 1)
         self.total_steps = int(total_steps)
         self.nan_at: int | None = None
@@ -44,13 +58,16 @@ class StepCheckpoint(keras.callbacks.Callback):
             return
         if step % self.every == 0 or step >= self.total_steps:
             self.manager.save(checkpoint_number=step)
+            if self.scratch:
+                tf.io.gfile.rmtree(self.manager.directory)
         if step >= self.total_steps:
             self.model.stop_training = True
 
 
 def run_strategy(cfg: Config) -> tf.distribute.Strategy:
     """The run's tf.distribute strategy (distribute.make_strategy), checking that the
-    global batch splits evenly over its replicas."""
+    global batch splits evenly over its replicas. Call it before any other TensorFlow
+    op: MultiWorkerMirroredStrategy must configure the runtime first."""
     from tfmicle.config import ConfigError
     from tfmicle.distribute import make_strategy
     strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
@@ -64,36 +81,108 @@ def run_strategy(cfg: Config) -> tf.distribute.Strategy:
 def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, model_dir: str,
               checkpoint_steps: int, log_steps: int, keep_checkpoints: int = 3,
               validation_data=None, validation_steps: int | None = None,
-              callbacks: list | None = None, verbose: int = 1) -> dict:
+              callbacks: list | None = None, verbose: int = 1,
+              out_dir: str | None = None) -> dict:
     """Trains `model` (compiled, variables built) until its optimizer has made
     total_steps steps, resuming from the latest checkpoint in model_dir.
 
+    Multi-worker: every worker calls this with the same arguments (model_dir shared);
+    only the chief writes there (see the module doc). out_dir: where this process writes
+    (an output_dir the caller holds open); None opens one for the call.
+
     Returns {"start_step", "end_step", "history"}; raises NaNLossError on a NaN loss.
     """
-    ckpt, manager = checkpoint_manager(model, model_dir, keep_checkpoints)
-    if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        log.info("resumed from %s", manager.latest_checkpoint)
+    opened = contextlib.nullcontext(out_dir) if out_dir is not None else \
+        output_dir(model.distribute_strategy, model_dir)
+    with opened as out:
+        return _fit(model, dataset, total_steps, model_dir, out, checkpoint_steps, log_steps,
+                    keep_checkpoints, validation_data, validation_steps, callbacks, verbose)
+
+
+@contextlib.contextmanager
+def output_dir(strategy: tf.distribute.Strategy, model_dir: str) -> Iterator[str]:
+    """Where this process writes the run's files: model_dir on the chief (and on one
+    machine); on the other workers of a multi-worker run a temporary folder, removed
+    on exit."""
+    if is_chief(strategy):
+        yield model_dir
+        return
+    tmp = tempfile.mkdtemp(prefix=f"tfmicle-{worker_name(strategy) or 'worker'}-")
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fit_multi_worker(model: keras.Model) -> None:
+    """Works around two gaps of Keras 3's fit under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585, #20329; MirroredStrategy takes other code paths):
+    - before training, fit "symbolically builds" the model from a cross-replica reduce
+      of a first batch, which fails on a dict batch. Our models are built before fit
+      (build_all, optimizer.build), so there is nothing to build; the first batch is
+      still drawn from a first iterator, as Keras does, so that training iterates the
+      dataset's second iterator on every strategy (a reshuffling tf.data shuffle
+      gives each iterator its own order).
+    - fit reduces each step's logs with strategy.reduce(MEAN, value, axis=0), which
+      fails on scalars: the steps return their logs as [1] tensors, so the reduce is
+      the mean over replicas that MirroredStrategy reports.
+    Patches this model instance only."""
+    if not (model.built and model.optimizer.built):
+        raise ValueError("build the model and its optimizer before a multi-worker fit")
+
+    def draw_first_batch(iterator=None, data_batch=None):
+        for _, _, it in iterator or ():
+            next(it)
+            break
+    model._maybe_symbolic_build = draw_first_batch
+    for name in ("train_step", "test_step"):
+        step = getattr(model, name)
+        setattr(model, name, lambda data, step=step: {
+            k: tf.reshape(v, [1]) for k, v in step(data).items()})
+
+
+def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_steps,
+         keep_checkpoints, validation_data, validation_steps, callbacks, verbose) -> dict:
+    """fit_steps with the checkpoints and logs written into out_dir (model_dir on the
+    chief, a temporary folder on other workers) and resumed from model_dir."""
+    strategy = model.distribute_strategy
+    ckpt, manager = checkpoint_manager(model, out_dir, keep_checkpoints)
+    resume = latest_checkpoint(model_dir)  # the chief's, on every worker
+    if resume:
+        ckpt.restore(resume).assert_existing_objects_matched()
+        log.info("resumed from %s", resume)
     start = int(model.optimizer.iterations.numpy())
+    steps = gather_from_workers(strategy, start)
+    if len(set(steps)) > 1:
+        raise StrategyError(f"the workers resumed from different steps {steps}: model_dir "
+                            f"{model_dir} must be one folder every worker reads (a bucket "
+                            f"or a shared disk)")
     if start >= total_steps:
         log.info("already at step %d of %d: nothing to train", start, total_steps)
         return {"start_step": start, "end_step": start, "history": {}}
     chunk = max(min(int(log_steps), total_steps), 1)
-    saver = StepCheckpoint(manager, checkpoint_steps, total_steps)
-    cbs = [saver, keras.callbacks.TensorBoard(os.path.join(model_dir, LOGS_DIR),
+    saver = StepCheckpoint(manager, checkpoint_steps, total_steps,
+                           scratch=out_dir != model_dir)
+    cbs = [saver, keras.callbacks.TensorBoard(os.path.join(out_dir, LOGS_DIR),
                                               update_freq="epoch", write_graph=False)]
     cbs += list(callbacks or [])
-    hist = model.fit(dataset, epochs=math.ceil(total_steps / chunk), steps_per_epoch=chunk,
-                     initial_epoch=start // chunk, validation_data=validation_data,
-                     validation_steps=validation_steps, callbacks=cbs, verbose=verbose,
+    if validation_data is not None:
+        validation_data = shard_by_data(validation_data)
+    if is_multi_worker(strategy):
+        _fit_multi_worker(model)
+    hist = model.fit(shard_by_data(dataset), epochs=math.ceil(total_steps / chunk),
+                     steps_per_epoch=chunk, initial_epoch=start // chunk,
+                     validation_data=validation_data, validation_steps=validation_steps,
+                     callbacks=cbs, verbose=verbose,
                      shuffle=False)  # the pipelines shuffle (seeded) themselves
     end = int(model.optimizer.iterations.numpy())
     if saver.nan_at is not None:
         raise NaNLossError(f"loss became NaN/inf at step {saver.nan_at}; stopped "
-                           f"(last good checkpoint: {manager.latest_checkpoint})")
+                           f"(last good checkpoint: {latest_checkpoint(model_dir)})")
     return {"start_step": start, "end_step": end, "history": hist.history}
 
 
-__all__ = ["NaNLossError", "StepCheckpoint", "run_strategy", "fit_steps",
+__all__ = ["NaNLossError", "StepCheckpoint", "run_strategy", "fit_steps", "is_chief",
+           "output_dir",
            # the run folder's, used through the runner by both trainers
            "prepare_model_dir", "latest_checkpoint", "checkpoint_manager", "checkpoint_step"]

@@ -15,6 +15,7 @@ import tensorflow as tf
 from tfmicle import metrics as M
 from tfmicle.data.pipeline import PipelineConfig, evaluation
 from tfmicle.data.tfds_source import TfdsSource
+from tfmicle.distribute import chief_decides
 from tfmicle.rundir import (BEST_JSON, BEST_PREFIX, LOGS_DIR, append_validation, read_json, write_best,
                             write_json)
 from tfmicle.tasks import MULTICLASS, probabilities, task_loss
@@ -55,11 +56,15 @@ def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
 class Validation(keras.callbacks.Callback):
     """Validates every `every` steps and at the last step; keeps the best checkpoint
     (best/ckpt + best.json) by `best_metric`; stops after `patience` validations
-    without improvement (0 = never). State survives a resume (best.json)."""
+    without improvement (0 = never). State survives a resume (best.json).
+
+    The state is read from model_dir and everything is written to out_dir (model_dir
+    when empty): a multi-worker run's other workers validate too (they must agree on
+    early stopping) but write to a temporary folder (runner.output_dir)."""
 
     def __init__(self, dataset: tf.data.Dataset, every: int, total_steps: int, task: str,
                  policy: str, auc_indices, best_metric: str, patience: int, model_dir: str,
-                 image_size: int):
+                 image_size: int, out_dir: str = ""):
         super().__init__()
         self.dataset = dataset
         self.every = max(int(every), 1)
@@ -71,11 +76,13 @@ class Validation(keras.callbacks.Callback):
         self.mode = metric_mode(best_metric)
         self.patience = int(patience)
         self.model_dir = model_dir
+        self.out_dir = out_dir or model_dir
         self.image_size = image_size
         self.state = read_json(os.path.join(model_dir, BEST_JSON)) or {}
         self.last: dict | None = None
         self.last_step = -1
-        self.writer = tf.summary.create_file_writer(os.path.join(model_dir, LOGS_DIR, "validation"))
+        self.writer = tf.summary.create_file_writer(
+            os.path.join(self.out_dir, LOGS_DIR, "validation"))
         self._predict = None
 
     def _predict_fn(self):
@@ -112,7 +119,7 @@ class Validation(keras.callbacks.Callback):
     def evaluate(self, step: int) -> None:
         values = self.run()
         self.last, self.last_step = values, step
-        append_validation(self.model_dir, {"step": step, **values})
+        append_validation(self.out_dir, {"step": step, **values})
         with self.writer.as_default(step=step):
             for k, v in values.items():
                 if v is not None and math.isfinite(v):
@@ -120,7 +127,7 @@ class Validation(keras.callbacks.Callback):
         self.writer.flush()
         value = values.get(self.best_metric)
         if self._better(value):
-            write_best(self.model, self.model_dir)
+            write_best(self.model, self.out_dir)
             self.state.update({"metric": self.best_metric, "mode": self.mode, "value": value,
                                "step": step, "metrics": values, "checkpoint": BEST_PREFIX,
                                "evals_since_best": 0})
@@ -128,13 +135,17 @@ class Validation(keras.callbacks.Callback):
         else:
             self.state["evals_since_best"] = int(self.state.get("evals_since_best", 0)) + 1
             log.info("step %d: %s", step, _fmt(values))
-        if self.patience and self.state["evals_since_best"] >= self.patience:
+        # Multi-worker: the chief's call for all (per-replica batch norm keeps each
+        # worker's moving statistics, so other workers' metrics may differ slightly, and
+        # a worker that stopped alone would leave the others waiting).
+        stale = bool(self.patience) and self.state["evals_since_best"] >= self.patience
+        if chief_decides(self.model.distribute_strategy, stale):
             self.state["early_stopped_at"] = step
             self.model.stop_training = True
             log.info("early stopping at step %d: no better %s in %d validations (best %.4f "
                      "at step %d)", step, self.best_metric, self.patience,
                      self.state.get("value", math.nan), self.state.get("step", -1))
-        write_json(os.path.join(self.model_dir, BEST_JSON), self.state)
+        write_json(os.path.join(self.out_dir, BEST_JSON), self.state)
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
