@@ -86,28 +86,77 @@ def _uniform(seed, lo=0.0, hi=1.0, shape=()):
     return tf.random.stateless_uniform(shape, seed, lo, hi)
 
 
-def _random_resized_crop(image, seed, size, min_area):
+def _crop_window(shape: tf.Tensor, seed: tf.Tensor, min_area: float):
+    """SimCLR's random crop window of an image of shape [H, W, C]: area in [min_area, 1]
+    of the image, aspect 3/4-4/3. Returns (offset_y, offset_x, height, width) int32."""
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4])
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bbox, seed=seed, min_object_covered=0.1,
+        shape, bbox, seed=tf.cast(seed, tf.int64), min_object_covered=0.1,
         aspect_ratio_range=(3 / 4, 4 / 3), area_range=(min_area, 1.0),
         max_attempts=100, use_image_if_no_bounding_boxes=True)
     oy, ox, _ = tf.unstack(begin)
     th, tw, _ = tf.unstack(crop_size)
-    crop = tf.image.crop_to_bounding_box(image, oy, ox, th, tw)
-    return tf.image.resize(crop, [size, size], method="bicubic")
+    return oy, ox, th, tw
 
 
-def crop_view(image: tf.Tensor, seed: tf.Tensor, size: int, cfg: AugmentConfig) -> tf.Tensor:
-    """The per-image part of a view: float [H, W, 3] -> [size, size, 3], a random resized
-    crop (area in [crop_min_area, 1], aspect 3/4-4/3) or, with crop off, the eval crop."""
-    if cfg.crop:
-        out = _random_resized_crop(image, tf.cast(seed, tf.int64), size, cfg.crop_min_area)
-    else:
-        out = center_crop_resize(image, size)
+def _resized(crop: tf.Tensor, size: int) -> tf.Tensor:
+    """A crop (uint8 or float in [0, 1]) -> float32 [size, size, 3] (bicubic, clipped)."""
+    out = tf.image.resize(tf.image.convert_image_dtype(crop, tf.float32), [size, size],
+                          method="bicubic")
     out = tf.clip_by_value(out, 0.0, 1.0)
     out.set_shape([size, size, 3])
     return out
+
+
+def crop_view(image: tf.Tensor, seed: tf.Tensor, size: int, cfg: AugmentConfig) -> tf.Tensor:
+    """The per-image part of a view: [H, W, 3] (float in [0, 1] or uint8) -> float32
+    [size, size, 3], a random resized crop (area in [crop_min_area, 1], aspect 3/4-4/3)
+    or, with crop off, the eval crop."""
+    if cfg.crop:
+        oy, ox, th, tw = _crop_window(tf.shape(image), seed, cfg.crop_min_area)
+        return _resized(tf.image.crop_to_bounding_box(image, oy, ox, th, tw), size)
+    out = center_crop_resize(tf.image.convert_image_dtype(image, tf.float32), size)
+    out.set_shape([size, size, 3])
+    return out
+
+
+def _decode_uint8(encoded: tf.Tensor) -> tf.Tensor:
+    img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    img.set_shape([None, None, 3])
+    return img
+
+
+def is_jpeg(encoded: tf.Tensor) -> tf.Tensor:
+    """True for JPEG bytes (the SOI marker and the next marker's 0xFF)."""
+    return tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
+
+
+def decode_view(encoded: tf.Tensor, seed: tf.Tensor, size: int,
+                cfg: AugmentConfig) -> tf.Tensor:
+    """crop_view(decode_image(encoded), seed, size, cfg), cheaper: a JPEG is decoded only
+    in its crop window (tf.io.decode_and_crop_jpeg, as SimCLR reads ImageNet), and
+    pixels become float only after the crop. The same window and the same pixels, except
+    that libjpeg upsamples chroma without the neighbours beyond the window's last column
+    or row (a few edge pixels of 4:2:0 JPEGs differ slightly)."""
+    if not cfg.crop:
+        return crop_view(_decode_uint8(encoded), seed, size, cfg)
+
+    def jpeg():
+        hw = tf.io.extract_jpeg_shape(encoded)[:2]
+        oy, ox, th, tw = _crop_window(tf.concat([hw, [3]], 0), seed, cfg.crop_min_area)
+        return _resized(tf.io.decode_and_crop_jpeg(encoded, tf.stack([oy, ox, th, tw]),
+                                                   channels=3), size)
+
+    return tf.cond(is_jpeg(encoded), jpeg,
+                   lambda: crop_view(_decode_uint8(encoded), seed, size, cfg))
+
+
+def decode_views(encoded: tf.Tensor, seeds: tf.Tensor, size: int,
+                 cfg: AugmentConfig) -> list[tf.Tensor]:
+    """Several views of one image (seeds [k, 2]): decoded once, in full (k crop windows
+    cover more of a JPEG than one decode), cropped in uint8, then made float."""
+    img = _decode_uint8(encoded)
+    return [crop_view(img, seeds[i], size, cfg) for i in range(seeds.shape[0])]
 
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3   # colour-jitter op ids
@@ -122,23 +171,36 @@ def grayscale(x: tf.Tensor) -> tf.Tensor:
     return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
 
 
-def _jitter_op(x, op, factor):
-    """All four jitter ops on x [B, H, W, 3] with per-example factor [B]; returns the one
-    op[b] picks for each example, clipped to [0, 1] as SimCLR clips after every op.
+def _apply_op(x, op_id: int, factor):
+    """One jitter op on x [n, H, W, 3] with per-example factor [n], clipped to [0, 1] as
+    SimCLR clips after every op. brightness: x * f (SimCLRv2's random_brightness);
+    contrast: (x - m) f + m, m the per-channel image mean (tf.image.adjust_contrast);
+    saturation: S * f clipped to [0, 1] in HSV (tf.image.adjust_saturation); hue: H + f,
+    wrapped (tf.image.adjust_hue)."""
+    if op_id == BRIGHTNESS:
+        out = x * _per_example(factor)
+    elif op_id == CONTRAST:
+        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        out = (x - mean) * _per_example(factor) + mean
+    else:
+        h, s, v = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1)
+        f3 = factor[:, tf.newaxis, tf.newaxis]
+        if op_id == SATURATION:
+            s = tf.clip_by_value(s * f3, 0.0, 1.0)
+        else:
+            h = tf.math.floormod(h + f3, 1.0)
+        out = tf.image.hsv_to_rgb(tf.stack([h, s, v], -1))
+    return tf.clip_by_value(out, 0.0, 1.0)
 
-    brightness: x * f (SimCLRv2's random_brightness); contrast: (x - m) f + m, m the
-    per-channel image mean (tf.image.adjust_contrast); saturation: S * f clipped to
-    [0, 1] in HSV (tf.image.adjust_saturation); hue: H + f, wrapped (tf.image.adjust_hue).
-    """
-    f = _per_example(factor)
-    mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    hsv = tf.image.rgb_to_hsv(x)
-    h, s, v = tf.unstack(hsv, axis=-1)
-    f3 = factor[:, tf.newaxis, tf.newaxis]
-    sat = tf.image.hsv_to_rgb(tf.stack([h, tf.clip_by_value(s * f3, 0.0, 1.0), v], -1))
-    hue = tf.image.hsv_to_rgb(tf.stack([tf.math.floormod(h + f3, 1.0), s, v], -1))
-    cands = tf.stack([x * f, (x - mean) * f + mean, sat, hue], axis=1)   # [B, 4, H, W, 3]
-    return tf.clip_by_value(tf.gather(cands, op, batch_dims=1), 0.0, 1.0)
+
+def _jitter_op(x, op, factor):
+    """x [B, H, W, 3]: example b gets op[b] with factor[b]. Each op runs only on the
+    examples that drew it (partition, apply, stitch), so a slot costs one op per example
+    rather than all four."""
+    idx = tf.dynamic_partition(tf.range(tf.shape(x)[0]), tf.cast(op, tf.int32), 4)
+    outs = [_apply_op(tf.gather(x, idx[k]), k, tf.gather(factor, idx[k])) for k in range(4)]
+    out = tf.dynamic_stitch(idx, outs)
+    return tf.ensure_shape(out, x.shape)
 
 
 def color_jitter(x: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
@@ -177,8 +239,10 @@ def _random_color(x, seed, strength, color_p, grayscale_p):
     k = tf.random.experimental.stateless_split(seed, 3)
     if color_p > 0:
         factors, order = sample_jitter(k[0], b, strength)
-        on = _per_example(_uniform(k[1], shape=[b]) < color_p)
-        x = tf.where(on, color_jitter(x, factors, order), x)
+        on = tf.where(_uniform(k[1], shape=[b]) < color_p)          # [n, 1]
+        x = tf.cond(tf.size(on) > 0, lambda: tf.tensor_scatter_nd_update(
+            x, on, color_jitter(tf.gather_nd(x, on), tf.gather_nd(factors, on),
+                                tf.gather_nd(order, on))), lambda: x)
     if grayscale_p > 0:
         x = tf.where(_per_example(_uniform(k[2], shape=[b]) < grayscale_p), grayscale(x), x)
     return x

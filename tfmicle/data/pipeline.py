@@ -13,7 +13,7 @@ import tensorflow as tf
 from tfmicle.data import records, tfds_source
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.tasks import MULTICLASS
-from tfmicle.data.augment import (AugmentConfig, augment_batch, crop_view, decode_image,
+from tfmicle.data.augment import (AugmentConfig, augment_batch, decode_view, decode_views,
                                   preprocess_eval)
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -214,10 +214,9 @@ def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig, unit: str = "case",
         n = count_items(cfg, "image")
 
         def views(el, seed):
-            img = decode_image(el["image"])
             s = tf.random.experimental.stateless_split(seed, 2)
-            return {"view1": crop_view(img, s[0], cfg.image_size, aug),
-                    "view2": crop_view(img, s[1], cfg.image_size, aug),
+            v1, v2 = decode_views(el["image"], s, cfg.image_size, aug)
+            return {"view1": v1, "view2": v2,
                     "label": tf.cast(el["label_class"], tf.int32),
                     "case_key": _case_key(el["case_id"])}
     else:
@@ -226,9 +225,8 @@ def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig, unit: str = "case",
         def views(c, seed):
             s = tf.random.experimental.stateless_split(seed, 3)
             i, _ = micle_pick(tf.shape(c["images"])[0], s[0])
-            img = decode_image(c["images"][i])
-            return {"view1": crop_view(img, s[1], cfg.image_size, aug),
-                    "view2": crop_view(img, s[2], cfg.image_size, aug),
+            v1, v2 = decode_views(c["images"][i], s[1:], cfg.image_size, aug)
+            return {"view1": v1, "view2": v2,
                     "label": tf.cast(c["label_class"], tf.int32),
                     "case_key": _case_key(c["case_id"])}
     ds = epoch_stream(cfg, unit, n, start_step).map(views, num_parallel_calls=AUTOTUNE)
@@ -255,8 +253,8 @@ def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
     def views(c, seed):
         s = tf.random.experimental.stateless_split(seed, 3)
         i, j = micle_pick(tf.shape(c["images"])[0], s[0])
-        return {"view1": crop_view(decode_image(c["images"][i]), s[1], cfg.image_size, aug),
-                "view2": crop_view(decode_image(c["images"][j]), s[2], cfg.image_size, aug),
+        return {"view1": decode_view(c["images"][i], s[1], cfg.image_size, aug),
+                "view2": decode_view(c["images"][j], s[2], cfg.image_size, aug),
                 "label": tf.cast(c["label_class"], tf.int32),
                 "case_key": _case_key(c["case_id"])}
     ds = epoch_stream(cfg, "case", count_items(cfg, "case"), start_step)
@@ -278,7 +276,7 @@ def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
 
     def example(el, seed):
-        img = crop_view(decode_image(el["image"]), seed, cfg.image_size, aug)
+        img = decode_view(el["image"], seed, cfg.image_size, aug)
         label = (tf.cast(el["label_class"], tf.int32) if task == MULTICLASS
                  else el["label_multi"])
         return img, label
