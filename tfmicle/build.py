@@ -13,7 +13,9 @@ import keras
 from tfmicle.config import Config, ConfigError
 from tfmicle.data.augment import AugmentConfig, preset
 from tfmicle.models.classifier import Classifier, build_classifier
-from tfmicle.models.resnet import ResNetSpec
+from tfmicle.models.contrastive import ContrastiveModel
+from tfmicle.models.heads import projection_head
+from tfmicle.models.resnet import ResNetSpec, build_resnet
 from tfmicle.optim import EXCLUDE_DEFAULT, WarmupCosine, make_optimizer
 
 
@@ -55,6 +57,22 @@ def optimizer(cfg: Config, total_steps: int, warmup_steps: int,
     return make_optimizer(t.optimizer, lr, t.momentum, t.weight_decay, exclude)
 
 
+def contrastive_model(cfg: Config, num_classes: int, encoder: keras.Model | None = None
+                      ) -> ContrastiveModel:
+    """The pretraining model of a config: encoder (built from the config unless given) +
+    projection head (+ a linear probe of num_classes > 0), every variable created. Call
+    inside the strategy scope."""
+    encoder = encoder if encoder is not None else build_resnet(resnet_spec(cfg))
+    proj = projection_head(encoder.output_shape[-1], cfg.model.num_proj_layers,
+                           cfg.model.proj_out_dim, cfg.model.bn_momentum, cfg.model.global_bn,
+                           dtype=cfg.train.precision)
+    model = ContrastiveModel(encoder, proj, num_classes=num_classes,
+                             temperature=cfg.train.temperature,
+                             weight_decay=cfg.train.weight_decay, name="contrastive")
+    model.build_all(cfg.data.image_size)
+    return model
+
+
 def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = True,
                imagenet_weights: str | None = None) -> Classifier:
     """The fine-tuning Classifier of a config, every variable created. for_training:
@@ -79,4 +97,5 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
         raise
 
 
-__all__ = ["augment_config", "resnet_spec", "schedule_steps", "optimizer", "classifier"]
+__all__ = ["augment_config", "resnet_spec", "schedule_steps", "optimizer", "contrastive_model",
+           "classifier"]

@@ -23,9 +23,9 @@ from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
-from tfmicle.models.resnet import small_stem
-from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint, config_of,
-                            read_json, restore_encoder, write_json)
+from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
+                            check_architecture, config_of, read_json, restore_encoder,
+                            write_json)
 from tfmicle.tasks import MULTICLASS
 from tfmicle.train.validation import Validation, eval_batches
 
@@ -61,16 +61,7 @@ def count_labeled(data_dir: str, split: str, task: str,
 
 def check_encoder_compatible(cfg: Config, pre: Config, checkpoint: str) -> None:
     """ConfigError naming the first encoder setting that differs from pretraining."""
-    mine, theirs = cfg.model, pre.model
-    for key in ("depth", "width_multiplier", "sk_ratio"):
-        if getattr(mine, key) != getattr(theirs, key):
-            raise ConfigError(f"model.{key} is {getattr(mine, key)} but the checkpoint "
-                              f"{checkpoint} was pretrained with {getattr(theirs, key)}")
-    small = small_stem(cfg.data.image_size)
-    if small != small_stem(pre.data.image_size):
-        raise ConfigError(f"data.image_size {cfg.data.image_size} needs a "
-                          f"{'3x3' if small else '7x7'} stem but the checkpoint was "
-                          f"pretrained at {pre.data.image_size} px (other stem)")
+    check_architecture(cfg, pre, checkpoint)
 
 
 def validate_config(cfg: Config, task: str) -> None:
