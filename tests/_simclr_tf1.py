@@ -79,3 +79,27 @@ def outputs() -> dict[str, np.ndarray]:
     """The TF1 reference outputs of r50_1x_sk0 on inputs()."""
     with np.load(os.path.join(FIXTURE, "outputs_r50_1x_sk0.npz")) as z:
         return {k: z[k] for k in z.files}
+
+
+def tf1_state(model, spec, num_proj_layers: int) -> dict[str, np.ndarray]:
+    """{TF1 name: value} of a tfmicle ContrastiveModel (encoder, projection head and
+    probe, when it has one) under the TF1 names: to write small stand-in checkpoints in
+    the official format from a tiny model (the name mapping itself is checked against
+    the official code's variable lists and outputs in test_import_checkpoint)."""
+    from tfmicle.models import simclr_tf1
+    from tfmicle.models.resnet import build_resnet_in_order
+    _, convs, bns = build_resnet_in_order(spec)  # layer names only
+    mapping = simclr_tf1.variable_map(model.encoder, convs, bns, model.projection,
+                                      num_proj_layers, model.probe)
+    return {name: v.numpy() for name, v in mapping.items()}
+
+
+def with_training_state(state: dict[str, np.ndarray], step: int = STEP) -> dict[str, np.ndarray]:
+    """A model's TF1 state plus what a TF1 training checkpoint also holds: a LARS
+    Momentum slot per trainable variable and global_step."""
+    out = dict(state)
+    for name, v in state.items():
+        if not name.endswith(("/moving_mean", "/moving_variance")):
+            out[name + "/Momentum"] = np.zeros_like(v)
+    out["global_step"] = np.array(step, np.int64)
+    return out

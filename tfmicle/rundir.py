@@ -180,10 +180,10 @@ def restore_pretraining(model: keras.Model, checkpoint: str) -> str:
     prefix = latest_checkpoint(checkpoint)
     if prefix is None:
         raise FileNotFoundError(f"pretrain.checkpoint: no checkpoint found at {checkpoint}")
-    status = tf.train.Checkpoint(model=tf.train.Checkpoint(
-        encoder=model.encoder, projection=model.projection)).restore(prefix)
-    try:
-        status.expect_partial().assert_existing_objects_matched()
+    try:  # a shape mismatch raises in restore() itself, a missing variable in the assert
+        tf.train.Checkpoint(model=tf.train.Checkpoint(
+            encoder=model.encoder, projection=model.projection)).restore(
+            prefix).expect_partial().assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"pretrain.checkpoint {checkpoint} does not match the model "
