@@ -3,6 +3,7 @@ outputs (../shared/fixtures/simclrv2_tf1, see its README.txt), and continued
 pretraining from an import."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -75,7 +76,66 @@ def test_unknown_layouts_are_refused():
             {"ema_model/" + n: s for n, s in shapes.items()}))
 
 
+# --------------------------------------------------------------------------- the official outputs
+
+# reference output -> the layer of ours whose output it is (spatial means for 4-D ones)
+ENCODER_OUTPUTS = {"initial_conv_spatial_mean": "stem_conv", "initial_max_pool_spatial_mean":
+                   "stem_pool", "block_group1_spatial_mean": "block_group1_block2_out",
+                   "block_group2_spatial_mean": "block_group2_block3_out",
+                   "block_group3_spatial_mean": "block_group3_block5_out",
+                   "block_group4_spatial_mean": "block_group4_block2_out",
+                   "final_avg_pool": "features"}
+HEAD_OUTPUTS = {"proj_0_prerelu": "head_projection_batch_normalization0",
+                "proj_0": "head_projection_relu0",
+                "proj_1_prerelu": "head_projection_batch_normalization1",
+                "proj_1": "head_projection_relu1", "proj_2": "projection"}
+
+
+def reference_outputs(model) -> dict[str, np.ndarray]:
+    """The fixture's outputs, computed by a ContrastiveModel (inference mode)."""
+    enc, proj = model.encoder, model.projection
+    taps = keras.Model(enc.input, [enc.get_layer(n).output for n in ENCODER_OUTPUTS.values()])
+    got = {}
+    for key, out in zip(ENCODER_OUTPUTS, taps(fx.inputs(), training=False)):
+        out = np.asarray(out, np.float64)
+        got[key] = out.mean(axis=(1, 2)) if out.ndim == 4 else out
+    feats = got["final_avg_pool"].astype(np.float32)
+    head = keras.Model(proj.input, [proj.get_layer(n).output for n in HEAD_OUTPUTS.values()])
+    for key, out in zip(HEAD_OUTPUTS, head(feats, training=False)):
+        got[key] = np.asarray(out)
+    got["logits_sup"] = np.asarray(model.probe(feats))
+    return got
+
+
+@pytest.mark.slow
+def test_imported_r50_1x_reproduces_the_official_outputs(simclr_r50_checkpoint, tmp_path, capsys):
+    """Import through the CLI, read the run folder back as any tfmicle run, and run the
+    fixture images: every output of the TF1 code within 1e-4 x its largest magnitude."""
+    from tfmicle import build
+    run = str(tmp_path / "run")
+    rc, err = _import(["--simclr-tf1", simclr_r50_checkpoint, "--out", run], capsys)
+    assert rc == 0, err
+    cfg = load_config(os.path.join(run, "config.yaml"))
+    cfg.model.global_bn = False
+    model = build.contrastive_model(cfg, 1000)
+    tf.train.Checkpoint(model=model).restore(
+        tf.train.latest_checkpoint(os.path.join(run, "checkpoints"))
+    ).assert_existing_objects_matched()
+    got, ref = reference_outputs(model), fx.outputs()
+    assert set(ref) == set(got)
+    for key, want in ref.items():
+        err = np.abs(got[key] - want).max() / np.abs(want).max()
+        assert err < 1e-4, (key, err)
+    assert list(np.argmax(got["logits_sup"], -1)) == [552, 552, 487, 552]  # README.txt
+
+
 # --------------------------------------------------------------------------- tiny stand-ins
+
+@functools.lru_cache(maxsize=None)
+def _tiny_state(sk: bool) -> dict:
+    model, spec = _tiny_model(sk)
+    return fx.tf1_state(model, spec, 3)
+
 
 def _tiny_model(sk: bool, num_classes: int = 10, seed: int = 0):
     """A tiny ContrastiveModel with random weights (incl. BN statistics) and its spec."""
@@ -95,8 +155,7 @@ def _tiny_model(sk: bool, num_classes: int = 10, seed: int = 0):
 
 def _tiny_checkpoint(path, sk: bool = False, ema: bool = False, edit=None) -> tuple[str, dict]:
     """A TF1-format checkpoint of a tiny model; returns (prefix, {TF1 name: value})."""
-    model, spec = _tiny_model(sk)
-    state = fx.tf1_state(model, spec, 3)
+    state = _tiny_state(sk)
     tensors = fx.with_training_state(state)
     if ema:  # the raw copy gets other values, so the test sees which copy was read
         tensors.update({"ema_model/" + n: v for n, v in state.items()})
@@ -168,61 +227,6 @@ def test_mismatches_exit_2_naming_the_variables(tmp_path, capsys, edit, argv, me
 
 
 # --------------------------------------------------------------------------- continued pretraining
-
-class _Snapshot(keras.callbacks.Callback):
-    """Encoder + projection weights (by path) and the optimizer step before the first step."""
-
-    def on_train_begin(self, logs=None):
-        m = self.model
-        self.step = int(m.optimizer.iterations.numpy())
-        self.before = {v.path: v.numpy().copy() for v in m.encoder.weights + m.projection.weights}
-
-
-def _continued(tmp_path, imported: str, extra=()) -> tuple:
-    from conftest import synthetic_cases, write_records
-    from tfmicle.train.pretrain import pretrain
-    data = write_records(str(tmp_path / "rec"), "train",
-                         synthetic_cases(12, lambda c: 1 + c % 2, size=72), ["a", "b", "c"])
-    cfg = load_config(os.path.join(ROOT, "configs", "tiny.yaml"), [
-        f"data.dir={data}", f"model_dir={tmp_path / 'cont'}", "data.image_size=64",
-        "model.depth=50", f"model.width_multiplier={TINY_WIDTH}", "model.num_proj_layers=3",
-        "model.proj_out_dim=16", "train.batch_size=4", "train.train_steps=2",
-        "train.learning_rate=1.0", "pretrain.init=checkpoint",
-        f"pretrain.checkpoint={imported}", *extra])
-    snap = _Snapshot()
-    return pretrain(cfg, callbacks=[snap], verbose=0), snap, cfg
-
-
-def _tf1_names_by_path(cfg, model) -> dict[str, str]:
-    """{variable path: TF1 name} of a pretraining model's encoder and projection head."""
-    from tfmicle import build
-    _, convs, bns = build_resnet_in_order(build.resnet_spec(cfg, global_bn=False))
-    mapping = simclr_tf1.variable_map(model.encoder, convs, bns, model.projection,
-                                      cfg.model.num_proj_layers, None)
-    return {v.path: name for name, v in mapping.items()}
-
-
-def test_continued_pretraining_starts_from_the_import_then_trains(tmp_path, capsys):
-    from tfmicle import build
-    prefix, state = _tiny_checkpoint(tmp_path / "src")
-    imported = str(tmp_path / "imported")
-    assert _import(["--simclr-tf1", prefix, "--out", imported], capsys)[0] == 0
-    res, snap, cfg = _continued(tmp_path, imported)
-    assert snap.step == 0 and (res["start_step"], res["end_step"]) == (0, 2)
-    assert np.isfinite(res["final_metrics"]["loss"])
-    # The trained run read back; its variables named as in the TF1 checkpoint.
-    model = build.contrastive_model(cfg, 3)
-    tf.train.Checkpoint(model=model).restore(res["checkpoint"]).expect_partial()
-    names = _tf1_names_by_path(cfg, model)
-    assert set(names) == set(snap.before) and len(names) == len(state) - 2  # no linear head
-    changed = 0
-    for path, name in names.items():
-        # Before the first step: the TF1 checkpoint's values, value by value.
-        np.testing.assert_array_equal(snap.before[path], state[name], err_msg=name)
-        after = next(v for v in model.weights if v.path == path).numpy()
-        changed += not np.array_equal(after, state[name])
-    assert changed > len(names) // 2  # then it trains: most variables moved
-
 
 def test_continued_pretraining_refuses_another_architecture(tmp_path, capsys):
     from tfmicle.train.cli import main as train_main
