@@ -74,7 +74,8 @@ def test_import_continue_finetune_export_serve(simclr_r50_checkpoint, tmp_path, 
                      f"finetune.checkpoint={tmp_path / 'micle'}", "--set", "model.depth=50",
                      "--set", "model.width_multiplier=1", "--set", "data.image_size=64",
                      "--set", "train.train_steps=2", "--set", "train.batch_size=4",
-                     "--set", "finetune.eval_every_steps=2", "--set", "train.checkpoint_steps=2"])
+                     "--set", "finetune.eval_every_steps=2", "--set", "train.checkpoint_steps=2",
+                     "--set", "train.learning_rate=0.01"])
     assert rc == 0, capsys.readouterr().err
     models = tmp_path / "models" / "derm"
     assert export_main(["--model-dir", str(tmp_path / "ft"), "--out", str(models)]) == 0

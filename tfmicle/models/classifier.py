@@ -127,7 +127,8 @@ class Classifier(keras.Model):
     uncertainty_targets). As ContrastiveModel: the step loss is divided by
     num_replicas_in_sync (Keras sums replica gradients) and, with an optimizer other
     than LARS, weight decay is an L2 term on weights that are not batch norm, bias or
-    the head.
+    the head. Under LARS (which decays the rest itself) the L2 term is on the head's
+    kernel only, as SimCLR's add_weight_decay.
     """
 
     def __init__(self, encoder: keras.Model, num_classes: int, task: str = MULTICLASS,
@@ -178,8 +179,11 @@ class Classifier(keras.Model):
         logits = self(images, training=training)
         loss = self.loss_value(labels, logits)
         total = loss
-        if training and self.weight_decay > 0 and not isinstance(self.optimizer, LARS):
-            l2 = self._l2_variables()
+        if training and self.weight_decay > 0:
+            # LARS decays the encoder itself but excludes the head (its name), so, as
+            # SimCLR's add_weight_decay, the head's kernel gets an L2 term here instead.
+            l2 = ([self.head.kernel] if isinstance(self.optimizer, LARS)
+                  else self._l2_variables())
             if l2:
                 total = total + self.weight_decay * tf.add_n(
                     [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in l2])
