@@ -78,17 +78,26 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
     """The fine-tuning Classifier of a config, every variable created. for_training:
     freeze by finetune.fine_tune_after_block, synchronized BN as configured and a zero
     head (finetune.zero_init_head); otherwise plain BN, nothing frozen (inference).
+    finetune.proj_layers > 0 puts the first layers of a projection head (model.*'s)
+    between encoder and head.
     imagenet_weights: with finetune.init imagenet, the weights to load (None: random).
     Call inside the strategy scope."""
     f = cfg.finetune
     imagenet = f.init == "imagenet"
     spec = resnet_spec(cfg, global_bn=None if for_training else False)
+    m = cfg.model
+    projection = None
+    if f.proj_layers > 0:  # the first layers of the pretraining run's projection head
+        def projection(width: int) -> keras.Model:
+            return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
+                                   spec.global_bn, dtype=cfg.train.precision,
+                                   keep=f.proj_layers)
     try:
         return build_classifier(
             spec, num_classes, task, f.uncertainty_policy, cfg.train.weight_decay,
             fine_tune_after_block=f.fine_tune_after_block if for_training else -1,
             imagenet_weights=imagenet_weights, use_imagenet_encoder=imagenet,
-            zero_init_head=f.zero_init_head and for_training)
+            zero_init_head=f.zero_init_head and for_training, projection=projection)
     except (ValueError, OSError) as e:
         if imagenet and imagenet_weights:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -96,6 +96,10 @@ class FinetuneConfig:
     auc_classes: str = ""          # comma-separated class names for val_auc; "" = all
     eval_every_steps: int = 0      # validation period; 0 = one epoch of the labeled subset
     zero_init_head: bool = False   # SimCLR's zero_init_logits_layer (default False there too)
+    proj_layers: int = 0           # SimCLRv2's ft_proj_selector: the classifier reads the
+                                   # output of the first k layers of the pretrained projection
+                                   # head (loaded, fine-tuned); 0 = encoder features.
+                                   # SimCLRv2 recommends 1 (the middle of 3)
 
 
 @dataclass

@@ -191,6 +191,30 @@ def restore_pretraining(model: keras.Model, checkpoint: str) -> str:
     return prefix
 
 
+def restore_projection_layers(layers: keras.Model, checkpoint: str, num_layers: int,
+                              out_dim: int) -> str:
+    """Fine-tuning from a projection-head layer: fills `layers` (the first k layers of a
+    head, heads.projection_head(keep=k)) from the projection head of a pretraining run
+    (num_layers / out_dim: that head's). ConfigError (one line) on a mismatch. Returns
+    the checkpoint prefix used."""
+    from tfmicle.models.heads import projection_head
+    prefix = latest_checkpoint(checkpoint)
+    if prefix is None:
+        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
+    full = projection_head(int(layers.inputs[0].shape[-1]), num_layers, out_dim)
+    try:
+        tf.train.Checkpoint(model=tf.train.Checkpoint(projection=full)).restore(
+            prefix).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"the projection head of {checkpoint} does not match "
+                          f"(model.num_proj_layers / proj_out_dim?): {first[:200]}") from None
+    for layer in layers.layers:  # same names, same shapes: the head's first layers
+        for mine, theirs in zip(layer.weights, full.get_layer(layer.name).weights):
+            mine.assign(theirs)
+    return prefix
+
+
 def load_encoder(cfg: Config, checkpoint: str | None, seed: int = 0) -> keras.Model:
     """The ResNet encoder of a pretraining config (per-replica BN, for inference): with
     its weights from `checkpoint` (see restore_encoder), or randomly initialised with
@@ -259,5 +283,5 @@ __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "LOGS_DIR", "FINETUNE_JSON", "VALIDA
            "BEST_JSON", "BEST_PREFIX", "write_json", "read_json", "prepare_model_dir",
            "config_of", "append_validation", "validation_for_step", "checkpoint_manager",
            "latest_checkpoint", "best_checkpoint", "write_best", "restore_encoder",
-           "check_architecture", "restore_pretraining", "IMPORT_JSON",
+           "check_architecture", "restore_pretraining", "restore_projection_layers", "IMPORT_JSON",
            "run_info", "resolve_checkpoint", "load_classifier"]

@@ -25,7 +25,7 @@ from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
 from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
                             check_architecture, config_of, read_json, restore_encoder,
-                            write_json)
+                            restore_projection_layers, write_json)
 from tfmicle.tasks import MULTICLASS
 from tfmicle.train.validation import Validation, eval_batches
 
@@ -78,6 +78,12 @@ def validate_config(cfg: Config, task: str) -> None:
                                  or cfg.model.sk_ratio != 0):
         raise ConfigError("finetune.init: imagenet uses keras.applications ResNet50: set "
                           "model.depth 50, model.width_multiplier 1, model.sk_ratio 0")
+    if not 0 <= f.proj_layers <= cfg.model.num_proj_layers:
+        raise ConfigError(f"finetune.proj_layers must be 0..model.num_proj_layers "
+                          f"({cfg.model.num_proj_layers}), got {f.proj_layers}")
+    if f.proj_layers and f.init == "imagenet":
+        raise ConfigError("finetune.proj_layers needs a pretraining checkpoint's projection "
+                          "head (finetune.init: checkpoint), not init: imagenet")
     if task != MULTICLASS and f.best_metric in MULTICLASS_ONLY_METRICS:
         raise ConfigError(f"finetune.best_metric {f.best_metric} needs a multiclass task "
                           f"(this dataset is {task}); use val_auc or val_loss")
@@ -105,7 +111,7 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
     if initialise and f.init == "checkpoint":
         pre = config_of(f.checkpoint)
         if pre is not None:
-            check_encoder_compatible(cfg, pre, f.checkpoint)
+            check_architecture(cfg, pre, f.checkpoint, head=f.proj_layers > 0)
         try:
             prefix = restore_encoder(model.encoder, f.checkpoint)
         except AssertionError as e:
@@ -113,6 +119,11 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
             raise ConfigError(f"checkpoint {f.checkpoint} does not match the encoder "
                               f"(model.* settings?): {first[:200]}") from None
         log.info("encoder initialised from %s", prefix)
+        if f.proj_layers > 0:
+            restore_projection_layers(model.projection, f.checkpoint,
+                                      cfg.model.num_proj_layers, cfg.model.proj_out_dim)
+            log.info("classifier on projection-head layer %d of %d (from %s)",
+                     f.proj_layers, cfg.model.num_proj_layers, prefix)
     elif initialise and imagenet:
         log.info("encoder: keras.applications ResNet50 with ImageNet weights (%s)", weights)
     elif initialise:
@@ -170,6 +181,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         "eval_split": cfg.data.eval_split, "label_fraction": cfg.data.label_fraction,
         "train_cases": n_cases, "train_images": n_images, "auc_classes": auc_classes,
         "image_size": cfg.data.image_size, "init": cfg.finetune.init,
+        "proj_layers": cfg.finetune.proj_layers,
         "encoder": IMAGENET_ENCODER if cfg.finetune.init == "imagenet" else "resnet",
         "checkpoint": cfg.finetune.checkpoint})
 
