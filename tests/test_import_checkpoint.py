@@ -32,7 +32,8 @@ def _build_json(model: str) -> dict:
 
 @pytest.mark.parametrize("model,depth,width,sk", [
     ("r50_1x_sk0", 50, 1, False), ("r50_1x_sk1", 50, 1, True),
-    ("r101_1x_sk0", 101, 1, False), ("r50_2x_sk1", 50, 2, True)])
+    ("r101_1x_sk0", 101, 1, False),
+    pytest.param("r50_2x_sk1", 50, 2, True, marks=pytest.mark.slow)])  # 178 M parameters
 def test_every_variable_of_the_official_lists_maps_once_with_its_shape(model, depth, width, sk):
     lines = fx.variables(model)
     shapes = {name: shape for name, shape, _, _ in lines}
