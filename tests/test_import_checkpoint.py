@@ -200,9 +200,16 @@ def test_import_writes_a_run_with_exactly_the_checkpoint_values(tmp_path, capsys
     assert info["global_step"] == fx.STEP and info["ema"] == ema
     assert info["architecture"]["sk_ratio"] == (simclr_tf1.SK_RATIO if sk else 0.0)
     assert os.path.basename(info["checkpoint"]) == f"ckpt-{fx.STEP}"
-    # A folder as --simclr-tf1 is not a checkpoint without its "checkpoint" file.
+    # A folder as --simclr-tf1: its one checkpoint, even when its "checkpoint" file names
+    # the place it was trained; two checkpoints are ambiguous.
+    (tmp_path / "src" / "checkpoint").write_text(
+        'model_checkpoint_path: "gs://bucket/r50/model.ckpt-250228"\n')
     rc, err = _import(["--simclr-tf1", str(tmp_path / "src"), "--out", out + "2"], capsys)
-    assert rc == 2 and "no checkpoint in" in err and "\n" not in err
+    assert rc == 0, err
+    for suffix in (".index", ".data-00000-of-00001"):
+        shutil.copy(prefix + suffix, str(tmp_path / "src" / "model.ckpt-1") + suffix)
+    rc, err = _import(["--simclr-tf1", str(tmp_path / "src"), "--out", out + "3"], capsys)
+    assert rc == 2 and "several checkpoints in" in err and "\n" not in err
 
 
 def _drop(name):

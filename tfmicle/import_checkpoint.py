@@ -43,12 +43,19 @@ def build_parser() -> cli.ArgumentParser:
 
 def resolve_prefix(path: str) -> str:
     """A checkpoint prefix from a prefix or a folder holding one (its 'checkpoint' file)."""
+    import glob
+
     import tensorflow as tf
     if os.path.isdir(path):
         found = tf.train.latest_checkpoint(path)
-        if found:
+        if found and tf.io.gfile.exists(found + ".index"):
             return found
-        raise FileNotFoundError(f"no checkpoint in {path} (pass PATH/model.ckpt-NNNN)")
+        # A downloaded folder's 'checkpoint' file may name where it was trained (gs://...).
+        indexes = sorted(glob.glob(os.path.join(path, "*.index")))
+        if len(indexes) == 1:
+            return indexes[0][: -len(".index")]
+        raise FileNotFoundError(f"{'several checkpoints' if indexes else 'no checkpoint'} in "
+                                f"{path} (pass PATH/model.ckpt-NNNN)")
     if not tf.io.gfile.exists(path + ".index"):
         raise FileNotFoundError(f"no checkpoint at {path} (expected {path}.index)")
     return path
