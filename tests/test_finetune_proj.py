@@ -87,5 +87,6 @@ def test_proj_layers_out_of_range_is_one_line(root):
     cfg = runs.finetune_cfg(root, "ft_proj_bad", [
         "finetune.init=checkpoint", f"finetune.checkpoint={root}/pretrain",
         "finetune.proj_layers=4", "model.num_proj_layers=2"], runs.multiclass_records(root))
-    with pytest.raises(ConfigError, match=r"finetune.proj_layers must be 0..model.num_proj_layers \(2\), got 4"):
+    with pytest.raises(ConfigError,
+                       match=r"finetune.proj_layers must be 0..model.num_proj_layers \(2\), got 4"):
         finetune(cfg, verbose=0)

@@ -55,7 +55,7 @@ def test_projection_head_structure():
     assert h(tf.zeros([2, 64])).shape == (2, 16)
 
 
-# --------------------------------------------------------------------------- SimCLRv2's SK ResNet, in numpy
+# ------------------------------------------------------------- SimCLRv2's SK ResNet, in numpy
 # The fixture's reference outputs cover r50_1x_sk0 (test_import_checkpoint); the SK
 # variant is checked here against a numpy transcription of SimCLRv2's TF1 resnet.py:
 # conv2d_fixed_padding, the 3-conv stem, ResNet-D shortcuts, sk_conv2d.
@@ -95,7 +95,8 @@ def _np_sk_block(x, m, name, f, stride):
         sc = _np_pool(x, 2, 1, 0, 1, np.nanmean, np.nan)
     sc = _np_bn(_np_conv(sc, L(name + "_proj_conv").kernel.numpy(), 1),
                 L(name + "_proj_batch_normalization"), relu=False)
-    y = _np_bn(_np_conv(x, L(name + "_1_conv").kernel.numpy(), 1), L(name + "_1_batch_normalization"))
+    y = _np_bn(_np_conv(x, L(name + "_1_conv").kernel.numpy(), 1),
+               L(name + "_1_batch_normalization"))
     y = _np_bn(_np_conv(y, L(name + "_2_sk_conv").kernel.numpy(), stride),
                L(name + "_2_sk_batch_normalization"))
     a, b = y[..., :f], y[..., f:]
@@ -107,8 +108,8 @@ def _np_sk_block(x, m, name, f, stride):
     wa, wb = mix[..., :f], mix[..., f:]
     ea, eb = np.exp(wa - np.maximum(wa, wb)), np.exp(wb - np.maximum(wa, wb))
     y = a * ea / (ea + eb) + b * eb / (ea + eb)
-    y = _np_bn(_np_conv(y, L(name + "_3_conv").kernel.numpy(), 1), L(name + "_3_batch_normalization"),
-               relu=False)
+    y = _np_bn(_np_conv(y, L(name + "_3_conv").kernel.numpy(), 1),
+               L(name + "_3_batch_normalization"), relu=False)
     return np.maximum(y + sc, 0)
 
 

@@ -126,6 +126,8 @@ def import_simclr_tf1(source: str, out: str, depth: int | None = None,
                 int(v.numpy().size) for v in model.encoder.trainable_variables)),
             "skipped": len(skipped)}
     rundir.write_json(os.path.join(out, rundir.IMPORT_JSON), info)
+    log.info("%d variables imported, %d skipped (optimizer slots, step%s)", len(mapping),
+             len(skipped), ", raw copies" if ema else "")
     return info
 
 
