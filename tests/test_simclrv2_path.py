@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 class _Before(keras.callbacks.Callback):
-    """Encoder + projection weights (by path) and the step when training starts."""
+    """Encoder + projection weights (by path) and the step when training starts; the
+    weights again when it ends."""
 
     def on_train_begin(self, logs=None):
         m = self.model
@@ -30,6 +31,10 @@ class _Before(keras.callbacks.Callback):
         _, convs, bns = build_resnet_in_order(build.resnet_spec(self.cfg, global_bn=False))
         self.tf1_name = {v.path: n for n, v in simclr_tf1.variable_map(
             m.encoder, convs, bns, m.projection, 3, None).items()}
+
+    def on_train_end(self, logs=None):
+        m = self.model
+        self.after = {v.path: v.numpy().copy() for v in m.encoder.weights + m.projection.weights}
 
 
 def test_import_continue_finetune_export_serve(simclr_r50_checkpoint, tmp_path, capsys):
@@ -67,6 +72,8 @@ def test_import_continue_finetune_export_serve(simclr_r50_checkpoint, tmp_path, 
         np.testing.assert_array_equal(before.weights[path], fx.rule_value(i, name, shape, kind),
                                       err_msg=name)
     assert np.isfinite(res["final_metrics"]["loss"])
+    moved = sum(not np.array_equal(before.weights[p], before.after[p]) for p in before.weights)
+    assert moved > len(before.weights) // 2  # then it trained
 
     rc = train_main(["--config", os.path.join(ROOT, "configs", "finetune_tiny.yaml"),
                      "--model-dir", str(tmp_path / "ft"), "-q", "--set", f"data.dir={data}",
