@@ -142,7 +142,9 @@ def finetune_config(a, init: str, fraction: float, steps: int, lr: float, data_d
         "finetune": {"init": "checkpoint" if init == "simclr" else "scratch",
                      "checkpoint": checkpoint if init == "simclr" else "",
                      "fine_tune_after_block": -1, "best_metric": "val_accuracy",
-                     "eval_every_steps": eval_every(steps, a.validations)},
+                     "eval_every_steps": eval_every(steps, a.validations),
+                     # as README's measured runs (the default became SimCLR's false)
+                     "zero_init_head": True},
     }
     return common.make_config(extra, a.overrides)
 

@@ -71,3 +71,12 @@ def tiny_records(tmp_path_factory) -> str:
     write_records(d, "train", synthetic_cases(24, lambda c: 1 + c % 3), ["a", "b", "c"])
     write_records(d, "valid", synthetic_cases(6, 2, seed=1), ["a", "b", "c"])
     return d
+
+
+@pytest.fixture(scope="session")
+def simclr_r50_checkpoint(tmp_path_factory) -> str:
+    """The official-format r50_1x_sk0 checkpoint of ../shared/fixtures/simclrv2_tf1
+    (its values rule; about 270 MB in a temp folder), written once per session."""
+    import _simclr_tf1
+    d = tmp_path_factory.mktemp("simclrv2_r50_1x_sk0")
+    return _simclr_tf1.materialise("r50_1x_sk0", str(d / f"model.ckpt-{_simclr_tf1.STEP}"))

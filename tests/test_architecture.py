@@ -32,6 +32,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the tools: none imports another
     "train": (("tfmicle.train",), ("runs", "library", "foundation")),
     "export": (("tfmicle.export",), ("runs", "library", "foundation")),
+    "import": (("tfmicle.import_checkpoint",), ("runs", "library", "foundation")),
     "score": (("tfmicle.score",), ("data_prep", "library", "foundation")),
     "serving": (("serving",), ("foundation",)),
     # the whole recipe end to end

@@ -89,6 +89,37 @@ def test_model_training_loss_is_the_numpy_loss():
     assert got != pytest.approx(np_multilabel_loss(TARGETS, logits, "ignore"), rel=1e-3)
 
 
+@pytest.mark.parametrize("optimizer", ["lars", "momentum"])
+def test_weight_decay_term_under_lars_is_the_heads_kernel_only(optimizer):
+    """SimCLR's add_weight_decay: LARS decays the encoder itself and excludes the head,
+    so the loss adds wd * ||head kernel||^2 / 2 (not the bias, not the encoder); other
+    optimizers add the L2 term over the encoder's non-BN weights instead, not the head."""
+    from tfmicle.optim import LARS
+    spec = ResNetSpec(depth=18, width_multiplier=0.125, image_size=16, global_bn=False)
+    keras.utils.set_random_seed(6)
+    wd = 0.01
+    model = build_classifier(spec, 3, "multiclass", weight_decay=wd, zero_init_head=False)
+    rng = np.random.default_rng(7)
+    kernel = rng.normal(0, 1, model.head.kernel.shape).astype(np.float32)
+    model.head.kernel.assign(kernel)
+    model.head.bias.assign(np.full(3, 5.0, np.float32))  # would show if the bias were decayed
+    opt = LARS(0.0, weight_decay=wd) if optimizer == "lars" else keras.optimizers.SGD(0.0)
+    model.compile(optimizer=opt)
+    x = rng.random((4, 16, 16, 3)).astype(np.float32)
+    y = np.array([0, 1, 2, 1])
+    logits = model(x, training=True).numpy().astype(np.float64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    ce = -np.mean(np.log(p[np.arange(4), y] / p.sum(1)))
+    if optimizer == "lars":
+        l2 = 0.5 * np.sum(kernel.astype(np.float64) ** 2)
+    else:
+        l2 = sum(0.5 * np.sum(v.numpy().astype(np.float64) ** 2)
+                 for v in model.encoder.trainable_variables
+                 if "batch_normalization" not in v.path)
+    got = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert got == pytest.approx(ce + wd * l2, rel=1e-4)
+
+
 def test_freezing_by_stage_keeps_frozen_stages_and_their_batch_norm():
     spec = ResNetSpec(depth=18, width_multiplier=0.125, image_size=16, global_bn=False)
     keras.utils.set_random_seed(4)

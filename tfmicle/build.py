@@ -15,7 +15,9 @@ from tfmicle.data import records, tfds_source
 from tfmicle.data.augment import AugmentConfig, preset
 from tfmicle.data.pipeline import PipelineConfig
 from tfmicle.models.classifier import Classifier, build_classifier
-from tfmicle.models.resnet import ResNetSpec
+from tfmicle.models.contrastive import ContrastiveModel
+from tfmicle.models.heads import projection_head
+from tfmicle.models.resnet import ResNetSpec, build_resnet
 from tfmicle.optim import EXCLUDE_DEFAULT, WarmupCosine, make_optimizer
 
 
@@ -85,22 +87,47 @@ def optimizer(cfg: Config, total_steps: int, warmup_steps: int,
     return make_optimizer(t.optimizer, lr, t.momentum, t.weight_decay, exclude)
 
 
+def contrastive_model(cfg: Config, num_classes: int, encoder: keras.Model | None = None
+                      ) -> ContrastiveModel:
+    """The pretraining model of a config: encoder (built from the config unless given) +
+    projection head (+ a linear probe of num_classes > 0), every variable created. Call
+    inside the strategy scope."""
+    encoder = encoder if encoder is not None else build_resnet(resnet_spec(cfg))
+    proj = projection_head(encoder.output_shape[-1], cfg.model.num_proj_layers,
+                           cfg.model.proj_out_dim, cfg.model.bn_momentum, cfg.model.global_bn,
+                           dtype=cfg.train.precision)
+    model = ContrastiveModel(encoder, proj, num_classes=num_classes,
+                             temperature=cfg.train.temperature,
+                             weight_decay=cfg.train.weight_decay, name="contrastive")
+    model.build_all(cfg.data.image_size)
+    return model
+
+
 def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = True,
                imagenet_weights: str | None = None) -> Classifier:
     """The fine-tuning Classifier of a config, every variable created. for_training:
     freeze by finetune.fine_tune_after_block, synchronized BN as configured and a zero
     head (finetune.zero_init_head); otherwise plain BN, nothing frozen (inference).
+    finetune.proj_layers > 0 puts the first layers of a projection head (model.*'s)
+    between encoder and head.
     imagenet_weights: with finetune.init imagenet, the weights to load (None: random).
     Call inside the strategy scope."""
     f = cfg.finetune
     imagenet = f.init == "imagenet"
     spec = resnet_spec(cfg, global_bn=None if for_training else False)
+    m = cfg.model
+    projection = None
+    if f.proj_layers > 0:  # the first layers of the pretraining run's projection head
+        def projection(width: int) -> keras.Model:
+            return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
+                                   spec.global_bn, dtype=cfg.train.precision,
+                                   keep=f.proj_layers)
     try:
         return build_classifier(
             spec, num_classes, task, f.uncertainty_policy, cfg.train.weight_decay,
             fine_tune_after_block=f.fine_tune_after_block if for_training else -1,
             imagenet_weights=imagenet_weights, use_imagenet_encoder=imagenet,
-            zero_init_head=f.zero_init_head and for_training)
+            zero_init_head=f.zero_init_head and for_training, projection=projection)
     except (ValueError, OSError) as e:
         if imagenet and imagenet_weights:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -110,4 +137,5 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
 
 
 __all__ = ["data_source", "augment_config", "resnet_spec", "schedule_steps", "optimizer",
+           "contrastive_model",
            "classifier"]

@@ -91,6 +91,15 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    init: str = "scratch"          # scratch | checkpoint (continued pretraining, e.g. from
+                                   # an imported SimCLRv2 run: python -m tfmicle.import_checkpoint)
+    checkpoint: str = ""           # init: checkpoint: a pretraining run folder or a prefix;
+                                   # its encoder + projection head load, the optimizer and
+                                   # step start fresh
+
+
+@dataclass
 class FinetuneConfig:
     init: str = "checkpoint"       # checkpoint | imagenet | scratch
     checkpoint: str = ""           # pretraining model dir (or checkpoint prefix)
@@ -101,7 +110,11 @@ class FinetuneConfig:
     early_stopping_patience: int = 0
     auc_classes: str = ""          # comma-separated class names for val_auc; "" = all
     eval_every_steps: int = 0      # validation period; 0 = one epoch of the labeled subset
-    zero_init_head: bool = True    # SimCLR's zero_init_logits_layer
+    zero_init_head: bool = False   # SimCLR's zero_init_logits_layer (default False there too)
+    proj_layers: int = 0           # SimCLRv2's ft_proj_selector: the classifier reads the
+                                   # output of the first k layers of the pretrained projection
+                                   # head (loaded, fine-tuned); 0 = encoder features.
+                                   # SimCLRv2 recommends 1 (the middle of 3)
 
 
 @dataclass
@@ -119,6 +132,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     distribute: DistributeConfig = field(default_factory=DistributeConfig)
 
@@ -132,6 +146,7 @@ CHOICES = {
     "train.optimizer": ("lars", "momentum", "sgd", "adam"),
     "train.lr_scaling": ("linear", "sqrt", "none"),
     "train.precision": ("float32", "mixed_bfloat16"),
+    "pretrain.init": ("scratch", "checkpoint"),
     "finetune.init": ("checkpoint", "imagenet", "scratch"),
     "finetune.uncertainty_policy": ("ones", "zeros", "ignore"),
     "finetune.best_metric": ("val_loss", "val_accuracy", "val_top3_accuracy", "val_auc",

@@ -164,7 +164,9 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
                   "optimizer": "momentum", "learning_rate": 0.05, "lr_scaling": "none",
                   "weight_decay": 0.0, "checkpoint_steps": max(finetune_steps // 3, 1),
                   "log_steps": max(finetune_steps // 3, 1)},
+        # zero_init_head: as the demo's measured runs (the default became SimCLR's false)
         "finetune": {"init": "checkpoint", "checkpoint": pre_dir, "fine_tune_after_block": -1,
+                     "zero_init_head": True,
                      "best_metric": "val_accuracy",
                      "eval_every_steps": max(finetune_steps // 3, 1)}})
     _stage("fine-tuning", "tfmicle.train", ["--config", ft_cfg, *qa])

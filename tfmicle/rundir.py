@@ -6,6 +6,9 @@ Every run (tfmicle.train.runner):
 - ``config.yaml``: the resolved config (tfmicle.config.dump_config);
 - ``checkpoints/ckpt-<step>``: model + optimizer, numbered by the global step;
 - ``logs/``: TensorBoard.
+A run imported from a SimCLR TF1 checkpoint (tfmicle.import_checkpoint) has the
+config and one model-only checkpoint (encoder, projection head, linear head), numbered
+by the source's global step, plus ``import.json`` (source, architecture, variables).
 A fine-tuning run (tfmicle.train.finetune) adds:
 - ``finetune.json``: task, class names and the data the run was trained on;
 - ``validation.jsonl``: one line per validation ({"step", metric: value, ...});
@@ -33,6 +36,7 @@ FINETUNE_JSON = "finetune.json"
 VALIDATION_LOG = "validation.jsonl"
 BEST_JSON = "best.json"
 BEST_PREFIX = os.path.join("best", "ckpt")
+IMPORT_JSON = "import.json"  # a run folder written by tfmicle.import_checkpoint: its source
 
 
 # --------------------------------------------------------------------------- files
@@ -150,6 +154,67 @@ def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
     return prefix
 
 
+def check_architecture(cfg: Config, pre: Config, checkpoint: str, head: bool = False) -> None:
+    """ConfigError naming the first setting in which cfg's encoder (and, with head, its
+    projection head) differs from the run `pre` that wrote `checkpoint`."""
+    keys = ("depth", "width_multiplier", "sk_ratio")
+    keys += ("num_proj_layers", "proj_out_dim") if head else ()
+    for key in keys:
+        mine, theirs = getattr(cfg.model, key), getattr(pre.model, key)
+        if mine != theirs:
+            raise ConfigError(f"model.{key} is {mine} but the checkpoint {checkpoint} was "
+                              f"trained with {theirs}")
+    from tfmicle.models.resnet import small_stem
+    small = small_stem(cfg.data.image_size)
+    if small != small_stem(pre.data.image_size):
+        raise ConfigError(f"data.image_size {cfg.data.image_size} needs a "
+                          f"{'3x3' if small else '7x7'} stem but the checkpoint was "
+                          f"trained at {pre.data.image_size} px (other stem)")
+
+
+def restore_pretraining(model: keras.Model, checkpoint: str) -> str:
+    """Continued pretraining: loads encoder and projection head of a pretraining (or
+    imported) run's checkpoint into a ContrastiveModel; its probe, optimizer and step
+    are not read. ConfigError (one line) when the run's architecture differs or a
+    variable is missing or of another shape. Returns the checkpoint prefix used."""
+    prefix = latest_checkpoint(checkpoint)
+    if prefix is None:
+        raise FileNotFoundError(f"pretrain.checkpoint: no checkpoint found at {checkpoint}")
+    try:  # a shape mismatch raises in restore() itself, a missing variable in the assert
+        tf.train.Checkpoint(model=tf.train.Checkpoint(
+            encoder=model.encoder, projection=model.projection)).restore(
+            prefix).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"pretrain.checkpoint {checkpoint} does not match the model "
+                          f"(model.* settings?): {first[:200]}") from None
+    return prefix
+
+
+def restore_projection_layers(layers: keras.Model, checkpoint: str, num_layers: int,
+                              out_dim: int) -> str:
+    """Fine-tuning from a projection-head layer: fills `layers` (the first k layers of a
+    head, heads.projection_head(keep=k)) from the projection head of a pretraining run
+    (num_layers / out_dim: that head's). ConfigError (one line) on a mismatch. Returns
+    the checkpoint prefix used."""
+    from tfmicle.models.heads import projection_head
+    prefix = latest_checkpoint(checkpoint)
+    if prefix is None:
+        raise FileNotFoundError(f"no checkpoint found at {checkpoint}")
+    full = projection_head(int(layers.inputs[0].shape[-1]), num_layers, out_dim)
+    try:
+        tf.train.Checkpoint(model=tf.train.Checkpoint(projection=full)).restore(
+            prefix).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"the projection head of {checkpoint} does not match "
+                          f"(model.num_proj_layers / proj_out_dim?): {first[:200]}") from None
+    for layer in layers.layers:  # same names, same shapes: the head's first layers
+        for mine, theirs in zip(layer.weights, full.get_layer(layer.name).weights):
+            mine.assign(theirs)
+    return prefix
+
+
 def load_encoder(cfg: Config, checkpoint: str | None, seed: int = 0) -> keras.Model:
     """The ResNet encoder of a pretraining config (per-replica BN, for inference): with
     its weights from `checkpoint` (see restore_encoder), or randomly initialised with
@@ -218,4 +283,5 @@ __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "LOGS_DIR", "FINETUNE_JSON", "VALIDA
            "BEST_JSON", "BEST_PREFIX", "write_json", "read_json", "prepare_model_dir",
            "config_of", "append_validation", "validation_for_step", "checkpoint_manager",
            "latest_checkpoint", "best_checkpoint", "write_best", "restore_encoder",
+           "check_architecture", "restore_pretraining", "restore_projection_layers", "IMPORT_JSON",
            "run_info", "resolve_checkpoint", "load_classifier"]

@@ -127,16 +127,20 @@ class Classifier(keras.Model):
     uncertainty_targets). As ContrastiveModel: the step loss is divided by
     num_replicas_in_sync (Keras sums replica gradients) and, with an optimizer other
     than LARS, weight decay is an L2 term on weights that are not batch norm, bias or
-    the head.
+    the head. Under LARS (which decays the rest itself) the L2 term is on the head's
+    kernel only, as SimCLR's add_weight_decay.
     """
 
     def __init__(self, encoder: keras.Model, num_classes: int, task: str = MULTICLASS,
-                 uncertainty_policy: str = "ignore", weight_decay: float = 0.0, **kwargs):
+                 uncertainty_policy: str = "ignore", weight_decay: float = 0.0,
+                 projection: keras.Model | None = None, **kwargs):
         super().__init__(**kwargs)
         check_task(task)
         if uncertainty_policy not in POLICIES:
             raise ValueError(f"unknown uncertainty policy {uncertainty_policy!r}")
         self.encoder = encoder
+        if projection is not None:  # unset otherwise, so older checkpoints keep their layout
+            self.projection = projection
         self.head = supervised_head(num_classes)
         self.num_classes = int(num_classes)
         self.task = task
@@ -150,11 +154,15 @@ class Classifier(keras.Model):
         return [self.loss_tracker] + ([self.accuracy_tracker] if self.task == MULTICLASS else [])
 
     def call(self, images, training=False):
-        return self.head(self.encoder(images, training=training))
+        return self.features_and_logits(images, training=training)[1]
 
     def features_and_logits(self, images, training=False):
+        """images -> (encoder features [B, C], logits [B, K]); the head reads the
+        projection layers' output when the model keeps some (SimCLRv2's ft_proj_selector)."""
         feats = self.encoder(images, training=training)
-        return feats, self.head(feats)
+        projection = getattr(self, "projection", None)
+        hidden = projection(feats, training=training) if projection is not None else feats
+        return feats, self.head(hidden)
 
     def build_all(self, image_size: int) -> None:
         """Creates every variable with a dummy forward pass."""
@@ -178,8 +186,11 @@ class Classifier(keras.Model):
         logits = self(images, training=training)
         loss = self.loss_value(labels, logits)
         total = loss
-        if training and self.weight_decay > 0 and not isinstance(self.optimizer, LARS):
-            l2 = self._l2_variables()
+        if training and self.weight_decay > 0:
+            # LARS decays the encoder itself but excludes the head (its name), so, as
+            # SimCLR's add_weight_decay, the head's kernel gets an L2 term here instead.
+            l2 = ([self.head.kernel] if isinstance(self.optimizer, LARS)
+                  else self._l2_variables())
             if l2:
                 total = total + self.weight_decay * tf.add_n(
                     [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in l2])
@@ -220,17 +231,21 @@ def build_classifier(spec: ResNetSpec | None, num_classes: int, task: str = MULT
                      uncertainty_policy: str = "ignore", weight_decay: float = 0.0,
                      fine_tune_after_block: int = -1, imagenet_weights: str | None = None,
                      use_imagenet_encoder: bool = False, zero_init_head: bool = True,
-                     image_size: int = 224) -> Classifier:
+                     image_size: int = 224, projection=None) -> Classifier:
     """A Classifier with every variable created and the freezing applied. Call inside
     the strategy scope. use_imagenet_encoder: keras.applications ResNet50 with
-    imagenet_weights ("imagenet", a file, or None); otherwise our ResNet from spec."""
+    imagenet_weights ("imagenet", a file, or None); otherwise our ResNet from spec.
+    projection: None, or a function (encoder feature width -> the first layers of a
+    projection head, heads.projection_head(keep=k)) the head then reads (never frozen:
+    SimCLR fine-tunes them also in linear evaluation)."""
     if use_imagenet_encoder:
         encoder = build_imagenet_encoder(imagenet_weights,
                                          dtype=spec.dtype if spec is not None else "float32")
     else:
         encoder = build_resnet(spec)
+    trunk = projection(int(encoder.output_shape[-1])) if projection is not None else None
     model = Classifier(encoder, num_classes, task, uncertainty_policy, weight_decay,
-                       name="classifier")
+                       projection=trunk, name="classifier")
     model.build_all(spec.image_size if spec is not None else image_size)
     if zero_init_head:
         model.zero_init_head()

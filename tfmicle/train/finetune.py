@@ -25,9 +25,9 @@ from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
-from tfmicle.models.resnet import small_stem
-from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint, config_of,
-                            read_json, restore_encoder, write_json)
+from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
+                            check_architecture, config_of, read_json, restore_encoder,
+                            restore_projection_layers, write_json)
 from tfmicle.tasks import MULTICLASS
 from tfmicle.train.validation import Validation, eval_batches
 
@@ -65,16 +65,7 @@ def count_labeled(data_dir: str, split: str, task: str, case_ids: tuple[str, ...
 
 def check_encoder_compatible(cfg: Config, pre: Config, checkpoint: str) -> None:
     """ConfigError naming the first encoder setting that differs from pretraining."""
-    mine, theirs = cfg.model, pre.model
-    for key in ("depth", "width_multiplier", "sk_ratio"):
-        if getattr(mine, key) != getattr(theirs, key):
-            raise ConfigError(f"model.{key} is {getattr(mine, key)} but the checkpoint "
-                              f"{checkpoint} was pretrained with {getattr(theirs, key)}")
-    small = small_stem(cfg.data.image_size)
-    if small != small_stem(pre.data.image_size):
-        raise ConfigError(f"data.image_size {cfg.data.image_size} needs a "
-                          f"{'3x3' if small else '7x7'} stem but the checkpoint was "
-                          f"pretrained at {pre.data.image_size} px (other stem)")
+    check_architecture(cfg, pre, checkpoint)
 
 
 def validate_config(cfg: Config, task: str) -> None:
@@ -91,6 +82,12 @@ def validate_config(cfg: Config, task: str) -> None:
                                  or cfg.model.sk_ratio != 0):
         raise ConfigError("finetune.init: imagenet uses keras.applications ResNet50: set "
                           "model.depth 50, model.width_multiplier 1, model.sk_ratio 0")
+    if not 0 <= f.proj_layers <= cfg.model.num_proj_layers:
+        raise ConfigError(f"finetune.proj_layers must be 0..model.num_proj_layers "
+                          f"({cfg.model.num_proj_layers}), got {f.proj_layers}")
+    if f.proj_layers and f.init == "imagenet":
+        raise ConfigError("finetune.proj_layers needs a pretraining checkpoint's projection "
+                          "head (finetune.init: checkpoint), not init: imagenet")
     if task != MULTICLASS and f.best_metric in MULTICLASS_ONLY_METRICS:
         raise ConfigError(f"finetune.best_metric {f.best_metric} needs a multiclass task "
                           f"(this dataset is {task}); use val_auc or val_loss")
@@ -118,7 +115,7 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
     if initialise and f.init == "checkpoint":
         pre = config_of(f.checkpoint)
         if pre is not None:
-            check_encoder_compatible(cfg, pre, f.checkpoint)
+            check_architecture(cfg, pre, f.checkpoint, head=f.proj_layers > 0)
         try:
             prefix = restore_encoder(model.encoder, f.checkpoint)
         except AssertionError as e:
@@ -126,6 +123,11 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
             raise ConfigError(f"checkpoint {f.checkpoint} does not match the encoder "
                               f"(model.* settings?): {first[:200]}") from None
         log.info("encoder initialised from %s", prefix)
+        if f.proj_layers > 0:
+            restore_projection_layers(model.projection, f.checkpoint,
+                                      cfg.model.num_proj_layers, cfg.model.proj_out_dim)
+            log.info("classifier on projection-head layer %d of %d (from %s)",
+                     f.proj_layers, cfg.model.num_proj_layers, prefix)
     elif initialise and imagenet:
         log.info("encoder: keras.applications ResNet50 with ImageNet weights (%s)", weights)
     elif initialise:
@@ -185,6 +187,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         "eval_split": cfg.data.eval_split, "label_fraction": cfg.data.label_fraction,
         "train_cases": n_cases, "train_images": n_images, "auc_classes": auc_classes,
         "image_size": cfg.data.image_size, "init": cfg.finetune.init,
+        "proj_layers": cfg.finetune.proj_layers,
         "encoder": IMAGENET_ENCODER if cfg.finetune.init == "imagenet" else "resnet",
         "checkpoint": cfg.finetune.checkpoint}
     if chief:

@@ -7,31 +7,20 @@ from dataclasses import replace
 
 import keras
 
-from tfmicle.build import augment_config, data_source, resnet_spec, schedule_steps
+from tfmicle import build
+from tfmicle.build import augment_config, data_source, schedule_steps
 from tfmicle.config import Config, ConfigError
 from tfmicle.tasks import MULTICLASS
 from tfmicle.data.pipeline import count_items, pretrain_dataset, pretrain_examples
-from tfmicle.models.contrastive import ContrastiveModel
-from tfmicle.models.heads import projection_head
-from tfmicle.models.resnet import build_resnet
 from tfmicle.optim import WarmupCosine, make_optimizer
+from tfmicle.rundir import check_architecture, config_of, restore_pretraining
 from tfmicle.train import runner
 
 log = logging.getLogger(__name__)
 
 
-def build_contrastive_model(cfg: Config, num_classes: int) -> ContrastiveModel:
-    """Encoder + projection head (+ probe) with every variable created. Call inside the
-    strategy scope."""
-    encoder = build_resnet(resnet_spec(cfg))
-    proj = projection_head(encoder.output_shape[-1], cfg.model.num_proj_layers,
-                           cfg.model.proj_out_dim, cfg.model.bn_momentum, cfg.model.global_bn,
-                           dtype=cfg.train.precision)
-    model = ContrastiveModel(encoder, proj, num_classes=num_classes,
-                             temperature=cfg.train.temperature,
-                             weight_decay=cfg.train.weight_decay, name="contrastive")
-    model.build_all(cfg.data.image_size)
-    return model
+# Kept under its old name: bench/ and the tests build the pretraining model through it.
+build_contrastive_model = build.contrastive_model
 
 
 def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
@@ -43,6 +32,15 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                           "MICLe is SimCLR; use method: simclr")
     num_classes = (len(info.get("class_names", []))
                    if cfg.model.online_probe and info.get("task") == MULTICLASS else 0)
+    p = cfg.pretrain
+    if p.init == "checkpoint" and not p.checkpoint:
+        raise ConfigError("pretrain.init is checkpoint but pretrain.checkpoint is not set "
+                          "(a pretraining or imported run folder, or a prefix)")
+    resuming = runner.latest_checkpoint(cfg.model_dir) is not None
+    if p.init == "checkpoint" and not resuming:
+        pre = config_of(p.checkpoint)
+        if pre is not None:
+            check_architecture(cfg, pre, p.checkpoint, head=True)
     strategy = runner.run_strategy(cfg)
     if runner.is_chief(strategy):  # other workers of a multi-worker run write nothing here
         runner.prepare_model_dir(cfg)
@@ -63,6 +61,11 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_contrastive_model(cfg, num_classes)
+        if p.init == "checkpoint" and not resuming:
+            # Continued pretraining: weights from the run, a fresh optimizer and step 0
+            # (a resumed run restores its own checkpoint in fit_steps instead).
+            log.info("encoder and projection head initialised from %s",
+                     restore_pretraining(model, p.checkpoint))
         lr = WarmupCosine(cfg.train.learning_rate, cfg.train.batch_size, total, warmup,
                           cfg.train.lr_scaling)
         opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
