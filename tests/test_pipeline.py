@@ -141,22 +141,59 @@ def test_presets_give_valid_images(name):
 
 
 def test_grayscale_only_matches_luma_and_zero_strength_jitter_is_identity():
-    from tfmicle.data.augment import augment_batch
-    x = tf.random.stateless_uniform([6, 8, 8, 3], [3, 4])
-    gray = augment_batch(x, tf.constant([1, 1]), AugmentConfig(
+    from tfmicle.data.augment import augment_view
+    x = tf.random.stateless_uniform([8, 8, 3], [3, 4])
+    gray = augment_view(x, tf.constant([1, 1]), AugmentConfig(
         crop=False, flip=False, color_p=0, grayscale_p=1.0, blur_p=0)).numpy()
     luma = x.numpy() @ np.array([0.2989, 0.5870, 0.1140])
     np.testing.assert_allclose(gray, np.repeat(luma[..., None], 3, -1), atol=1e-5)
-    same = augment_batch(x, tf.constant([1, 1]), AugmentConfig(
+    same = augment_view(x, tf.constant([1, 1]), AugmentConfig(
         crop=False, flip=False, color_p=1.0, color_strength=0.0, grayscale_p=0, blur_p=0))
     np.testing.assert_allclose(same.numpy(), x.numpy(), atol=1e-5)
 
 
+def test_view_flip_and_colour_are_drawn_per_view_with_their_probabilities():
+    from tfmicle.data.augment import augment_view
+    x = tf.random.stateless_uniform([8, 8, 3], [3, 5])
+    flips = colours = 0
+    n = 200
+    for k in range(n):
+        y = augment_view(x, tf.constant([k, 1]), AugmentConfig(
+            crop=False, flip=True, color_p=0, grayscale_p=0, blur_p=0)).numpy()
+        if np.allclose(y, x.numpy()[:, ::-1]):
+            flips += 1
+        else:
+            np.testing.assert_array_equal(y, x.numpy())
+        z = augment_view(x, tf.constant([k, 2]), AugmentConfig(
+            crop=False, flip=False, color_p=0.8, grayscale_p=0, blur_p=0)).numpy()
+        colours += not np.allclose(z, x.numpy())
+    # binomial(200, p): 4 standard deviations
+    assert abs(flips - 0.5 * n) < 4 * np.sqrt(n * 0.25)
+    assert abs(colours - 0.8 * n) < 4 * np.sqrt(n * 0.16)
+
+
+def test_blur_matches_a_numpy_gaussian_with_reflected_borders():
+    from tfmicle.data.augment import gaussian_blur_batch
+    x = np.random.default_rng(0).random((3, 20, 17, 3)).astype(np.float32)
+    sigmas, r = np.array([0.4, 1.3, 2.0], np.float32), 3
+    t = np.arange(-r, r + 1)
+    want = []
+    for img, sigma in zip(x, sigmas):               # each example its own sigma
+        k = np.exp(-t ** 2 / (2 * float(sigma) ** 2))
+        k /= k.sum()
+        p = np.pad(img, [(r, r), (r, r), (0, 0)], mode="reflect")   # tf's REFLECT too
+        rows = sum(k[i] * p[:, i:i + 17] for i in range(2 * r + 1))         # along W
+        want.append(sum(k[i] * rows[i:i + 20] for i in range(2 * r + 1)))  # along H
+    got = gaussian_blur_batch(tf.constant(x), tf.constant(sigmas), r).numpy()
+    np.testing.assert_allclose(got, np.stack(want), atol=1e-5)
+
+
 def test_colour_jitter_changes_colours_but_keeps_structure():
-    from tfmicle.data.augment import augment_batch
+    from tfmicle.data.augment import augment_view
     x = tf.random.stateless_uniform([16, 8, 8, 3], [5, 6], 0.2, 0.8)
-    y = augment_batch(x, tf.constant([2, 2]), AugmentConfig(
+    y = np.stack([augment_view(x[i], tf.constant([2, i]), AugmentConfig(
         crop=False, flip=False, color_p=1.0, grayscale_p=0, blur_p=0)).numpy()
+        for i in range(16)])
     changed = np.abs(y - x.numpy()).mean(axis=(1, 2, 3)) > 1e-3
     assert changed.all()
     # Each example's pixels remain strongly correlated with the input (a colour map,
@@ -254,21 +291,26 @@ def test_resumed_stream_continues_where_it_stopped(tiny_records, method):
 # --------------------------------------------------------------------------- jitter
 
 def _reference_jitter(img, factors, order):
-    """SimCLR's color_jitter_rand for one image with given parameters, from tf.image:
-    ops in the given order, clip to [0, 1] after each."""
-    x = tf.constant(img)
+    """SimCLR's color_jitter_rand for one image with given parameters: ops in the given
+    order, clip to [0, 1] after each. Brightness and contrast in numpy from their
+    formulas, saturation and hue through an HSV round trip (tf.image's conversions)."""
+    x = np.asarray(img, np.float64)
     for op in order:
         f = float(factors[op])
         if op == 0:
             x = x * f                                   # SimCLRv2 random_brightness
         elif op == 1:
-            x = tf.image.adjust_contrast(x, f)
-        elif op == 2:
-            x = tf.image.adjust_saturation(x, f)
+            m = x.mean(axis=(0, 1), keepdims=True)      # per-channel mean
+            x = (x - m) * f + m
         else:
-            x = tf.image.adjust_hue(x, f)
-        x = tf.clip_by_value(x, 0.0, 1.0)
-    return x.numpy()
+            h, s, v = np.moveaxis(tf.image.rgb_to_hsv(x.astype(np.float32)).numpy(), -1, 0)
+            if op == 2:
+                s = np.clip(s * f, 0.0, 1.0)
+            else:
+                h = np.mod(h + f, 1.0)
+            x = tf.image.hsv_to_rgb(np.stack([h, s, v], -1).astype(np.float32)).numpy()
+        x = np.clip(x, 0.0, 1.0)
+    return x
 
 
 @pytest.mark.parametrize("op", [0, 1, 2, 3])
@@ -282,7 +324,8 @@ def test_each_jitter_op_matches_tf_image(op):
     ident = np.array([1.0, 1.0, 1.0, 0.0])
     f = np.where(np.arange(4) == op, factors, ident).astype(np.float32)
     order = np.array([[op] + [o for o in range(4) if o != op]] * 5, np.int32)
-    got = color_jitter(tf.constant(x), tf.constant(f), tf.constant(order)).numpy()
+    got = np.stack([color_jitter(tf.constant(x[i]), tf.constant(f[i]),
+                                 tf.constant(order[i])).numpy() for i in range(5)])
     want = np.stack([_reference_jitter(x[i], f[i], order[i]) for i in range(5)])
     np.testing.assert_allclose(got, want, atol=2e-5)
 
@@ -296,6 +339,6 @@ def test_colour_jitter_in_random_order_matches_simclr_reference():
     assert (f[:, 0] >= 0.2 - 1e-6).all() and (f[:, 0] <= 1.8).all()
     assert (np.abs(f[:, 3]) <= 0.2).all()
     assert all(sorted(r) == [0, 1, 2, 3] for r in o) and len({tuple(r) for r in o}) > 4
-    got = color_jitter(x, factors, order).numpy()
+    got = np.stack([color_jitter(x[i], factors[i], order[i]).numpy() for i in range(16)])
     want = np.stack([_reference_jitter(x.numpy()[i], f[i], o[i]) for i in range(16)])
     np.testing.assert_allclose(got, want, atol=5e-5)

@@ -3,8 +3,10 @@ fine-tuning augmentations, all tf ops (run inside tf.data and inside exported gr
 
 Random ops are stateless and take a seed [2] int, so a pipeline is reproducible from
 its seed while every element and every epoch still gets fresh randomness. A view is
-made in two parts: crop_view per image (images differ in size), then augment_batch on
-the whole batch, vectorised with per-example random parameters.
+made in three parts: decode_view (the crop; a JPEG decoded only in its window) and
+augment_view (flip, colour, grayscale) per image in the pipelines' parallel map, then
+augment_batch (rotation, blur) on the whole batch, vectorised with per-example random
+parameters.
 """
 from __future__ import annotations
 
@@ -162,58 +164,37 @@ def decode_views(encoded: tf.Tensor, seeds: tf.Tensor, size: int,
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3   # colour-jitter op ids
 
 
-def _per_example(v):
-    return v[:, tf.newaxis, tf.newaxis, tf.newaxis]
-
-
-def grayscale(x: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, 3] -> luma replicated to 3 channels (tf.image.rgb_to_grayscale)."""
-    return tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 1, 3])
-
-
-def _apply_op(x, op_id: int, factor):
-    """One jitter op on x [n, H, W, 3] with per-example factor [n], clipped to [0, 1] as
-    SimCLR clips after every op. brightness: x * f (SimCLRv2's random_brightness);
-    contrast: (x - m) f + m, m the per-channel image mean (tf.image.adjust_contrast);
-    saturation: S * f clipped to [0, 1] in HSV (tf.image.adjust_saturation); hue: H + f,
-    wrapped (tf.image.adjust_hue)."""
-    if op_id == BRIGHTNESS:
-        out = x * _per_example(factor)
-    elif op_id == CONTRAST:
-        mean = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-        out = (x - mean) * _per_example(factor) + mean
+def _jitter_op(x: tf.Tensor, op: int, factor: tf.Tensor) -> tf.Tensor:
+    """One jitter op on one image [H, W, 3] (scalar factor), clipped to [0, 1] as SimCLR
+    clips after every op: brightness x * f (SimCLRv2's random_brightness), then
+    tf.image's fused adjust_contrast / adjust_saturation / adjust_hue."""
+    if op == BRIGHTNESS:
+        out = x * factor
+    elif op == CONTRAST:
+        out = tf.image.adjust_contrast(x, factor)
+    elif op == SATURATION:
+        out = tf.image.adjust_saturation(x, factor)
     else:
-        h, s, v = tf.unstack(tf.image.rgb_to_hsv(x), axis=-1)
-        f3 = factor[:, tf.newaxis, tf.newaxis]
-        if op_id == SATURATION:
-            s = tf.clip_by_value(s * f3, 0.0, 1.0)
-        else:
-            h = tf.math.floormod(h + f3, 1.0)
-        out = tf.image.hsv_to_rgb(tf.stack([h, s, v], -1))
+        out = tf.image.adjust_hue(x, factor)
     return tf.clip_by_value(out, 0.0, 1.0)
 
 
-def _jitter_op(x, op, factor):
-    """x [B, H, W, 3]: example b gets op[b] with factor[b]. Each op runs only on the
-    examples that drew it (partition, apply, stitch), so a slot costs one op per example
-    rather than all four."""
-    idx = tf.dynamic_partition(tf.range(tf.shape(x)[0]), tf.cast(op, tf.int32), 4)
-    outs = [_apply_op(tf.gather(x, idx[k]), k, tf.gather(factor, idx[k])) for k in range(4)]
-    out = tf.dynamic_stitch(idx, outs)
-    return tf.ensure_shape(out, x.shape)
-
-
 def color_jitter(x: tf.Tensor, factors: tf.Tensor, order: tf.Tensor) -> tf.Tensor:
-    """SimCLR's colour jitter with given parameters, vectorised over the batch.
+    """SimCLR's colour jitter of one image with given parameters.
 
-    x [B, H, W, 3] in [0, 1]; factors [B, 4]: brightness, contrast and saturation
-    factors and the hue shift (fraction of the colour circle); order [B, 4] int: a
-    permutation of the op ids (BRIGHTNESS, CONTRAST, SATURATION, HUE) per example. The
-    ops run in that order with a clip to [0, 1] after each, as SimCLR's color_jitter_rand
-    (checked op by op against tf.image in tests/test_pipeline.py)."""
-    for slot in range(4):
-        op = order[:, slot]
-        x = _jitter_op(x, op, tf.gather(factors, op, batch_dims=1))
+    x [H, W, 3] in [0, 1]; factors [4]: brightness, contrast and saturation factors and
+    the hue shift (fraction of the colour circle); order [4] int: a permutation of the op
+    ids (BRIGHTNESS, CONTRAST, SATURATION, HUE). The ops run in that order with a clip to
+    [0, 1] after each, as SimCLR's color_jitter_rand (checked against a tf.image
+    reference in tests/test_pipeline.py). Per image, in the parallel map of the
+    pipelines: tf.image's fused kernels at 224 px cost a fraction of a batched HSV
+    round trip."""
+    def slot(x, i):
+        return tf.switch_case(tf.cast(order[i], tf.int32),
+                              [lambda k=k: _jitter_op(x, k, factors[k]) for k in range(4)])
+    for i in range(4):
+        x = slot(x, i)
+        x.set_shape([None, None, 3])
     return x
 
 
@@ -222,39 +203,40 @@ def sample_jitter(seed: tf.Tensor, batch: int, strength: float) -> tuple[tf.Tens
     [max(0, 1 - 0.8 s), 1 + 0.8 s], contrast and saturation in [1 - 0.8 s, 1 + 0.8 s],
     hue shift in [-0.2 s, 0.2 s], and a uniformly random order. Returns (factors [B, 4],
     order [B, 4])."""
-    k = tf.random.experimental.stateless_split(seed, 5)
     s = strength
-    cols = [_uniform(k[0], max(0.0, 1 - 0.8 * s), 1 + 0.8 * s, [batch]),
-            _uniform(k[1], 1 - 0.8 * s, 1 + 0.8 * s, [batch]),
-            _uniform(k[2], 1 - 0.8 * s, 1 + 0.8 * s, [batch]),
-            _uniform(k[3], -0.2 * s, 0.2 * s, [batch])]
-    order = tf.argsort(tf.random.stateless_uniform([batch, 4], k[4]), axis=1)
-    return tf.stack(cols, axis=1), order
+    lo = tf.constant([max(0.0, 1 - 0.8 * s), 1 - 0.8 * s, 1 - 0.8 * s, -0.2 * s])
+    hi = tf.constant([1 + 0.8 * s, 1 + 0.8 * s, 1 + 0.8 * s, 0.2 * s])
+    # One draw for all eight numbers: per-view op overhead matters at tf.data rates.
+    u = tf.random.stateless_uniform([batch, 8], tf.cast(seed, tf.int64))
+    return lo + (hi - lo) * u[:, :4], tf.argsort(u[:, 4:], axis=1)
 
 
-def _random_color(x, seed, strength, color_p, grayscale_p):
-    """SimCLR's colour distortion: jitter with probability color_p, then grayscale with
-    probability grayscale_p, each example drawing its own."""
-    b = tf.shape(x)[0]
-    k = tf.random.experimental.stateless_split(seed, 3)
-    if color_p > 0:
-        factors, order = sample_jitter(k[0], b, strength)
-        on = tf.where(_uniform(k[1], shape=[b]) < color_p)          # [n, 1]
-        x = tf.cond(tf.size(on) > 0, lambda: tf.tensor_scatter_nd_update(
-            x, on, color_jitter(tf.gather_nd(x, on), tf.gather_nd(factors, on),
-                                tf.gather_nd(order, on))), lambda: x)
-    if grayscale_p > 0:
-        x = tf.where(_per_example(_uniform(k[2], shape=[b]) < grayscale_p), grayscale(x), x)
+def augment_view(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+    """The per-view part of the augmentation after the crop, in the pipelines' parallel
+    map: x [S, S, 3] in [0, 1] -> same shape. Flip (p 0.5), colour jitter (p color_p,
+    SimCLR's ranges for color_strength), grayscale (p grayscale_p), in SimCLR's order;
+    an op that is not drawn costs nothing (tf.cond, as SimCLR's random_apply). Per view
+    rather than per batch: each core works on its own views."""
+    k = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    u = tf.random.stateless_uniform([3], k[0])          # flip, jitter, grayscale draws
+    if cfg.flip:
+        x = tf.cond(u[0] < 0.5, lambda: tf.reverse(x, [1]), lambda: x)
+    if cfg.color_p > 0:
+        factors, order = sample_jitter(k[1], 1, cfg.color_strength)
+        x = tf.cond(u[1] < cfg.color_p, lambda: color_jitter(x, factors[0], order[0]),
+                    lambda: x)
+    if cfg.grayscale_p > 0:
+        x = tf.cond(u[2] < cfg.grayscale_p,
+                    lambda: tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3]), lambda: x)
     return x
 
 
-def _gaussian_blur_batch(x, seed, size):
-    """SimCLR blur with a per-example sigma ~ U(0.1, 2.0); kernel side = size // 10
-    (odd), separable, reflected borders. The batch is folded into channels so one
-    depthwise convolution applies every example's own kernel."""
-    radius = max(size // 20, 1)
+def gaussian_blur_batch(x: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """SimCLR's blur with a per-example sigma [B]: x [B, H, W, 3], a separable Gaussian
+    over 2 radius + 1 taps (normalised), reflected borders. The batch is folded into
+    channels so one depthwise convolution applies every example's own kernel (faster
+    on CPU than one small convolution per view)."""
     b = tf.shape(x)[0]
-    sigma = _uniform(seed, 0.1, 2.0, [b])
     t = tf.cast(tf.range(-radius, radius + 1), tf.float32)
     k = tf.exp(-tf.square(t)[tf.newaxis] / (2.0 * tf.square(sigma)[:, tf.newaxis]))
     k = k / tf.reduce_sum(k, axis=1, keepdims=True)            # [B, K]
@@ -287,33 +269,32 @@ def _rotate_batch(x, seed, max_degrees):
 
 
 def augment_batch(x: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
-    """The per-batch part of the views, vectorised (tf.data's per-element op overhead
-    dominates for small images): x [B, S, S, 3] in [0, 1] -> same shape. Each example
-    draws its own flip, jitter, grayscale, rotation and blur. Order as SimCLR: flip,
-    colour jitter (p), grayscale (p), rotation, blur (p)."""
+    """The per-batch part of the views, vectorised: x [B, S, S, 3] in [0, 1] -> same
+    shape. Each example draws its own rotation (the cxr preset) and blur (SimCLR also
+    blurs after batching: sigma ~ U(0.1, 2), kernel side a tenth of the image side,
+    p blur_p), then everything is clipped to [0, 1]."""
     b = tf.shape(x)[0]
     size = x.shape[1] or 0
     s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 8)
-    if cfg.flip:
-        x = tf.where(_per_example(_uniform(s[0], shape=[b]) < 0.5), tf.reverse(x, [2]), x)
-    if cfg.color_p > 0 or cfg.grayscale_p > 0:
-        x = _random_color(x, s[1], cfg.color_strength, cfg.color_p, cfg.grayscale_p)
     if cfg.rotation_degrees > 0:
         x = _rotate_batch(x, s[4], cfg.rotation_degrees)
     if cfg.blur_p > 0:
         # Blur only the chosen examples (about half): gather, blur, scatter back.
         idx = tf.where(_uniform(s[5], shape=[b]) < cfg.blur_p)
+        radius = max((size or 32) // 20, 1)
         x = tf.cond(tf.size(idx) > 0, lambda: tf.tensor_scatter_nd_update(
-            x, idx, _gaussian_blur_batch(tf.gather_nd(x, idx), s[6], size or 32)),
+            x, idx, gaussian_blur_batch(tf.gather_nd(x, idx),
+                                        _uniform(s[6], 0.1, 2.0, [tf.size(idx)]), radius)),
             lambda: x)
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, size: int, cfg: AugmentConfig) -> tf.Tensor:
     """One random view of one image: float [H, W, 3] in [0, 1] -> [size, size, 3].
-    seed: int [2] (stateless). The same ops as the pipelines (crop_view then
-    augment_batch), for a single image."""
-    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
-    out = augment_batch(crop_view(image, s[0], size, cfg)[tf.newaxis], s[1], cfg)[0]
+    seed: int [2] (stateless). The same ops as the pipelines (crop_view, augment_view,
+    then augment_batch), for a single image."""
+    s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    view = augment_view(crop_view(image, s[0], size, cfg), s[2], cfg)
+    out = augment_batch(view[tf.newaxis], s[1], cfg)[0]
     out.set_shape([size, size, 3])
     return out

@@ -13,8 +13,8 @@ import tensorflow as tf
 from tfmicle.data import records, tfds_source
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.tasks import MULTICLASS
-from tfmicle.data.augment import (AugmentConfig, augment_batch, decode_view, decode_views,
-                                  preprocess_eval)
+from tfmicle.data.augment import (AugmentConfig, augment_batch, augment_view, decode_view,
+                                  decode_views, preprocess_eval)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -214,19 +214,19 @@ def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig, unit: str = "case",
         n = count_items(cfg, "image")
 
         def views(el, seed):
-            s = tf.random.experimental.stateless_split(seed, 2)
-            v1, v2 = decode_views(el["image"], s, cfg.image_size, aug)
-            return {"view1": v1, "view2": v2,
+            s = tf.random.experimental.stateless_split(seed, 4)
+            v1, v2 = decode_views(el["image"], s[:2], cfg.image_size, aug)
+            return {"view1": augment_view(v1, s[2], aug), "view2": augment_view(v2, s[3], aug),
                     "label": tf.cast(el["label_class"], tf.int32),
                     "case_key": _case_key(el["case_id"])}
     else:
         n = count_items(cfg, "case")
 
         def views(c, seed):
-            s = tf.random.experimental.stateless_split(seed, 3)
+            s = tf.random.experimental.stateless_split(seed, 5)
             i, _ = micle_pick(tf.shape(c["images"])[0], s[0])
-            v1, v2 = decode_views(c["images"][i], s[1:], cfg.image_size, aug)
-            return {"view1": v1, "view2": v2,
+            v1, v2 = decode_views(c["images"][i], s[1:3], cfg.image_size, aug)
+            return {"view1": augment_view(v1, s[3], aug), "view2": augment_view(v2, s[4], aug),
                     "label": tf.cast(c["label_class"], tf.int32),
                     "case_key": _case_key(c["case_id"])}
     ds = epoch_stream(cfg, unit, n, start_step).map(views, num_parallel_calls=AUTOTUNE)
@@ -251,10 +251,11 @@ def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
     comes round); a single-image case gives two views of its one image. A case never
     appears twice in a batch when the split has at least batch_size cases."""
     def views(c, seed):
-        s = tf.random.experimental.stateless_split(seed, 3)
+        s = tf.random.experimental.stateless_split(seed, 5)
         i, j = micle_pick(tf.shape(c["images"])[0], s[0])
-        return {"view1": decode_view(c["images"][i], s[1], cfg.image_size, aug),
-                "view2": decode_view(c["images"][j], s[2], cfg.image_size, aug),
+        v1 = decode_view(c["images"][i], s[1], cfg.image_size, aug)
+        v2 = decode_view(c["images"][j], s[2], cfg.image_size, aug)
+        return {"view1": augment_view(v1, s[3], aug), "view2": augment_view(v2, s[4], aug),
                 "label": tf.cast(c["label_class"], tf.int32),
                 "case_key": _case_key(c["case_id"])}
     ds = epoch_stream(cfg, "case", count_items(cfg, "case"), start_step)
@@ -276,7 +277,8 @@ def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
     ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
 
     def example(el, seed):
-        img = decode_view(el["image"], seed, cfg.image_size, aug)
+        s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+        img = augment_view(decode_view(el["image"], s[0], cfg.image_size, aug), s[1], aug)
         label = (tf.cast(el["label_class"], tf.int32) if task == MULTICLASS
                  else el["label_multi"])
         return img, label
