@@ -53,7 +53,7 @@ def build_parser() -> cli.ArgumentParser:
                         "with RunInference (pip install 'tfmicle[beam]'; README: Scoring "
                         "on Beam)")
     p.add_argument("--beam-args", default="", metavar="ARGS",
-                   help="Beam pipeline options, e.g. \"--runner=DataflowRunner "
+                   help="Beam pipeline options, e.g. --beam-args=\"--runner=DataflowRunner "
                         "--project=P --region=R --temp_location=gs://B/tmp\" "
                         "(default: DirectRunner)")
     return cli.add_output_flags(p)
