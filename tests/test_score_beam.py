@@ -110,6 +110,83 @@ def _manifest(d) -> str:
     return str(d / "m.csv")
 
 
+def _toy(path, seed=5):
+    """The mean-colour SavedModel (no predict_preprocessed): (path, weights, bias)."""
+    from serving.toy import save_mean_colour_model
+    rng = np.random.default_rng(seed)
+    w, b = rng.normal(0, 30, (3, 3)), rng.normal(0, 1, 3)
+    save_mean_colour_model(path / "1", w, b, CLASSES, size=8)
+    return str(path), w, b
+
+
+def _reference_rows(items, w, b) -> list[dict]:
+    """What the model handler gives per image, from the mean-colour model's numpy
+    formula (PIL decodes; an image PIL cannot read is an error), as the rows come back
+    from the staging files (through JSON)."""
+    import io
+    from PIL import Image
+    from serving.toy import expected_mean_colour
+    from tfmicle.score.beam_rows import ERROR
+    rows = []
+    for key, data in items:
+        try:
+            pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except Exception:  # noqa: BLE001
+            rows.append({**key, ERROR: "undecodable"})
+            continue
+        rows.append({**key, "p": expected_mean_colour(pixels, w, b).tolist()})
+    return json.loads(json.dumps(rows))
+
+
+def test_gathered_rows_become_the_local_predictions(tmp_path):
+    """The driver's side of --runner beam, without Beam: rows made by the worker
+    functions (records in 11 shards, more than are read at once; an image folder), in
+    shuffled order, come back as the local runner's Predictions: the same row order,
+    ids, labels, metadata, skipped images (with the local reasons) and probabilities."""
+    import random
+    from tfmicle.score.beam_rows import assemble, read_file, shard_images, work_line
+    from tfmicle.score.predict import predict
+    from tfmicle.score.sources import open_source
+    from tfmicle.data.records import list_shards
+    model_path, w, b = _toy(tmp_path / "toy")
+    model = sc.load_model(model_path)
+    data = _records(str(tmp_path / "rec"))
+    pics = tmp_path / "pics"
+    for i in range(5):
+        (pics / CLASSES[i % 3]).mkdir(parents=True, exist_ok=True)
+        a = np.random.default_rng(i).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+        (pics / CLASSES[i % 3] / f"{i}.png").write_bytes(png_bytes(a))
+    (pics / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    for spec, split in ((data, "test"), (str(pics), None)):
+        local = predict(model, open_source(spec, model, split))
+        src = open_source(spec, model, split)
+        if src.kind == "records":
+            items = [x for s, path in enumerate(list_shards(data, "test"))
+                     for x in shard_images((s, path), src.records[2])]
+        else:
+            items = [read_file(work_line(i, p)) for i, p in enumerate(src.paths)]
+        rows = _reference_rows(items, w, b)
+        random.Random(0).shuffle(rows)
+        got = assemble(model, src, rows)
+        want = local.source
+        assert src.image_ids == want.image_ids and src.case_ids == want.case_ids
+        np.testing.assert_array_equal(src.labels, want.labels)
+        assert src.metadata() == want.metadata()
+        np.testing.assert_array_equal(got.rows, local.rows)
+        np.testing.assert_allclose(got.probs, local.probs, atol=1e-5)
+        assert [s[:2] for s in got.skipped] == [s[:2] for s in local.skipped]
+        if src.kind == "records":   # the reason is the handler's (TF's decoder's words)
+            assert got.skipped == [("case0005/img1.png", "case0005", "undecodable")]
+        else:                       # files: the local path's own reason, read again
+            assert got.skipped == local.skipped and len(got.skipped) == 1
+    assert want.metadata()[1][0] == {}       # a folder has no metadata
+    records_src = open_source(data, model, "test")
+    assemble(model, records_src, _reference_rows(
+        [x for s, path in enumerate(list_shards(data, "test"))
+         for x in shard_images((s, path), 3)], w, b))
+    assert records_src.meta_columns == ["site"] and len(records_src) == 45
+
+
 @pytest.mark.slow
 @needs_beam
 def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path):

@@ -4,8 +4,8 @@ as the local path's ``Predictions``, so the tables, metrics.json and the report 
 from the same code (tfmicle.score.job) and the numbers are the local ones.
 
 The pipeline: the images of the source (records: one shard per work item, exploded to
-images; folders / CSV manifests: a work list of paths the workers read) -> Reshuffle
-(spreads the images over the workers) -> RunInference with ``SavedModelHandler`` (the
+images, then spread over the workers; folders / CSV manifests: a work list of paths,
+spread over the workers, which read the files) -> RunInference with ``SavedModelHandler`` (the
 exported SavedModel: encoded image bytes in; probabilities and embedding out, in
 batches of --batch-size; the same eval preprocessing and ``predict_preprocessed`` as
 the local path, or ``serving_default`` for a model without it) -> one JSON line per
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Callable, Iterable, Sequence
 
 import apache_beam as beam
@@ -30,13 +29,13 @@ from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, Pred
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfmicle import model_format as mf
+from tfmicle.score.beam_rows import ERROR, assemble, read_file, shard_images, work_line
 from tfmicle.score.model import ScoreError, ScoringModel, call_encoded_outputs, load_model
-from tfmicle.score.predict import Predictions, _decode_error, _failure_reasons
-from tfmicle.score.sources import Source, converted_bytes, needs_conversion
+from tfmicle.score.predict import Predictions, _decode_error
+from tfmicle.score.sources import Source
 
 log = logging.getLogger("tfmicle.score")
 STAGING = ".beam-score"   # under the run's output folder; deleted when read back
-ERROR = "error"           # the inference key of an image that could not be decoded
 
 
 class _Loaded:
@@ -104,40 +103,6 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, _Loaded]):
         return "tfmicle_score"
 
 
-# --------------------------------------------------------------------------- workers
-
-def _shard_images(item: tuple[int, str], num_labels: int):
-    """One records shard -> (key, encoded image) per image; the key holds the image's
-    place (shard, record, image) and its ids, labels and metadata."""
-    import tensorflow as tf
-    from tfmicle.data.records import decode_case
-    shard, path = item
-    for pos, serialized in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-        c = decode_case(serialized)
-        # image_examples pads an unlabeled case's label_multi to K NaNs
-        multi = list(c.label_multi) if c.label_multi else [math.nan] * num_labels
-        for j, (image, image_id) in enumerate(zip(c.images, c.image_ids)):
-            yield {"at": [shard, pos, j], "id": image_id, "case": c.case_id,
-                   "class": c.label_class, "multi": multi,
-                   "meta": c.meta[j] if c.meta else {}}, image
-
-
-def _read_file(line: str):
-    """A work-list line {"at": row, "path", "convert"} -> (key, bytes); b"" when the file
-    cannot be read (the driver asks the local path's reasons for those rows)."""
-    import tensorflow as tf
-    item = json.loads(line)
-    try:
-        if item["convert"]:
-            data = converted_bytes(item["path"])
-        else:
-            with tf.io.gfile.GFile(item["path"], "rb") as f:
-                data = f.read()
-    except Exception:  # noqa: BLE001 - any failure is a skipped row, explained later
-        data = b""
-    return {"at": item["at"]}, data
-
-
 def _row_line(keyed: tuple[dict, PredictionResult]) -> str:
     key, result = keyed
     inf = result.inference
@@ -193,17 +158,15 @@ def run_pipeline(model: ScoringModel, source: Source, staging: str, batch_size: 
         data_dir, split, k = source.records
         shards = list(enumerate(list_shards(data_dir, split)))
         images = (p | "Shards" >> beam.Create(shards, reshuffle=True)
-                  | "Images" >> beam.FlatMap(_shard_images, k))
+                  | "Images" >> beam.FlatMap(shard_images, k)
+                  | "SpreadImages" >> beam.Reshuffle())   # a shard's images over workers
     else:   # a work list in a file, not in the job graph (Dataflow limits its size)
         work = FileSystems.join(staging, "work.jsonl")
-        _write_lines(work, (json.dumps({"at": [i], "path": path,
-                                        "convert": needs_conversion(path)})
-                            for i, path in enumerate(source.paths)))
+        _write_lines(work, (work_line(i, path) for i, path in enumerate(source.paths)))
         images = (p | "WorkList" >> beam.io.ReadFromText(work)
                   | "SpreadPaths" >> beam.Reshuffle()
-                  | "Read" >> beam.Map(_read_file))
+                  | "Read" >> beam.Map(read_file))
     (images
-     | "SpreadImages" >> beam.Reshuffle()
      | "Predict" >> RunInference(handler)
      | "Rows" >> beam.Map(_row_line)
      | "Write" >> beam.io.WriteToText(FileSystems.join(staging, "rows")))
@@ -211,66 +174,6 @@ def run_pipeline(model: ScoringModel, source: Source, staging: str, batch_size: 
     rows = [json.loads(x) for x in _read_lines(FileSystems.join(staging, "rows*"))]
     _delete(staging)
     return rows
-
-
-def record_order(counts: Sequence[int]) -> list[tuple[int, int]]:
-    """(shard, record) in the order the local path reads a split with these records per
-    shard: tfmicle.data.pipeline.interleave_shards over stand-in shards."""
-    import numpy as np
-    import tensorflow as tf
-    from tfmicle.data.pipeline import interleave_shards
-    n = tf.constant(list(counts), tf.int64)
-    ds = interleave_shards(
-        tf.data.Dataset.range(len(counts)), len(counts),
-        lambda s: tf.data.Dataset.range(n[s]).map(lambda r: tf.stack([s, r])))
-    out = [b for b in ds.batch(1 << 16).as_numpy_iterator()]
-    return [tuple(x) for x in np.concatenate(out).tolist()] if out else []
-
-
-def assemble(model: ScoringModel, source: Source, rows: list[dict]) -> Predictions:
-    """The pipeline's rows as the local path's Predictions: row order, the records'
-    ids, labels and metadata, and the skipped images with the local path's reasons."""
-    import numpy as np
-    if source.kind == "records":
-        counts: dict[int, int] = {}
-        for r in rows:
-            s, pos, _ = r["at"]
-            counts[s] = max(counts.get(s, 0), pos + 1)
-        num = max(counts, default=-1) + 1
-        rank = {sr: i for i, sr in enumerate(record_order([counts.get(s, 0)
-                                                            for s in range(num)]))}
-        rows.sort(key=lambda r: (rank[tuple(r["at"][:2])], r["at"][2]))
-        k = source.records[2]
-        source.set_rows([r["id"].encode() for r in rows], [r["case"].encode() for r in rows],
-                        np.asarray([r["class"] for r in rows], np.int64),
-                        np.asarray([r["multi"] for r in rows], np.float64).reshape(-1, k))
-        # metadata columns: the union over cases in shard order, as records reads them
-        columns: dict[str, None] = {}
-        for r in sorted(rows, key=lambda r: r["at"]):
-            columns.update(dict.fromkeys(r["meta"]))
-        source.meta_columns, source.meta = list(columns), [r["meta"] for r in rows]
-        index = list(range(len(rows)))
-    else:
-        index = [r["at"][0] for r in rows]
-    by_index = dict(zip(index, rows))
-    scored = sorted(i for i, r in by_index.items() if ERROR not in r)
-    widths = {len(by_index[i]["p"]) for i in scored} - {model.num_classes}
-    if widths:
-        raise ScoreError(f"the model returns {widths.pop()} classes but labels.txt has "
-                         f"{model.num_classes}")
-    probs = np.asarray([by_index[i]["p"] for i in scored], np.float32) \
-        .reshape(len(scored), model.num_classes)
-    failed = sorted(set(range(len(source))) - set(scored))
-    skipped = list(source.skipped)
-    if failed:
-        if source.kind == "records":
-            reasons = {i: by_index[i].get(ERROR, "not scored") for i in failed}
-        else:   # a few files: the local path's own reasons (read, convert, decode)
-            reasons = _failure_reasons(source, failed)
-        skipped += [(source.image_ids[i], source.case_ids[i], reasons[i]) for i in failed]
-        log.warning("%d image(s) of %s could not be read or decoded: skipped (see "
-                    "skipped.csv)", len(failed), source.spec)
-    return Predictions(source, np.asarray(scored, np.int64), probs, skipped)
 
 
 def predictor(beam_args: Sequence[str], out_dir: str
@@ -287,5 +190,5 @@ def predictor(beam_args: Sequence[str], out_dir: str
         return pred
     return predict
 
-__all__ = ["SavedModelHandler", "run_pipeline", "record_order", "assemble", "predictor",
-           "STAGING"]
+
+__all__ = ["SavedModelHandler", "run_pipeline", "predictor", "STAGING"]
