@@ -200,10 +200,10 @@ def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path)
     manifest = _manifest(tmp_path / "csv")
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
     sc.score(model, data, local, "test", compare=manifest, replicates=50, seed=3,
-             subgroups=Subgroups(parse_subgroups("site"), None, 2), batch_size=8)
+             subgroups=Subgroups(parse_subgroups("site"), None, 2), batch_size=8, explain=1)
     r = run_beam("--model", model, "--data", data, "--split", "test", "--compare", manifest,
                  "--out", beam, "--bootstrap", "50", "--seed", "3", "--subgroups", "site",
-                 "--subgroup-min-cases", "2", "--batch-size", "5")
+                 "--subgroup-min-cases", "2", "--batch-size", "5", "--explain", "1")
     assert "primary: 44 images scored, 1 skipped" in r.stdout
 
     assert same_predictions(local, beam, "predictions_images.csv", "image_id") == 44
@@ -223,7 +223,8 @@ def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path)
 
     # Metrics come from the gathered predictions in the local row order (the bootstrap
     # draws cases by position), so they are the local numbers exactly.
-    for rel in ("metrics.json", "shift.json", "compare/metrics.json", "report.md"):
+    for rel in ("metrics.json", "shift.json", "compare/metrics.json", "report.md",
+                "explain/explanations.csv"):
         with open(os.path.join(local, rel)) as a, open(os.path.join(beam, rel)) as b:
             assert a.read() == b.read(), rel
     m = json.load(open(os.path.join(beam, "metrics.json")))
@@ -237,10 +238,9 @@ def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path)
 def test_beam_serving_default_model_matches_numpy_reference(tmp_path):
     """A SavedModel without predict_preprocessed goes through serving_default in the
     model handler; the probabilities are the mean-colour model's numpy formula."""
-    from serving.toy import expected_mean_colour, save_mean_colour_model
-    rng = np.random.default_rng(5)
-    w, b = rng.normal(0, 30, (3, 3)), rng.normal(0, 1, 3)
-    save_mean_colour_model(tmp_path / "toy" / "1", w, b, CLASSES, size=8)
+    from serving.toy import expected_mean_colour
+    _, w, b = _toy(tmp_path / "toy")
+    rng = np.random.default_rng(6)
     pixels = {}
     for i in range(7):
         cls = CLASSES[i % 3]
@@ -263,6 +263,27 @@ def test_beam_serving_default_model_matches_numpy_reference(tmp_path):
     assert same_predictions(local, beam, "skipped.csv", "image_id") == 1
     assert json.load(open(os.path.join(local, "metrics.json"))) == \
         json.load(open(os.path.join(beam, "metrics.json")))
+
+    # The model handler itself: probabilities and the embedding (this model's embedding
+    # is the mean colour) per image, an error for the broken one, in one batch.
+    names = ["a/0.png", "a/broken.png", "b/1.png"]
+    code = ("import json, sys; import numpy as np; "
+            "from tfmicle.score.beam import SavedModelHandler; "
+            "h = SavedModelHandler(sys.argv[1] + '/1', 4); m = h.load_model(); "
+            "res = h.run_inference([open(p, 'rb').read() for p in sys.argv[2:]], m); "
+            "print(json.dumps([{k: np.asarray(v).tolist() for k, v in r.inference.items()} "
+            "for r in res]))")
+    out = subprocess.run([BEAM_PYTHON, "-c", code, str(tmp_path / "toy"),
+                          *[str(tmp_path / "pics" / n) for n in names]], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(got[1]) == {"error"} and got[1]["error"]
+    for n, g in zip(names[::2], got[::2]):
+        a = pixels[n]
+        np.testing.assert_allclose(g["embedding"], a.reshape(-1, 3).mean(0) / 255, atol=1e-6)
+        np.testing.assert_allclose(g["probabilities"], expected_mean_colour(a, w, b),
+                                   atol=1e-5)
 
 
 @pytest.mark.skipif(_has_apache_beam(), reason="apache_beam is installed here")
