@@ -19,6 +19,21 @@ tf.config.set_logical_device_configuration(
 from tfmicle.data import records  # noqa: E402
 
 
+def beam_python() -> str | None:
+    """A Python with apache_beam: this one, else TFMICLE_BEAM_PYTHON or the .venv-beam
+    that setup.sh makes (apache-beam pins protobuf < 7, so it has its own environment);
+    None when there is none (the Beam tests skip)."""
+    import sys
+    try:
+        import apache_beam  # noqa: F401
+        return sys.executable
+    except ImportError:
+        pass
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cand = os.environ.get("TFMICLE_BEAM_PYTHON", os.path.join(root, ".venv-beam", "bin", "python"))
+    return cand if os.path.exists(cand) else None
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     """uint8 [H, W, 3] -> PNG bytes."""
     return tf.io.encode_png(tf.constant(array, tf.uint8)).numpy()

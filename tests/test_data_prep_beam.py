@@ -12,26 +12,17 @@ import io
 import math
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import beam_python
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _beam_python() -> str | None:
-    try:
-        import apache_beam  # noqa: F401
-        return sys.executable
-    except ImportError:
-        pass
-    cand = os.environ.get("TFMICLE_BEAM_PYTHON", os.path.join(ROOT, ".venv-beam", "bin", "python"))
-    return cand if os.path.exists(cand) else None
-
-
-BEAM_PYTHON = _beam_python()
+BEAM_PYTHON = beam_python()
 if BEAM_PYTHON is None:
     pytest.skip("no Beam environment: run setup.sh (creates .venv-beam) or set "
                 "TFMICLE_BEAM_PYTHON", allow_module_level=True)

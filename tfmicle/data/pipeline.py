@@ -39,6 +39,17 @@ class PipelineConfig:
         return self.tfds.spec if self.tfds is not None else self.data_dir
 
 
+SHARD_CYCLE = 8  # shards read at once, one record from each in turn
+
+
+def interleave_shards(files: tf.data.Dataset, num_files: int, read) -> tf.data.Dataset:
+    """The one record order of a split: read(file) of SHARD_CYCLE files at a time, one
+    element from each in turn (deterministic). Scoring on Beam (tfmicle.score.beam)
+    rebuilds this order from per-shard record counts through the same function."""
+    return files.interleave(read, cycle_length=max(min(num_files, SHARD_CYCLE), 1),
+                            num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
 def read_cases(cfg: PipelineConfig, shuffle: bool,
                file_seed: tf.Tensor | None = None) -> tf.data.Dataset:
     """Parsed cases (records.parse_case dicts) of one split; shards interleaved in
@@ -56,8 +67,7 @@ def read_cases(cfg: PipelineConfig, shuffle: bool,
         files = tf.data.Dataset.from_tensor_slices(paths)
         if shuffle:
             files = files.shuffle(len(paths), seed=cfg.seed)
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8),
-                          num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = interleave_shards(files, len(paths), tf.data.TFRecordDataset)
     return _filter_and_cache(ds.map(records.parse_case, num_parallel_calls=AUTOTUNE), cfg)
 
 

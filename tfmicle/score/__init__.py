@@ -3,7 +3,8 @@ write predictions, metrics and a report.
 
     python -m tfmicle.score --model MODELS/<name>[/<version>] --data SRC --out DIR \\
         [--split test] [--compare SRC2 [--compare-split S]] [--format csv|parquet] \\
-        [--subgroups sex,age_band,site [--age-bands 0,40,60]] [--explain N]
+        [--subgroups sex,age_band,site [--age-bands 0,40,60]] [--explain N] \\
+        [--runner local|beam [--beam-args="--runner=DataflowRunner ..."]]
 
 SRC is one of
 - a records folder (a data_prep output, dataset.json inside): one split (--split);
@@ -32,10 +33,12 @@ Scoring preprocesses in tf.data with tfmicle's one eval preprocessing (the same
 function the exported graph runs), in parallel with the model, and calls the model's
 ``predict_preprocessed``; a SavedModel without it (any model that follows the serving
 contract) is called through ``serving_default`` with the encoded images.
+``--runner beam`` predicts with an Apache Beam pipeline (RunInference; beam.py, the
+optional ``tfmicle[beam]`` extra) and writes the same files from the same code.
 
 Modules: model (the exported model as the scorer sees it), sources, predict, report,
-subgroups, shift, calib (the calibration section), explain (--explain), job (the whole
-job: ``score()``), cli. Map of the code: docs/architecture.md.
+subgroups, shift, calib (the calibration section), explain (--explain), beam and
+beam_rows (--runner beam), job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 

@@ -2,11 +2,13 @@
 tfmicle/score/__init__.py)."""
 from __future__ import annotations
 
+import logging
 import math
+import shlex
 import sys
 
 from tfmicle import cli
-from tfmicle.score.job import FORMATS, score
+from tfmicle.score.job import FORMATS, RUNNERS, score
 from tfmicle.score.model import ScoreError
 from tfmicle.score.report import parquet_available
 from tfmicle.score.subgroups import Subgroups, parse_age_bands, parse_subgroups
@@ -49,6 +51,14 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--explain", type=int, default=0, metavar="N",
                    help="Grad-CAM overlays of the N most confident errors and N most confident "
                         "correct predictions into the report (default 0: none)")
+    p.add_argument("--runner", default="local", choices=RUNNERS,
+                   help="local: this process (default); beam: an Apache Beam pipeline "
+                        "with RunInference (pip install 'tfmicle[beam]'; README: Scoring "
+                        "on Beam)")
+    p.add_argument("--beam-args", default="", metavar="ARGS",
+                   help="Beam pipeline options, e.g. --beam-args=\"--runner=DataflowRunner "
+                        "--project=P --region=R --temp_location=gs://B/tmp\" "
+                        "(default: DirectRunner)")
     t = p.add_argument_group("TFDS sources (--data tfds:NAME)")
     t.add_argument("--tfds-data-dir", help="TFDS data dir (default: TFDS's)")
     t.add_argument("--image-key", help="Image feature (default: image)")
@@ -85,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
                 bar.close()
         return Bar()
 
+    if args.runner == "beam":
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
     def body() -> int:
+        try:
+            beam_args = shlex.split(args.beam_args)
+        except ValueError as e:
+            raise ScoreError(f"--beam-args: {e}") from None
         auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
             if args.auc_classes else None
         if args.subgroup_min_cases < 1:
@@ -96,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
                        args.compare_split, args.format, args.batch_size, args.bootstrap,
                        args.seed, auc, args.images, True, progress_factory,
                        subgroups=groups, explain=args.explain,
-                       tfds_options=tfds_options(args))
+                       tfds_options=tfds_options(args), runner=args.runner,
+                       beam_args=beam_args)
         for run in result["runs"]:
             m = run["metrics"]
             summary = ""

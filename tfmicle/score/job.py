@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 from tfmicle.score import calib, explain as explain_mod
 from tfmicle.score.model import ScoreError, ScoringModel, load_model
-from tfmicle.score.predict import predict
+from tfmicle.score.predict import Predictions, predict
 from tfmicle.score.report import (Scored, parquet_available, tables, write_figures, write_report,
                                   write_table)
 from tfmicle.score.sources import Source, open_source
@@ -19,19 +19,22 @@ from tfmicle.score.subgroups import Subgroups, resolve_column, subgroup_metrics
 log = logging.getLogger("tfmicle.score")
 
 FORMATS = ("csv", "parquet")
+RUNNERS = ("local", "beam")   # beam: tfmicle.score.beam (the optional apache-beam extra)
 
 
 def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv",
               batch_size: int = 64, replicates: int = 1000, seed: int = 0,
               auc_classes: Sequence[str] | None = None,
               progress: Callable[[int], None] | None = None, name: str = "",
-              subgroups: Subgroups | None = None) -> Scored:
+              subgroups: Subgroups | None = None,
+              predictor: Callable[..., Predictions] = predict) -> Scored:
     """Predicts one source and writes its tables and metrics.json into out_dir;
-    with subgroups, metrics.json gets "subgroups" (tfmicle.score.subgroups)."""
+    with subgroups, metrics.json gets "subgroups" (tfmicle.score.subgroups).
+    predictor: predict (this process) or tfmicle.score.beam.predictor(...)."""
     import numpy as np
     from tfmicle import metrics as M
     os.makedirs(out_dir, exist_ok=True)
-    pred = predict(model, source, batch_size, progress)
+    pred = predictor(model, source, batch_size, progress)
     files = {}
     for stem, (header, rows) in tables(model, pred).items():
         if stem == "skipped":
@@ -70,7 +73,8 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
           auc_classes: Sequence[str] | None = None, images_root: str | None = None,
           report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None,
           subgroups: Subgroups | None = None, explain: int = 0,
-          tfds_options: dict | None = None) -> dict:
+          tfds_options: dict | None = None, runner: str = "local",
+          beam_args: Sequence[str] = ()) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
     progress_factory(total, name) -> callback(n_done) (and an optional .close()).
     subgroups: metrics per patient subgroup of each run; with compare, the shift
@@ -78,7 +82,10 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     explain: Grad-CAM overlays of the N most confident errors and correct predictions
     of each labelled source (needs the model's serving_explain).
     tfds_options: for tfds:NAME sources, TfdsSource fields (image_key, label_key,
-    case_key, data_dir, manual_dir)."""
+    case_key, data_dir, manual_dir).
+    runner: "local" (this process) or "beam" (an Apache Beam pipeline with beam_args as
+    its options, tfmicle.score.beam); tables, metrics and report are the same code."""
+    predictor = _predictor(runner, beam_args)
     if fmt not in FORMATS:
         raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
     if fmt == "parquet" and not parquet_available():
@@ -114,7 +121,7 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         bar = progress_factory(len(src), name) if progress_factory else None
         try:
             runs.append(score_one(model, src, d, fmt, batch_size, replicates, seed, classes,
-                                  bar, name, subgroups))
+                                  bar, name, subgroups, predictor(d)))
         finally:
             if bar is not None and hasattr(bar, "close"):
                 bar.close()
@@ -146,6 +153,24 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     return out
 
 
+def _predictor(runner: str, beam_args: Sequence[str]) -> Callable[[str], Callable]:
+    """out_dir -> the predictions function of the runner (checked before any work)."""
+    if runner not in RUNNERS:
+        raise ScoreError(f"--runner {runner!r}: use local or beam")
+    if runner == "local":
+        if beam_args:
+            raise ScoreError("--beam-args needs --runner beam")
+        return lambda out_dir: predict
+    try:
+        from tfmicle.score import beam
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "apache_beam":
+            raise
+        raise ScoreError("--runner beam needs Apache Beam: pip install 'tfmicle[beam]'") \
+            from None
+    return lambda out_dir: beam.predictor(beam_args, out_dir)
+
+
 def _shift(model: ScoringModel, runs: list[Scored], classes: Sequence[str], replicates: int,
            seed: int) -> dict:
     """The shift summary of primary vs compare from the rows written."""
@@ -165,4 +190,4 @@ def _json_safe(obj):
     return M.to_json_safe(obj)
 
 
-__all__ = ["score", "score_one", "FORMATS"]
+__all__ = ["score", "score_one", "FORMATS", "RUNNERS"]

@@ -62,11 +62,21 @@ def load_model(path: str) -> ScoringModel:
 
 def call_encoded(fn, images):
     """Encoded images through a serving signature -> its probabilities (numpy)."""
+    return call_encoded_outputs(fn, images)[mf.PROBABILITIES_OUTPUT]
+
+
+def call_encoded_outputs(fn, images) -> dict:
+    """Encoded images through a serving signature -> {"probabilities": [B, K], and
+    "embedding": [B, D] when the model has one} (numpy). A model whose one output has
+    another name gives that output as the probabilities."""
     import tensorflow as tf
     (name, _), = fn.structured_input_signature[1].items()
     out = fn(**{name: tf.constant(list(images) if not tf.is_tensor(images) else images)})
     key = mf.PROBABILITIES_OUTPUT if mf.PROBABILITIES_OUTPUT in out else next(iter(out))
-    return out[key].numpy()
+    res = {mf.PROBABILITIES_OUTPUT: out[key].numpy()}
+    if mf.EMBEDDING_OUTPUT in out:
+        res[mf.EMBEDDING_OUTPUT] = out[mf.EMBEDDING_OUTPUT].numpy()
+    return res
 
 
-__all__ = ["ScoreError", "ScoringModel", "load_model", "call_encoded"]
+__all__ = ["ScoreError", "ScoringModel", "load_model", "call_encoded", "call_encoded_outputs"]
