@@ -13,7 +13,7 @@ import sys
 import time
 
 from data_prep import FORMATS
-from tfmicle import cli
+from tfmicle import cli, fileio
 
 PROG = "python -m data_prep"
 EPILOG = """\
@@ -229,7 +229,7 @@ def _run_convert(argv: list[str]) -> int:
             b.close()
     for name, s in info["splits"].items():
         print(f"{name}: {s['cases']} cases, {s['images']} images, {len(s['shards'])} shard(s)")
-    print(f"skipped: {info['skipped']}" + (f" (see {os.path.join(args.out, 'skipped.csv')})"
+    print(f"skipped: {info['skipped']}" + (f" (see {fileio.join(args.out, 'skipped.csv')})"
                                            if info["skipped"] else ""))
     return 0
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from tfmicle import fileio
+
 # Decompression-bomb guard stays on (PIL's default), but as an error, not a warning.
 Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
 # The image types data_prep prepares and tfmicle.score scores (one list for both).
@@ -65,8 +67,7 @@ def is_dicom(path: str, head: bytes) -> bool:
 def load_image(path: str, options: ImageOptions = ImageOptions()) -> EncodedImage:
     """Reads, validates and (if needed) converts one image file. Raises ImageError."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(path)      # a local path or a URL (gs://, ram://...)
     except FileNotFoundError:
         raise ImageError("missing: file not found") from None
     except IsADirectoryError:
@@ -294,6 +295,6 @@ def dicom_to_uint8(data: bytes) -> np.ndarray:
 def probe_size(path: str) -> int:
     """File size in bytes, 0 when it cannot be stat'ed (the image is reported later)."""
     try:
-        return os.path.getsize(path)
+        return fileio.getsize(path)
     except OSError:
         return 0

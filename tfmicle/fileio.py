@@ -218,8 +218,16 @@ def open(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8",
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    """The bytes of a file; OSError (FileNotFoundError) when it cannot be read."""
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    import tensorflow as tf
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except tf.errors.OpError as e:    # e.g. a folder: GFile fails on the first read
+        raise OSError(f"{path}: {e.message}") from None
 
 
 def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
