@@ -311,7 +311,8 @@ def build_parser() -> cli.ArgumentParser:
                     "assets/metadata.json; --calibrate SPLIT bakes in temperature scaling.")
     p.add_argument("--model-dir", required=True, help="fine-tuning run folder (model_dir)")
     p.add_argument("--out", required=True,
-                   help="MODELS/<name> (next free version) or MODELS/<name>/<version>")
+                   help="MODELS/<name> (next free version) or MODELS/<name>/<version>; "
+                        "a folder or a URL (gs://...)")
     p.add_argument("--checkpoint", default="auto",
                    help="auto (best if kept, else latest) | best | latest | a checkpoint "
                         "prefix (default: auto)")

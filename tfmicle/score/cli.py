@@ -19,7 +19,8 @@ def build_parser() -> cli.ArgumentParser:
                     "exported model: per-image and per-case predictions, metrics.json "
                     "(when labeled) and report.md with ROC / PR / confusion figures.")
     p.add_argument("--model", required=True, help="MODELS/<name> (highest version) or "
-                                                  "MODELS/<name>/<version>")
+                                                  "MODELS/<name>/<version>; any path may be a "
+                                                  "URL (gs://...)")
     p.add_argument("--data", required=True, help="records folder, image folder or CSV manifest")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--split", help="records split to score (default: test)")
