@@ -206,6 +206,8 @@ def open(path: str | os.PathLike, mode: str = "r", encoding: str = "utf-8",
             return builtins.open(_local(path), mode)
         return builtins.open(_local(path), mode, encoding=encoding, newline=newline)
     import tensorflow as tf
+    if is_process_local(path) and ("w" in mode) and _gfile().exists(path):
+        _gfile().remove(path)   # TF 2.21's RamFileSystem appends to an existing file on "w"
     try:
         f = _gfile().GFile(os.fspath(path), mode.replace("t", ""))
         if "r" in mode:
