@@ -89,6 +89,10 @@ def _read_lines(prefix: str) -> list[str]:
 
 def run_beam(plan: Plan, staging: str, options: ImageOptions,
              beam_args: Sequence[str] = ()) -> RunResult:
+    if fileio.is_process_local(staging):
+        raise UserError(f"--runner beam: {staging} is on ram://, TensorFlow's in-memory "
+                        "filesystem of one process, which Beam's workers cannot see; use "
+                        "--runner local")
     try:
         import apache_beam as beam
         from apache_beam import pvalue
@@ -97,10 +101,6 @@ def run_beam(plan: Plan, staging: str, options: ImageOptions,
         raise UserError("--runner beam needs Apache Beam: pip install 'tfmicle[beam]' "
                         "(apache-beam[tfrecord])") from None
 
-    if fileio.is_process_local(staging):
-        raise UserError(f"--runner beam: {staging} is on ram://, TensorFlow's in-memory "
-                        "filesystem of one process, which Beam's workers cannot see; use "
-                        "--runner local")
     splits = [sp for sp in plan.splits.values() if sp.cases]
     index = {sp.name: i for i, sp in enumerate(splits)}
     items = [_case_to_json(sp.name, c) for sp in splits for c in sp.cases]

@@ -204,6 +204,47 @@ def test_data_prep_on_ram_reads_in_process_and_writes_dataset_json_last(ram, mon
     assert sum(s["images"] for s in info["splits"].values()) == len(files)
 
 
+def test_data_prep_csv_manifest_and_images_on_ram(ram):
+    """--format csv with the manifest and --images on ram:// (other folders): cases group
+    the rows by case_id, a row whose image is missing is skipped (skipped.csv on ram://)."""
+    from data_prep.__main__ import main as data_prep_main
+
+    files = class_images(2, seed=3)
+    write_tree(fileio.join(ram, "imgs"), files)
+    rows = [(rel, f"case{i // 2}", rel.split("/")[0]) for i, rel in enumerate(sorted(files))]
+    rows.append(("a/missing.png", "case9", "a"))
+    manifest = fileio.join(ram, "meta", "m.csv")
+    fileio.makedirs(fileio.dirname(manifest))
+    fileio.write_text(manifest, "image,case_id,label\n" +
+                      "".join(f"{r},{c},{lab}\n" for r, c, lab in rows))
+    out = fileio.join(ram, "records")
+    assert data_prep_main(["--format", "csv", "--input", manifest, "--images",
+                           fileio.join(ram, "imgs"), "--out", out, "--split-fractions",
+                           "train=1", "--no-progress"]) == 0
+    cases = {c.case_id: c for c in records.iter_cases(out, "train")}
+    want = {}
+    for rel, case, lab in rows[:-1]:
+        want.setdefault(case, ([], runs.CLASSES.index(lab)))[0].append(rel)
+    assert {k: (c.image_ids, c.label_class) for k, c in cases.items()} == want
+    assert all(c.images == [files[i] for i in c.image_ids] for c in cases.values())
+    skipped = read_csv_url(fileio.join(out, "skipped.csv"))
+    assert [(r["image_id"], r["case_id"]) for r in skipped] == [("a/missing.png", "case9")]
+
+
+def test_beam_runner_refuses_ram_out_in_one_line(ram, capsys):
+    """Beam's workers (other processes) cannot see ram://: exit 2, one line, and --out
+    is left as it was (no staging folder)."""
+    from data_prep.__main__ import main as data_prep_main
+
+    src, out = fileio.join(ram, "src"), fileio.join(ram, "out")
+    write_tree(src, class_images(1))
+    assert data_prep_main(["--format", "folders", "--input", src, "--out", out,
+                           "--runner", "beam", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ram://" in err[0] and "--runner local" in err[0], err
+    assert not fileio.exists(out) or fileio.listdir(out) == []
+
+
 # --------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow
