@@ -68,6 +68,13 @@ def read_csv_url(path: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(fileio.read_text(path), newline="")))
 
 
+def records_of(data_dir: str, split: str) -> list[str]:
+    try:
+        return records.list_shards(data_dir, split)
+    except FileNotFoundError:
+        return []
+
+
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -202,6 +209,20 @@ def test_data_prep_on_ram_reads_in_process_and_writes_dataset_json_last(ram, mon
     assert got == {rel: (data, runs.CLASSES.index(rel.split("/")[0]))
                    for rel, data in files.items()}
     assert sum(s["images"] for s in info["splits"].values()) == len(files)
+
+    # --overwrite: the old dataset.json is the first thing removed, the new one the last
+    # moved in, so no reader pairs a description with shards of another run
+    removed, moved[:] = [], []
+    real_remove = fileio.remove
+    monkeypatch.setattr(fileio, "remove", lambda p: (removed.append(str(p)), real_remove(p)))
+    assert data_prep_main(["--format", "folders", "--input", src, "--out", out, "--overwrite",
+                           "--split-fractions", "train=1", "--no-progress"]) == 0
+    assert removed[0] == fileio.join(out, records.DATASET_JSON)
+    assert [p for p in moved if fileio.dirname(p) == out][-1] == \
+        fileio.join(out, records.DATASET_JSON)
+    assert set(records.load_dataset_info(out)["splits"]) == {"train"}
+    assert not records_of(out, "test")
+    assert len(list(records.iter_cases(out, "train"))) == len(files)
 
 
 def test_data_prep_csv_manifest_and_images_on_ram(ram):
