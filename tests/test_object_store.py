@@ -252,6 +252,42 @@ def test_data_prep_csv_manifest_and_images_on_ram(ram):
     assert [(r["image_id"], r["case_id"]) for r in skipped] == [("a/missing.png", "case9")]
 
 
+def test_score_sources_on_ram(ram):
+    """score's image-folder and CSV-manifest sources on ram://: rows, labels from the
+    folder names / the label column, a listed file that is missing is skipped, and the
+    bytes read through the source's tf.data are the files' bytes (a TIFF, which
+    TensorFlow cannot decode, goes through data_prep's reader and comes out a PNG)."""
+    from PIL import Image
+
+    from tfmicle.score.model import ScoringModel
+    from tfmicle.score.sources import open_source
+
+    model = ScoringModel("m", None, list(runs.CLASSES), "multiclass", 32, {}, None)
+    files = class_images(2, seed=7)
+    tif = io.BytesIO()
+    Image.fromarray(np.full((8, 6, 3), 200, np.uint8)).save(tif, format="TIFF")
+    files["c/scan.tif"] = tif.getvalue()
+    write_tree(fileio.join(ram, "images"), files)
+
+    src = open_source(fileio.join(ram, "images"), model)
+    assert src.kind == "folder" and src.image_ids == sorted(files)
+    assert list(src.labels) == [runs.CLASSES.index(i.split("/")[0]) for i in src.image_ids]
+    got = {src.image_ids[int(el["index"])]: el["image"]
+           for el in src.encoded().as_numpy_iterator()}
+    assert {k: v for k, v in got.items() if k != "c/scan.tif"} == \
+        {k: v for k, v in files.items() if k != "c/scan.tif"}
+    assert np.all(np.asarray(Image.open(io.BytesIO(got["c/scan.tif"]))) == 200)
+
+    manifest = fileio.join(ram, "images", "list.csv")
+    fileio.write_text(manifest, "image,label\na/img1.png,a\nb/gone.png,b\nc/img0.png,\n")
+    src = open_source(manifest, model)
+    assert src.kind == "csv" and src.image_ids == ["a/img1.png", "c/img0.png"]
+    assert list(src.labels) == [0, -1]
+    assert src.skipped == [("b/gone.png", "b/gone.png", "file not found")]
+    assert [el["image"] for el in src.encoded().as_numpy_iterator()] == \
+        [files["a/img1.png"], files["c/img0.png"]]
+
+
 def test_beam_runner_refuses_ram_out_in_one_line(ram, capsys):
     """Beam's workers (other processes) cannot see ram://: exit 2, one line, and --out
     is left as it was (no staging folder)."""
