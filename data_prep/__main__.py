@@ -13,7 +13,7 @@ import sys
 import time
 
 from data_prep import FORMATS
-from tfmicle import cli
+from tfmicle import cli, fileio
 
 PROG = "python -m data_prep"
 EPILOG = """\
@@ -67,8 +67,10 @@ def convert_parser() -> argparse.ArgumentParser:
     io.add_argument("--format", required=True, choices=FORMATS, metavar="FORMAT",
                     help=f"source layout: {', '.join(FORMATS)}")
     io.add_argument("--input", required=True, metavar="PATH",
-                    help="the source folder (csv: the manifest file)")
-    io.add_argument("--out", required=True, metavar="DIR", help="output folder")
+                    help="the source folder (csv: the manifest file); a path or a URL "
+                         "(gs://..., s3://...)")
+    io.add_argument("--out", required=True, metavar="DIR",
+                    help="output folder (or URL; dataset.json is written last)")
     io.add_argument("--overwrite", action="store_true",
                     help="replace the dataset in a non-empty --out")
     io.add_argument("--strict", action="store_true",
@@ -229,7 +231,7 @@ def _run_convert(argv: list[str]) -> int:
             b.close()
     for name, s in info["splits"].items():
         print(f"{name}: {s['cases']} cases, {s['images']} images, {len(s['shards'])} shard(s)")
-    print(f"skipped: {info['skipped']}" + (f" (see {os.path.join(args.out, 'skipped.csv')})"
+    print(f"skipped: {info['skipped']}" + (f" (see {fileio.join(args.out, 'skipped.csv')})"
                                            if info["skipped"] else ""))
     return 0
 

@@ -5,19 +5,23 @@ The pipeline does what the local runner does, case by case: the same
 builds the Example, and ``WriteToTFRecord`` writes ``<split>-SSSSS-of-NNNNN.tfrecord``
 with the plan's shard count. What the driver needs for dataset.json, the subsets
 and skipped.csv comes back as small JSON lines. DirectRunner by default; any other
-runner through ``--beam-args`` (its workers must see the input and output paths,
-e.g. a shared filesystem).
+runner through ``--beam-args``.
+
+Paths: the shards and the JSON lines are written through Beam's FileSystems (its
+``WriteToTFRecord`` / ``WriteToText``; ``gs://`` needs ``apache-beam[gcp]``) and the
+driver reads the lines back through them; the workers read the images through
+tf.io.gfile (tfmicle.fileio, the local runner's reader: TensorFlow is on every worker
+for ``encode_case`` and knows ``gs://`` and ``s3://``). So with ``--input`` / ``--images``
+/ ``--out`` in a bucket, Dataflow workers read and write the bucket; with local paths the
+workers must share the filesystem. ``ram://`` (one process) is refused.
 
 Apache Beam is an optional extra: ``pip install 'tfmicle[beam]'``.
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
-import os
-import shutil
 from typing import Sequence
 
 from data_prep.cases import CaseSpec, ImageRef, Skip, process_case
@@ -25,6 +29,7 @@ from data_prep.errors import UserError
 from data_prep.images import ImageOptions
 from data_prep.local_runner import CaseSummary, RunResult
 from data_prep.plan import Plan
+from tfmicle import fileio
 
 log = logging.getLogger(__name__)
 _SIDE = ".beam"
@@ -70,15 +75,24 @@ def _process(text: str, options: ImageOptions):
 
 
 def _read_lines(prefix: str) -> list[str]:
+    """The lines of the files WriteToText wrote at ``prefix``, through Beam's FileSystems."""
+    from apache_beam.io.filesystems import FileSystems
+
     lines = []
-    for path in sorted(glob.glob(prefix + "*")):
-        with open(path, encoding="utf-8") as f:
-            lines.extend(line.rstrip("\n") for line in f if line.strip())
+    found = FileSystems.match([prefix + "*"])[0].metadata_list
+    for path in sorted(m.path for m in found):
+        with FileSystems.open(path) as f:
+            text = f.read().decode("utf-8")
+        lines.extend(line for line in text.split("\n") if line.strip())
     return lines
 
 
 def run_beam(plan: Plan, staging: str, options: ImageOptions,
              beam_args: Sequence[str] = ()) -> RunResult:
+    if fileio.is_process_local(staging):
+        raise UserError(f"--runner beam: {staging} is on ram://, TensorFlow's in-memory "
+                        "filesystem of one process, which Beam's workers cannot see; use "
+                        "--runner local")
     try:
         import apache_beam as beam
         from apache_beam import pvalue
@@ -90,8 +104,8 @@ def run_beam(plan: Plan, staging: str, options: ImageOptions,
     splits = [sp for sp in plan.splits.values() if sp.cases]
     index = {sp.name: i for i, sp in enumerate(splits)}
     items = [_case_to_json(sp.name, c) for sp in splits for c in sp.cases]
-    side = os.path.join(staging, _SIDE)
-    os.makedirs(side, exist_ok=True)
+    side = fileio.join(staging, _SIDE)
+    fileio.makedirs(side)
     try:
         popts = PipelineOptions(list(beam_args))
     except Exception as e:
@@ -113,22 +127,22 @@ def run_beam(plan: Plan, staging: str, options: ImageOptions,
             (part
              | f"Bytes[{sp.name}]" >> beam.Map(lambda kv: kv[1])
              | f"Write[{sp.name}]" >> beam.io.WriteToTFRecord(
-                 os.path.join(staging, sp.name), num_shards=sp.num_shards,
+                 fileio.join(staging, sp.name), num_shards=sp.num_shards,
                  shard_name_template="-SSSSS-of-NNNNN", file_name_suffix=".tfrecord"))
-        out.summary | "WriteSummary" >> beam.io.WriteToText(os.path.join(side, "summary"))
-        out.skipped | "WriteSkipped" >> beam.io.WriteToText(os.path.join(side, "skipped"))
+        out.summary | "WriteSummary" >> beam.io.WriteToText(fileio.join(side, "summary"))
+        out.skipped | "WriteSkipped" >> beam.io.WriteToText(fileio.join(side, "skipped"))
 
     cases = []
-    for line in _read_lines(os.path.join(side, "summary")):
+    for line in _read_lines(fileio.join(side, "summary")):
         d = json.loads(line)
         multi = None if d["label_multi"] is None else \
             [math.nan if v is None else float(v) for v in d["label_multi"]]
         cases.append(CaseSummary(d["case_id"], d["patient_id"], d["split"], "",
                                  d["image_ids"], d["label_class"], multi))
     skipped = sorted((Skip(*json.loads(line)) for line in
-                      _read_lines(os.path.join(side, "skipped"))),
+                      _read_lines(fileio.join(side, "skipped"))),
                      key=lambda s: (s.case_id, s.path))
-    shutil.rmtree(side, ignore_errors=True)
+    fileio.rmtree(side, ignore_errors=True)
     order = {c.case_id: i for i, c in enumerate(c for sp in splits for c in sp.cases)}
     cases.sort(key=lambda c: order.get(c.case_id, -1))
     return RunResult(cases, skipped)

@@ -21,6 +21,7 @@ from data_prep.splits import (DEFAULT_LABEL_FRACTIONS, DEFAULT_SPLIT_FRACTIONS,
 from data_prep.duplicates import remove_duplicates
 from data_prep.summary import make_subsets, skip_reasons, skipped_csv, split_stats
 from data_prep import writer
+from tfmicle import fileio
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
     check_out_not_in_input(cfg.input, cfg.out)
     writer.check_out_dir(cfg.out, cfg.overwrite)
     opts = dataclasses.replace(cfg.format_options, exclude=tuple(cfg.format_options.exclude)
-                               + (os.path.abspath(cfg.out),))
+                               + (fileio.abspath(cfg.out),))
     manifest = read_manifest(cfg.format, cfg.input, opts)
     duplicates = remove_duplicates(manifest)
     if cfg.strict and manifest.skipped:
@@ -67,7 +68,7 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
         raise UserError(f"--input {cfg.input}: no usable case found "
                         f"({len(manifest.skipped)} rows skipped)")
     listed = [r for c in manifest.cases for r in c.images]
-    if all(r.missing or not os.path.exists(r.path) for r in listed):
+    if all(r.missing or not fileio.exists(r.path) for r in listed):
         raise UserError(f"--input {cfg.input}: none of the {len(listed)} listed images was "
                         f"found (e.g. {listed[0].path or listed[0].image_id}); check --input "
                         "and --images")
@@ -76,7 +77,7 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
         log.info("split %s: %d cases, %d shard(s)", name, len(sp.cases),
                  sp.num_shards if sp.cases else 0)
 
-    created_out = not os.path.exists(cfg.out)
+    created_out = not fileio.exists(cfg.out)
     staging = writer.make_staging(cfg.out)
     try:
         if cfg.runner == "beam":
@@ -97,15 +98,15 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
         writer.publish(staging, cfg.out)
     except BaseException:
         writer.discard(staging)
-        if created_out and os.path.isdir(cfg.out) and not os.listdir(cfg.out):
-            os.rmdir(cfg.out)
+        if created_out:
+            fileio.rmdir_if_empty(cfg.out)
         raise
     n_img = sum(s["images"] for s in info["splits"].values())
     log.info("wrote %d cases, %d images to %s in %.1fs; skipped %d (%s)%s",
              sum(s["cases"] for s in info["splits"].values()), n_img, cfg.out,
              time.time() - t0, info["skipped"],
              ", ".join(f"{k} {v}" for k, v in info["skipped_reasons"].items()) or "none",
-             f": see {os.path.join(cfg.out, writer.SKIPPED_CSV)}" if info["skipped"] else "")
+             f": see {fileio.join(cfg.out, writer.SKIPPED_CSV)}" if info["skipped"] else "")
     return info
 
 
@@ -119,9 +120,10 @@ def check_out_not_in_input(input_path: str, out: str) -> None:
     """Refuses an output folder that is the input folder or inside it: a later run would
     read the records (or a staging folder) as input, and --overwrite could delete
     source files."""
-    src = os.path.realpath(input_path)
-    dst = os.path.realpath(out)
-    if os.path.isdir(src) and (dst == src or dst.startswith(src.rstrip(os.sep) + os.sep)):
+    src = fileio.realpath(input_path)
+    dst = fileio.realpath(out)
+    sep = "/" if fileio.is_url(src) else os.sep
+    if fileio.isdir(src) and (dst == src or dst.startswith(src.rstrip(sep) + sep)):
         raise UserError(f"--out {out}: is inside --input {input_path}; write the records "
                         "outside the source folder")
 
@@ -136,7 +138,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
     for c in result.cases:
         by_split[c.split].append(c)
     skipped = list(manifest.skipped) + list(result.skipped)
-    shard_files = sorted(f for f in os.listdir(staging) if f.endswith(".tfrecord"))
+    shard_files = sorted(f for f in fileio.listdir(staging) if f.endswith(".tfrecord"))
     splits = {}
     for name, sp in plan.splits.items():
         stats = split_stats(by_split.get(name, []), manifest.task, manifest.class_names)
@@ -159,12 +161,12 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
             writer.write_text_atomic(path, "".join(i + "\n" for i in ids))
             real = len(ids) / max(labeled, 1)
             subsets[name][f"{f:g}"] = {"cases": len(ids), "fraction": round(real, 6),
-                                       "file": os.path.relpath(path, staging)}
+                                       "file": fileio.relpath(path, staging)}
             # each class keeps at least one case, so small data overshoot small fractions
             (log.warning if real > 1.5 * f else log.info)(
                 "subset %s %g%%: %d of %d labeled cases = %.2f%% of the split", name,
                 f * 100, len(ids), labeled, real * 100)
-    writer.write_text_atomic(os.path.join(staging, writer.SKIPPED_CSV), skipped_csv(skipped))
+    writer.write_text_atomic(fileio.join(staging, writer.SKIPPED_CSV), skipped_csv(skipped))
     primary = manifest.sources[0] if manifest.sources else None
     info = {
         "schema_version": SCHEMA_VERSION,
@@ -174,7 +176,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         "splits": splits,
         "source": {
             "format": manifest.format,
-            "input": os.path.abspath(cfg.input),
+            "input": fileio.abspath(cfg.input),
             "manifest": primary.path if primary else None,
             "sha256": primary.sha256 if primary else None,
             "files": [{"path": s.path, "sha256": s.sha256} for s in manifest.sources],
@@ -191,7 +193,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         "runner": cfg.runner,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    writer.write_text_atomic(os.path.join(staging, DATASET_JSON),
+    writer.write_text_atomic(fileio.join(staging, DATASET_JSON),
                              json.dumps(info, indent=2, sort_keys=False) + "\n")
     return info
 

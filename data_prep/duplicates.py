@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from data_prep.cases import CaseSpec, Skip
 from data_prep.manifest import Manifest
+from tfmicle import fileio
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ def content_hash(path: str) -> str | None:
     """SHA-256 of a file's bytes; None when it cannot be read (a worker reports it)."""
     h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
+        with fileio.open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-    except OSError:
+    except Exception:       # OSError locally, tf.errors.OpError from a URL's reads
         return None
     return h.hexdigest()
 
@@ -93,7 +93,7 @@ def remove_duplicates(manifest: Manifest, threads: int = 8) -> DuplicateStats:
     by_content: dict[str, tuple[CaseSpec, str]] = {}
     drop: set[int] = set()
     for case, ref in refs:
-        real = os.path.realpath(ref.path)
+        real = fileio.realpath(ref.path)
         digest = hashes.get(ref.path)
         first, kind = by_file.get(real), "file"
         if first is None and digest is not None:

@@ -20,6 +20,7 @@ from data_prep.manifest import (CaseGrouper, FormatOptions, Manifest, SourceFile
                                 first_existing, missing_ref, parse_multi_value, read_csv,
                                 require_columns, row_meta, sha256_file, sort_class_names,
                                 walk_images)
+from tfmicle import fileio
 from tfmicle.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def read_manifest(fmt: str, input_path: str, opts: FormatOptions) -> Manifest:
                "isic2019": read_isic2019, "isic2020": read_isic2020, "chexpert": read_chexpert}
     if fmt not in readers:
         raise UserError(f"unknown format {fmt!r} (one of {', '.join(readers)})")
-    if not os.path.exists(input_path):
+    if not fileio.exists(input_path):
         raise UserError(f"--input {input_path}: not found")
     m = readers[fmt](input_path, opts)
     log.info("%s: %d cases, %d images listed, %d rows skipped", fmt, len(m.cases),
@@ -55,13 +56,13 @@ def read_manifest(fmt: str, input_path: str, opts: FormatOptions) -> Manifest:
 
 def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
     """Generic manifest: image path, case id, [patient id], [view], [split], label(s)."""
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         raise UserError(f"--input {path}: is a folder; the csv format takes the manifest file "
                         "(images under --images)")
     header, rows = read_csv(path)
     cols = opts.columns
-    root = opts.images or os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(root):
+    root = opts.images or fileio.dirname(fileio.abspath(path))
+    if not fileio.isdir(root):
         raise UserError(f"--images {root}: not a folder")
 
     def pick(given: str | None, default: str, required: bool = False) -> str | None:
@@ -117,7 +118,7 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         if not rel:
             g.skipped.append(Skip("", f"bad row: {where}: empty {image_col!r}"))
             continue
-        full = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        full = rel if fileio.isabs(rel) else fileio.join(root, rel)
         case_id = (r.get(case_col, "") if case_col else "") or rel
         patient = (r.get(patient_col, "") if patient_col else "") or case_id
         view = r.get(view_col, "") if view_col else ""
@@ -140,7 +141,7 @@ def read_csv_manifest(path: str, opts: FormatOptions) -> Manifest:
         g.add(case_id, patient, ref, where, label_class, label_multi, split)
     cases, skipped = g.result()
     return Manifest("csv", task, class_names, cases, skipped,
-                    [SourceFile(os.path.abspath(path), sha256_file(path))])
+                    [SourceFile(fileio.abspath(path), sha256_file(path))])
 
 
 def known_layout(root: str) -> tuple[str, str] | None:
@@ -148,13 +149,13 @@ def known_layout(root: str) -> tuple[str, str] | None:
     dataset that has its own reader; the folders format would turn its image folders
     (``HAM10000_images_part_1``, ``train``) into classes."""
     def has(name: str) -> bool:
-        return os.path.exists(os.path.join(root, name))
+        return fileio.exists(fileio.join(root, name))
 
     def header(name: str) -> list[str]:
         try:
-            with open(os.path.join(root, name), newline="", encoding="utf-8-sig") as f:
-                return [h.strip() for h in f.readline().replace(";", ",").replace(
-                    "\t", ",").split(",")]
+            with fileio.open(fileio.join(root, name), "rb") as f:
+                first = f.readline().decode("utf-8-sig")
+            return [h.strip() for h in first.replace(";", ",").replace("\t", ",").split(",")]
         except (OSError, UnicodeDecodeError):
             return []
 
@@ -178,7 +179,7 @@ def known_layout(root: str) -> tuple[str, str] | None:
 
 def read_folders(root: str, opts: FormatOptions) -> Manifest:
     """``root/<class>/<image>``; ``root/<unlabeled dir>/...`` and images in root are unlabeled."""
-    if not os.path.isdir(root):
+    if not fileio.isdir(root):
         raise UserError(f"--input {root}: not a folder")
     layout = known_layout(root)
     if layout:
@@ -191,10 +192,10 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
             regex = re.compile(opts.case_regex)
         except re.error as e:
             raise UserError(f"--case-regex {opts.case_regex!r}: {e}") from None
-    excl = {os.path.realpath(e) for e in opts.exclude}
-    subdirs = sorted(d for d in os.listdir(root) if not d.startswith(".")
-                     and os.path.isdir(os.path.join(root, d))
-                     and os.path.realpath(os.path.join(root, d)) not in excl)
+    excl = {fileio.realpath(e) for e in opts.exclude}
+    subdirs = sorted(d for d in fileio.listdir(root) if not d.startswith(".")
+                     and fileio.isdir(fileio.join(root, d))
+                     and fileio.realpath(fileio.join(root, d)) not in excl)
     found = [d for d in subdirs if d not in opts.unlabeled_dirs]
     if opts.class_names:
         class_names = list(opts.class_names)
@@ -209,7 +210,7 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
     listing = hashlib.sha256()
     unmatched = 0
     for path in walk_images(root, opts.exclude, g.skipped):
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        rel = fileio.relpath(path, root).replace(os.sep, "/")
         listing.update(f"{rel}\t{probe_size(path)}\n".encode())
         top = rel.split("/", 1)[0] if "/" in rel else ""
         label = index.get(top, UNLABELED)
@@ -228,13 +229,13 @@ def read_folders(root: str, opts: FormatOptions) -> Manifest:
                  "of their own", unmatched)
     cases, skipped = g.result()
     return Manifest("folders", MULTICLASS, class_names, cases, skipped,
-                    [SourceFile(os.path.abspath(root), listing.hexdigest())])
+                    [SourceFile(fileio.abspath(root), listing.hexdigest())])
 
 
 def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
     """HAM10000_metadata.csv (lesion_id, image_id, dx, ...) + image folders; case = lesion."""
     meta = first_existing(folder, ["HAM10000_metadata.csv", "HAM10000_metadata.tab",
-                                    "HAM10000_metadata"]) if os.path.isdir(folder) else None
+                                    "HAM10000_metadata"]) if fileio.isdir(folder) else None
     if meta is None:
         raise UserError(f"--input {folder}: no HAM10000_metadata.csv in this folder")
     header, rows = read_csv(meta)
@@ -257,13 +258,13 @@ def read_ham10000(folder: str, opts: FormatOptions) -> Manifest:
     files.log_unused()
     cases, skipped = g.result()
     return Manifest("ham10000", MULTICLASS, list(HAM10000_CLASSES), cases, skipped,
-                    [SourceFile(os.path.abspath(meta), sha256_file(meta))])
+                    [SourceFile(fileio.abspath(meta), sha256_file(meta))])
 
 
 def read_isic2019(folder: str, opts: FormatOptions) -> Manifest:
     """ISIC_2019_Training_GroundTruth.csv (one-hot) + ISIC_2019_Training_Metadata.csv
     (lesion_id; empty: the image is its own case)."""
-    if not os.path.isdir(folder):
+    if not fileio.isdir(folder):
         raise UserError(f"--input {folder}: not a folder")
     gt = first_existing(folder, ["ISIC_2019_Training_GroundTruth.csv"])
     if gt is None:
@@ -271,14 +272,14 @@ def read_isic2019(folder: str, opts: FormatOptions) -> Manifest:
     header, rows = read_csv(gt)
     require_columns(gt, header, ["image"] + ISIC2019_CLASSES[:-1])
     classes = [c for c in ISIC2019_CLASSES if c in header]
-    sources = [SourceFile(os.path.abspath(gt), sha256_file(gt))]
+    sources = [SourceFile(fileio.abspath(gt), sha256_file(gt))]
     lesions: dict[str, str] = {}
     meta = first_existing(folder, ["ISIC_2019_Training_Metadata.csv"])
     if meta:
         mh, mrows = read_csv(meta)
         require_columns(meta, mh, ["image", "lesion_id"])
         lesions = {r["image"]: r["lesion_id"] for r in mrows}
-        sources.append(SourceFile(os.path.abspath(meta), sha256_file(meta)))
+        sources.append(SourceFile(fileio.abspath(meta), sha256_file(meta)))
     else:
         log.warning("no ISIC_2019_Training_Metadata.csv: each image is its own case "
                     "(lesions cannot be kept together)")
@@ -312,7 +313,7 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
     label (``<patient>:<class>``), so that every case has one label; the patient id
     stays the same and keeps them in one split.
     """
-    if not os.path.isdir(folder):
+    if not fileio.isdir(folder):
         raise UserError(f"--input {folder}: not a folder")
     meta = first_existing(folder, ["train.csv", "ISIC_2020_Training_GroundTruth_v2.csv",
                                     "ISIC_2020_Training_GroundTruth.csv"])
@@ -362,26 +363,26 @@ def read_isic2020(folder: str, opts: FormatOptions) -> Manifest:
     files.log_unused()
     cases, skipped = g.result()
     return Manifest("isic2020", MULTICLASS, classes, cases, skipped,
-                    [SourceFile(os.path.abspath(meta), sha256_file(meta))])
+                    [SourceFile(fileio.abspath(meta), sha256_file(meta))])
 
 
 def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
     """``CheXpert-v1.0-small``: train.csv / valid.csv; case = patient/study (all views),
     14 observations in label/multi (1, 0, -1 uncertain, NaN blank); valid kept as 'valid'."""
-    if not os.path.isdir(folder):
+    if not fileio.isdir(folder):
         raise UserError(f"--input {folder}: not a folder (give the CheXpert-v1.0-small folder)")
     csvs = [(name, split) for name, split in (("train.csv", None), ("valid.csv", "valid"))
-            if os.path.isfile(os.path.join(folder, name))]
+            if fileio.isfile(fileio.join(folder, name))]
     if not csvs:
         raise UserError(f"--input {folder}: no train.csv or valid.csv (give the "
                         "CheXpert-v1.0-small folder)")
     g = CaseGrouper()
     sources = []
     for name, split in csvs:
-        path = os.path.join(folder, name)
+        path = fileio.join(folder, name)
         header, rows = read_csv(path)
         require_columns(path, header, ["Path"] + CHEXPERT_CLASSES)
-        sources.append(SourceFile(os.path.abspath(path), sha256_file(path)))
+        sources.append(SourceFile(fileio.abspath(path), sha256_file(path)))
         for n, r in enumerate(rows, start=2):
             where = f"{name} line {n}"
             rel = r["Path"].replace("\\", "/")
@@ -403,7 +404,7 @@ def read_chexpert(folder: str, opts: FormatOptions) -> Manifest:
             except ValueError as e:
                 g.skipped.append(Skip(rel, f"bad label: {where}: {e!s}", rel, case_id))
                 continue
-            full = os.path.join(folder, *ip)
+            full = fileio.join(folder, *ip)
             ref = ImageRef(full, rel, view, meta=row_meta(r, CHEXPERT_META))
             g.add(case_id, patient, ref, where, UNLABELED, labels, split)
     cases, skipped = g.result()

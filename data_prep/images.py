@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from tfmicle import fileio
+
 # Decompression-bomb guard stays on (PIL's default), but as an error, not a warning.
 Image.MAX_IMAGE_PIXELS = 30_000 * 30_000
 # The image types data_prep prepares and tfmicle.score scores (one list for both).
@@ -64,9 +66,10 @@ def is_dicom(path: str, head: bytes) -> bool:
 
 def load_image(path: str, options: ImageOptions = ImageOptions()) -> EncodedImage:
     """Reads, validates and (if needed) converts one image file. Raises ImageError."""
+    if fileio.is_url(path):
+        _import_tf()                        # the worker's TF set-up before gfile imports it
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = fileio.read_bytes(path)      # a local path or a URL (gs://, ram://...)
     except FileNotFoundError:
         raise ImageError("missing: file not found") from None
     except IsADirectoryError:
@@ -177,6 +180,21 @@ def decode_error(data: bytes, full: bool = False) -> str | None:
     """None when TensorFlow's image decoder (the one training uses) reads ``data``;
     otherwise its error's first line. JPEGs are checked at 1/8 scale unless ``full``:
     libjpeg entropy-decodes the whole stream at every scale, so the verdict is the same."""
+    tf = _import_tf()
+    try:
+        if data[:3] == b"\xff\xd8\xff" and not full:
+            tf.io.decode_jpeg(data, ratio=8)
+        else:
+            tf.io.decode_image(data, expand_animations=False)
+    except (tf.errors.OpError, ValueError) as e:
+        msg = str(getattr(e, "message", e)).strip().splitlines()
+        return (msg[0] if msg else type(e).__name__)[:200]
+    return None
+
+
+def _import_tf():
+    """TensorFlow, imported once per process; in a worker process (TF not imported yet)
+    with its console logging off and one thread (the workers are the parallelism)."""
     global _tf
     if _tf is None:
         if "tensorflow" not in sys.modules:
@@ -190,15 +208,7 @@ def decode_error(data: bytes, full: bool = False) -> str | None:
         except RuntimeError:            # already initialised (e.g. in the main process)
             pass
         _tf = tf
-    try:
-        if data[:3] == b"\xff\xd8\xff" and not full:
-            _tf.io.decode_jpeg(data, ratio=8)
-        else:
-            _tf.io.decode_image(data, expand_animations=False)
-    except (_tf.errors.OpError, ValueError) as e:
-        msg = str(getattr(e, "message", e)).strip().splitlines()
-        return (msg[0] if msg else type(e).__name__)[:200]
-    return None
+    return _tf
 
 
 def _fit(w: int, h: int, max_side: int) -> tuple[int, int]:
@@ -294,6 +304,6 @@ def dicom_to_uint8(data: bytes) -> np.ndarray:
 def probe_size(path: str) -> int:
     """File size in bytes, 0 when it cannot be stat'ed (the image is reported later)."""
     try:
-        return os.path.getsize(path)
+        return fileio.getsize(path)
     except OSError:
         return 0

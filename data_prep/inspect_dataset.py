@@ -3,10 +3,10 @@ every shard parses and agrees with dataset.json."""
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from tfmicle import fileio
 from tfmicle.tasks import MULTICLASS
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ def inspect_dataset(out: str, decode_images: bool = False) -> Inspection:
         raise
     except (OSError, ValueError) as e:              # JSONDecodeError is a ValueError
         r = Inspection({})
-        r.lines.append(f"dataset {os.path.abspath(out)}")
+        r.lines.append(f"dataset {fileio.abspath(out)}")
         r.problems.append(f"{DATASET_JSON}: unreadable: {type(e).__name__}: {e}")
         r.lines.append(f"{len(r.problems)} problem(s)")
         return r
     r = Inspection(info if isinstance(info, dict) else {})
     if not isinstance(info, dict) or not isinstance(info.get("splits"), dict):
-        r.lines.append(f"dataset {os.path.abspath(out)}")
+        r.lines.append(f"dataset {fileio.abspath(out)}")
         r.problems.append(f"{DATASET_JSON}: not a data_prep dataset description (no 'splits' "
                           "object)")
         r.lines.append(f"{len(r.problems)} problem(s)")
@@ -69,7 +69,7 @@ def _inspect(out: str, info: dict, r: Inspection, decode_images: bool) -> None:
     from tfmicle.data.records import READABLE_VERSIONS, decode_case, read_subset
 
     src = info.get("source", {})
-    r.lines.append(f"dataset {os.path.abspath(out)}")
+    r.lines.append(f"dataset {fileio.abspath(out)}")
     r.lines.append(f"  schema v{info.get('schema_version')}, task {info.get('task')}, "
                    f"{len(info.get('class_names', []))} classes: "
                    f"{', '.join(info.get('class_names', []))}")
@@ -88,10 +88,10 @@ def _inspect(out: str, info: dict, r: Inspection, decode_images: bool) -> None:
         cases = images = 0
         ids = set()
         for shard in s.get("shards", []):
-            path = os.path.join(out, shard)
-            if not os.path.isfile(path):
+            path = fileio.join(out, shard)
+            if not fileio.isfile(path):
                 r.problems.append(f"{shard}: listed in dataset.json but "
-                                  f"{'not a file' if os.path.exists(path) else 'missing'}")
+                                  f"{'not a file' if fileio.exists(path) else 'missing'}")
                 continue
             try:
                 for rec in tf.data.TFRecordDataset(path):

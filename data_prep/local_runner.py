@@ -1,5 +1,10 @@
 """Runs a plan on this machine: worker processes decode/validate images, this
-process encodes the Examples and writes the shards one at a time."""
+process encodes the Examples and writes the shards one at a time.
+
+Images and the output may be URLs (tfmicle.fileio): each worker reads its images
+through tf.io.gfile itself. ``ram://`` is the exception: TensorFlow's in-memory
+filesystem exists once per process, so a worker would not see it; with any ``ram://``
+image the cases are read in this process (one worker)."""
 from __future__ import annotations
 
 import collections
@@ -14,6 +19,7 @@ from data_prep.cases import CaseResult, CaseSpec, Skip, process_case, process_ch
 from data_prep.errors import StrictError
 from data_prep.images import ImageOptions
 from data_prep.plan import Plan, WorkItem
+from tfmicle import fileio
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,9 @@ def run_local(plan: Plan, staging: str, options: ImageOptions, workers: int = 0,
 
     workers = workers or default_workers()
     work = plan.work()
+    if workers > 1 and any(fileio.is_process_local(r.path) for w in work for r in w.case.images):
+        log.info("images on ram:// (one per process): reading them in this process")
+        workers = 1
     total = plan.num_images
     log.info("converting %d cases (%d images) with %d worker process(es)", len(work), total,
              workers)
@@ -128,7 +137,7 @@ def run_local(plan: Plan, staging: str, options: ImageOptions, workers: int = 0,
                     writer.close()
                 n = plan.splits[item.split].num_shards
                 name = shard_name(item.split, item.shard, n)
-                writer = ShardWriter(os.path.join(staging, name))
+                writer = ShardWriter(fileio.join(staging, name))
                 current = key
             if res.skipped:
                 if strict:

@@ -18,6 +18,7 @@ from typing import Iterable
 from data_prep.cases import UNLABELED, CaseSpec, ImageRef, Skip
 from data_prep.errors import UserError
 from data_prep.images import is_image_file
+from tfmicle import fileio
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def sort_class_names(names: Iterable[str]) -> list[str]:
 
 def sha256_file(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
@@ -100,10 +101,10 @@ class _Semicolon(csv.excel):
 def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
     """Rows of a CSV (comma; tab or semicolon when the header has more of those),
     values stripped."""
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise UserError(f"{path}: file not found")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with fileio.text_stream(path, "utf-8-sig") as f:
             first = f.readline()
             f.seek(0)
             delim = max(",\t;", key=first.count) if first else ","
@@ -133,8 +134,8 @@ def row_meta(row: dict[str, str], columns: Iterable[str]) -> dict[str, str]:
 
 def first_existing(folder: str, names: Iterable[str]) -> str | None:
     for n in names:
-        p = os.path.join(folder, n)
-        if os.path.isfile(p):
+        p = fileio.join(folder, n)
+        if fileio.isfile(p):
             return p
     return None
 
@@ -149,19 +150,20 @@ def walk_images(root: str, exclude: Iterable[str] = (),
     of other types, hidden files and folders, dangling symlinks, folders reached a
     second time through a symlink. Excluded folders (the output) are not listed.
     """
-    excl = {os.path.realpath(e) for e in exclude}
-    seen = {os.path.realpath(root): root}       # symlinked folders are followed once
+    excl = {fileio.realpath(e) for e in exclude}
+    seen = {fileio.realpath(root): root}       # symlinked folders are followed once
+    url = fileio.is_url(root)
 
     def other(path: str, reason: str) -> None:
         if others is not None:
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            rel = fileio.relpath(path, root).replace(os.sep, "/")
             others.append(Skip(path, reason, rel))
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+    for dirpath, dirnames, filenames in fileio.walk(root, followlinks=True):
         keep = []
         for d in sorted(dirnames):
-            path = os.path.join(dirpath, d)
-            real = os.path.realpath(path)
+            path = fileio.join(dirpath, d)
+            real = fileio.realpath(path)
             if real in excl:
                 continue
             if d.startswith("."):
@@ -173,10 +175,10 @@ def walk_images(root: str, exclude: Iterable[str] = (),
                 keep.append(d)
         dirnames[:] = keep
         for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
+            path = fileio.join(dirpath, name)
             if name.startswith("."):
                 other(path, "not read: hidden file")
-            elif not os.path.exists(path):
+            elif not url and not os.path.exists(path):
                 other(path, f"missing: dangling symlink to {os.readlink(path)}")
             elif not is_image_file(name):
                 ext = os.path.splitext(name)[1].lower() or "(none)"

@@ -1,20 +1,26 @@
 """The output folder: refuse to clobber, stage, write shards, publish atomically.
 
 Everything is first written into a staging folder inside ``--out``
-(``.data_prep-staging-*``), then renamed into place, ``dataset.json`` last: a
-reader sees either the previous complete dataset or the new one, and a failed run
-leaves no half-written shard behind under a final name.
+(``.data_prep-staging-*``), then renamed into place file by file, ``dataset.json``
+last: a failed run leaves no half-written shard behind under a final name.
+
+``--out`` may be a URL (``gs://bucket/records``): every operation goes through
+tfmicle.fileio. An object store has no atomic rename (a rename there is a copy and a
+delete), so the rule readers rely on is the marker: ``dataset.json`` is written last,
+and a folder without it is not a dataset (``records.load_dataset_info`` refuses it).
+--overwrite removes the old ``dataset.json`` first, so a reader never pairs the old
+description with new shards.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
-import shutil
 import tempfile
+import uuid
 
 from data_prep.errors import UserError
+from tfmicle import fileio
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +41,31 @@ def _subsets_dir() -> str:
 
 def owned_outputs(out: str) -> list[str]:
     """Paths in ``out`` that a data_prep run writes (and --overwrite replaces)."""
-    if not os.path.isdir(out):
+    if not fileio.isdir(out):
         return []
     paths = []
-    for name in sorted(os.listdir(out)):
-        p = os.path.join(out, name)
-        if (_SHARD_RE.match(name) or name in (_dataset_json(), SKIPPED_CSV)) and os.path.isfile(p):
+    for name in sorted(fileio.listdir(out)):
+        p = fileio.join(out, name)
+        if (_SHARD_RE.match(name) or name in (_dataset_json(), SKIPPED_CSV)) and fileio.isfile(p):
             paths.append(p)
-        elif name.startswith(STAGING_PREFIX) and os.path.isdir(p):
+        elif name.startswith(STAGING_PREFIX) and fileio.isdir(p):
             paths.append(p)
-    sub = os.path.join(out, _subsets_dir())
-    paths += sorted(glob.glob(os.path.join(sub, "*.txt")))
+    sub = fileio.join(out, _subsets_dir())
+    paths += fileio.glob(fileio.join(sub, "*.txt"))
     return paths
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:
     """Refuses a non-empty output folder unless overwrite; raises UserError."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    if fileio.exists(out) and not fileio.isdir(out):
         raise UserError(f"--out {out}: exists and is not a folder")
-    if not os.path.isdir(out) or not os.listdir(out):
+    if not fileio.isdir(out) or not fileio.listdir(out):
         return
     if not overwrite:
         raise UserError(f"--out {out}: folder is not empty (add --overwrite to replace the "
                         "dataset there)")
     owned = set(owned_outputs(out))
-    others = [n for n in os.listdir(out) if os.path.join(out, n) not in owned
+    others = [n for n in fileio.listdir(out) if fileio.join(out, n) not in owned
               and n != _subsets_dir()]
     if others:
         log.warning("--overwrite: %d entries in %s that data_prep did not write are left "
@@ -68,42 +74,53 @@ def check_out_dir(out: str, overwrite: bool) -> None:
 
 def make_staging(out: str) -> str:
     try:
-        os.makedirs(out, exist_ok=True)
+        fileio.makedirs(out)
+        if fileio.is_url(out):
+            staging = fileio.join(out, STAGING_PREFIX + uuid.uuid4().hex[:8])
+            fileio.makedirs(staging)
+            return staging
         return tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    except Exception as e:      # OSError locally, tf.errors.OpError on a URL
+        raise UserError(f"--out {out}: cannot write there "
+                        f"({getattr(e, 'strerror', None) or getattr(e, 'message', e)})") from None
 
 
 def discard(staging: str) -> None:
-    shutil.rmtree(staging, ignore_errors=True)
+    fileio.rmtree(staging, ignore_errors=True)
 
 
 def publish(staging: str, out: str) -> None:
     """Replaces the dataset in ``out`` by the staged one; dataset.json moves last."""
-    for p in owned_outputs(out):
-        if os.path.abspath(p) == os.path.abspath(staging):
+    owned = owned_outputs(out)
+    # the old description goes first: no reader pairs it with the new shards
+    owned.sort(key=lambda p: fileio.basename(p) != _dataset_json())
+    for p in owned:
+        if fileio.abspath(p) == fileio.abspath(staging):
             continue
-        if os.path.isdir(p):
-            shutil.rmtree(p, ignore_errors=True)
+        if fileio.isdir(p):
+            fileio.rmtree(p, ignore_errors=True)
         else:
-            os.remove(p)
+            fileio.remove(p)
     staged = []
-    for dirpath, _, files in os.walk(staging):
+    for dirpath, _, files in fileio.walk(staging):
         for f in files:
-            staged.append(os.path.relpath(os.path.join(dirpath, f), staging))
+            staged.append(fileio.relpath(fileio.join(dirpath, f), staging))
     staged.sort(key=lambda r: (r == _dataset_json(), r))
     for rel in staged:
-        dst = os.path.join(out, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        os.replace(os.path.join(staging, rel), dst)
+        dst = fileio.join(out, rel)
+        fileio.makedirs(fileio.dirname(dst))
+        fileio.replace(fileio.join(staging, rel), dst)
     discard(staging)
-    sub = os.path.join(out, _subsets_dir())
-    if os.path.isdir(sub) and not os.listdir(sub):
-        os.rmdir(sub)
+    fileio.rmdir_if_empty(fileio.join(out, _subsets_dir()))
 
 
 def write_text_atomic(path: str, text: str) -> None:
-    """Writes ``path`` through a temporary name in the same folder, then renames."""
+    """Writes ``path`` through a temporary name in the same folder, then renames (a URL:
+    written in place; an object appears whole when its upload ends)."""
+    if fileio.is_url(path):
+        fileio.makedirs(fileio.dirname(path))
+        fileio.write_text(path, text)
+        return
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                dir=os.path.dirname(path) or ".")
@@ -130,7 +147,7 @@ class ShardWriter:
     def __init__(self, path: str):
         import tensorflow as tf
         self.path = path
-        self.tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+        self.tmp = fileio.join(fileio.dirname(path), "." + fileio.basename(path) + ".tmp")
         self._w = tf.io.TFRecordWriter(self.tmp)
         self.records = 0
 
@@ -140,9 +157,9 @@ class ShardWriter:
 
     def close(self) -> None:
         self._w.close()
-        os.replace(self.tmp, self.path)
+        fileio.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         self._w.close()
-        if os.path.exists(self.tmp):
-            os.remove(self.tmp)
+        if fileio.exists(self.tmp):
+            fileio.remove(self.tmp)

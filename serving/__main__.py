@@ -8,9 +8,8 @@ import logging
 import os
 import socket
 import sys
-from pathlib import Path
 
-from tfmicle import cli
+from tfmicle import cli, fileio
 
 from .config import API_KEY_ENV, CONFIG_ENV, ServingConfig, setup_logging
 
@@ -25,7 +24,8 @@ def build_parser() -> cli.ArgumentParser:
         "POST /classify, TF Serving REST (/v1), Open Inference Protocol v2 (/v2), GET /metrics, /docs.",
     )
     p.add_argument("--model-base-path", required=True, metavar="DIR",
-                   help="folder of integer version sub-folders (TF Serving layout); the highest loadable one is served")
+                   help="folder or URL (gs://...) of integer version sub-folders (TF Serving layout); the highest "
+                   "published, loadable one is served")
     p.add_argument("--model-name", default=None, metavar="NAME", help="name in the URLs (default: the folder's name)")
     p.add_argument("--host", default=d.host, help="interface to listen on; 0.0.0.0 for all, e.g. in a container (default: %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one and the log says which (default: %(default)s)")
@@ -95,13 +95,14 @@ def serve(args) -> int:
         config.validate()
     except ValueError as e:
         raise cli.UsageError(str(e)) from None
-    base = Path(config.model_base_path)
-    if not base.is_dir():
+    base = config.model_base_path  # a folder or a URL (gs://...): tfmicle.fileio
+    if not fileio.isdir(base):
         raise cli.UsageError(f"--model-base-path {base} is not a folder")
     from tfmicle.model_format import list_versions
 
     if not list_versions(base):
-        raise cli.UsageError(f"--model-base-path {base} has no integer version folders (expected e.g. {base / '1'})")
+        raise cli.UsageError(f"--model-base-path {base} has no integer version folders (expected e.g. "
+                             f"{fileio.join(base, '1')})")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TF's INFO banner out of the log
     setup_logging(config.log_level)

@@ -14,9 +14,9 @@ Map: docs/architecture.md.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,7 +46,7 @@ class TensorInfo:
 class ServedModel:
     name: str
     version: int
-    path: Path
+    path: str
     input: TensorInfo
     output: TensorInfo
     labels: list[str]
@@ -110,16 +110,17 @@ def _tensor_info(name: str, spec: Any) -> TensorInfo:
     return TensorInfo(name=name, dtype=spec.dtype.name, shape=shape)
 
 
-def load_version(version_dir: Path, name: str, version: int) -> ServedModel:
-    """Load, check the contract, run the smoke test. Raises ModelLoadError."""
+def load_version(version_dir: str | os.PathLike, name: str, version: int) -> ServedModel:
+    """Load, check the contract, run the smoke test. Raises ModelLoadError. The folder
+    may be a URL (gs://, ram://): a str, as pathlib would make "gs:/b" of "gs://b"."""
     import tensorflow as tf
 
-    version_dir = Path(version_dir)
+    version_dir = os.fspath(version_dir)
     if not has_saved_model(version_dir):
         raise ModelLoadError(f"{version_dir} has no saved_model.pb")
     started = time.perf_counter()
     try:
-        obj = tf.saved_model.load(str(version_dir))
+        obj = tf.saved_model.load(version_dir)
     except Exception as e:  # TF raises many types for a broken SavedModel
         raise ModelLoadError(f"cannot load SavedModel from {version_dir}: {type(e).__name__}: {e}") from None
     signatures = getattr(obj, "signatures", {})
@@ -174,7 +175,7 @@ def load_version(version_dir: Path, name: str, version: int) -> ServedModel:
     if labels is None:
         model.labels = [str(i) for i in range(k)]
     elif len(labels) != k:
-        raise ModelLoadError(f"{version_dir / LABELS_FILE} has {len(labels)} names but the model has {k} classes")
+        raise ModelLoadError(f"{version_dir}/{LABELS_FILE} has {len(labels)} names but the model has {k} classes")
     model.output = TensorInfo(out_name, output_info.dtype, (None, k))
     log.info(
         "loaded %s version %d from %s: input '%s', output '%s' [batch, %d], %.1fs",

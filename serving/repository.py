@@ -9,6 +9,11 @@ smoke-tested, then swapped in with one reference assignment, so batches already
 running keep the model they started with.
 A version that fails to load is refused (logged, counted) and the current one
 keeps serving; it is retried only if its files change.
+
+The base path may be a URL (``gs://bucket/models/<name>``, ``ram://`` in tests): every
+look goes through tfmicle.fileio, so polling an object store lists its objects. There
+the files of a version appear one by one in any order, which is why the publish marker
+(written last, listing every file and its size) decides, not the folder's existence.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
+from tfmicle import fileio
 from tfmicle.model_format import list_versions, unpublished_reason
 
 from .model import ModelLoadError, ServedModel, load_version
@@ -40,29 +45,29 @@ class VersionState:
     error: str = ""
 
 
-def fingerprint(folder: Path) -> Fingerprint:
+def fingerprint(folder: str | os.PathLike) -> Fingerprint:
     """(relative path, size, mtime) of every file: changes while a copy is in progress."""
     items = []
-    for root, _dirs, files in os.walk(folder):
+    for root, _dirs, files in fileio.walk(folder):
         for f in files:
-            p = os.path.join(root, f)
+            p = fileio.join(root, f)
             try:
-                st = os.stat(p)
+                size, mtime = fileio.getsize(p), fileio.getmtime_ns(p)
             except OSError:
                 continue
-            items.append((os.path.relpath(p, folder), st.st_size, st.st_mtime_ns))
+            items.append((fileio.relpath(p, folder), size, mtime))
     return tuple(sorted(items))
 
 
 class ModelRepository:
     def __init__(
         self,
-        base_path: str | Path,
+        base_path: str | os.PathLike,
         name: str,
-        loader: Callable[[Path, str, int], ServedModel] = load_version,
+        loader: Callable[[str, str, int], ServedModel] = load_version,
         on_load: Callable[[str, int, bool], None] | None = None,
     ):
-        self.base_path = Path(base_path)
+        self.base_path = fileio.normpath(base_path)  # a str: pathlib would make "gs:/b" of "gs://b"
         self.name = name
         self._loader = loader
         self.on_load = on_load  # (name, version, success), for metrics
@@ -78,8 +83,11 @@ class ModelRepository:
     def current(self) -> ServedModel | None:
         return self._current
 
+    def _folder(self, version: int) -> str:
+        return fileio.join(self.base_path, str(version))
+
     def _try_load(self, version: int, fp: Fingerprint) -> ServedModel | None:
-        folder = self.base_path / str(version)
+        folder = self._folder(version)
         try:
             model = self._loader(folder, self.name, version)
         except ModelLoadError as e:
@@ -103,7 +111,7 @@ class ModelRepository:
     def _published(self, version: int) -> bool:
         """True when the version folder is complete by the publish rule; logs why not,
         once per version and reason."""
-        reason = unpublished_reason(self.base_path / str(version))
+        reason = unpublished_reason(self._folder(version))
         if reason is None:
             if self._unpublished.pop(version, None) is not None:
                 log.info("%s version %d is now published", self.name, version)
@@ -126,11 +134,11 @@ class ModelRepository:
         with self._lock:
             versions = list_versions(self.base_path)
             if not versions:
-                raise NoModelError(f"no integer version folders (e.g. {self.base_path / '1'}) in {self.base_path}")
+                raise NoModelError(f"no integer version folders (e.g. {self._folder(1)}) in {self.base_path}")
             for v in versions:
                 if not self._published(v):
                     continue
-                fp = fingerprint(self.base_path / str(v))
+                fp = fingerprint(self._folder(v))
                 self._seen[v] = fp
                 model = self._try_load(v, fp)
                 if model is not None:
@@ -156,7 +164,7 @@ class ModelRepository:
                     break
                 if not self._published(v):
                     continue
-                fp = fingerprint(self.base_path / str(v))
+                fp = fingerprint(self._folder(v))
                 failed = self._failed.get(v)
                 if failed is not None and failed[0] == fp:
                     continue  # known bad, unchanged since

@@ -6,9 +6,12 @@ TensorFlow Serving, ``python -m serving`` and ``tfmicle.score`` load unchanged.
 Layout (TF Serving's model repository, written through tfmicle.model_format):
 ``MODELS/<name>/<version>/`` with saved_model.pb, variables/, assets/labels.txt (class
 names, one per line, index order) and assets/metadata.json. Without a version, the next
-free integer is used. The version folder is written under a temporary name, published
-(``model_format.publish``: the marker ``published.json``, written last) and renamed into
-place, so a server polling the repository never sees half a model.
+free integer is used. ``--out`` may be a URL (``gs://bucket/models/<name>``). A local
+version folder is written under a temporary name, published (``model_format.publish``:
+the marker ``published.json``, written last) and renamed into place; an object store has
+no atomic rename, so there the folder is written in place and the marker last
+(``model_format.staging_for``). Either way a server polling the repository never loads
+half a model.
 
 Signatures:
 - ``serving_default``: ``images`` 1-D tf.string (encoded JPEG / PNG / BMP / GIF) ->
@@ -38,11 +41,9 @@ import datetime
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 
-from tfmicle import cli
+from tfmicle import cli, fileio
 from tfmicle import model_format as mf
 
 log = logging.getLogger("tfmicle.export")
@@ -51,17 +52,17 @@ log = logging.getLogger("tfmicle.export")
 def resolve_out(out: str) -> tuple[str, int]:
     """--out MODELS/<name> -> (MODELS/<name>, next version); MODELS/<name>/<n> ->
     (MODELS/<name>, n), which must not exist yet."""
-    out = os.path.normpath(out)
-    last = os.path.basename(out)
+    out = fileio.normpath(out)
+    last = fileio.basename(out)
     if mf.parse_uint(last) is not None:
-        base, version = os.path.dirname(out) or ".", mf.parse_uint(last)
+        base, version = fileio.dirname(out) or ".", mf.parse_uint(last)
         if version < 1:
             raise cli.UsageError(f"version must be a positive integer, got {last}")
-        if os.path.exists(out):
+        if fileio.exists(out):
             raise cli.UsageError(f"{out} already exists (versions are immutable; omit the "
                                  "version to get the next free one)")
         return base, version
-    if os.path.isfile(out):
+    if fileio.isfile(out):
         raise cli.UsageError(f"{out} is a file, not a model folder")
     return out, mf.next_version(out)
 
@@ -173,7 +174,7 @@ def fit_calibration(model, task: str, data_dir: str, split: str, num_classes: in
         m = C.calibration_metrics(task, C.scaled_probabilities(task, logits, t), labels)
         return {k: m[k] for k in ("ece", "nll", "brier")}
     out = {"method": "temperature scaling (NLL)", "split": split,
-           "data_dir": os.path.abspath(data_dir), "num_images": int(len(logits)),
+           "data_dir": fileio.abspath(data_dir), "num_images": int(len(logits)),
            "temperature": temperature, "at_bound": C.at_bound(temperature),
            "before": summary(1.0), "after": summary(temperature)}
     if out["at_bound"]:
@@ -253,9 +254,12 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
             timespec="seconds"),
         "tfmicle_version": tfmicle.__version__, "tensorflow_version": tf.__version__,
     }
-    os.makedirs(base, exist_ok=True)
-    final = os.path.join(base, str(version))
-    tmp = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=base)
+    fileio.makedirs(base)
+    final = fileio.join(base, str(version))
+    staging = mf.staging_for(final)  # None: an object store, written in place
+    if staging is None and fileio.exists(final):
+        raise cli.UsageError(f"{final} appeared while exporting; not overwritten")
+    tmp = staging or final
     try:
         tf.saved_model.save(module, tmp, signatures={
             mf.SIGNATURE: module.serve_images,
@@ -285,12 +289,14 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
                                    f"(max |diff| {err:.2e}); not published")
             log.info("verified: SavedModel and Keras model agree (max |diff| %.1e)", err)
         mf.publish(tmp)  # the publish marker: the last file written (model_format's rule)
-        if os.path.exists(final):
-            raise cli.UsageError(f"{final} appeared while exporting; not overwritten")
-        os.rename(tmp, final)
+        if staging is not None:
+            if os.path.exists(final):
+                raise cli.UsageError(f"{final} appeared while exporting; not overwritten")
+            os.rename(staging, final)
+        tmp = None
     finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:  # the staging folder, or what an unpublished try wrote in place
+            fileio.rmtree(tmp, ignore_errors=True)
     log.info("exported %s (%s checkpoint %s, step %s) to %s", model_dir, kind, prefix, step,
              final)
     return {"path": final, "version": version, "metadata": metadata}
@@ -305,7 +311,8 @@ def build_parser() -> cli.ArgumentParser:
                     "assets/metadata.json; --calibrate SPLIT bakes in temperature scaling.")
     p.add_argument("--model-dir", required=True, help="fine-tuning run folder (model_dir)")
     p.add_argument("--out", required=True,
-                   help="MODELS/<name> (next free version) or MODELS/<name>/<version>")
+                   help="MODELS/<name> (next free version) or MODELS/<name>/<version>; "
+                        "a folder or a URL (gs://...)")
     p.add_argument("--checkpoint", default="auto",
                    help="auto (best if kept, else latest) | best | latest | a checkpoint "
                         "prefix (default: auto)")

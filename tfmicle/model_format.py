@@ -25,8 +25,13 @@ ignore a folder until ``unpublished_reason()`` is None, so a copy made file by f
 any order, is never read half-way. A SavedModel made elsewhere is published with
 ``python -m tfmicle.model_format publish MODELS/<name>/<version>``.
 
-This module imports no TensorFlow (numpy and Pillow only), so the server can use it
-without pulling in training. Map: docs/architecture.md.
+Paths may be URLs (``gs://``, ``ram://``...): every file operation goes through
+``tfmicle.fileio``. Where the destination has no atomic rename (an object store),
+writers skip the staging folder and write the version folder in place: the marker,
+written last, is what makes it a version (``staging_for``).
+
+This module imports no TensorFlow for local paths (numpy and Pillow only), so the
+server can use it without pulling in training. Map: docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -36,11 +41,13 @@ import os
 import sys
 from typing import Sequence
 
+from tfmicle import fileio
+
 SAVED_MODEL_FILE = "saved_model.pb"
 SAVED_MODEL_TEXT_FILE = "saved_model.pbtxt"
 ASSETS_DIR = "assets"
-LABELS_FILE = os.path.join(ASSETS_DIR, "labels.txt")
-METADATA_FILE = os.path.join(ASSETS_DIR, "metadata.json")
+LABELS_FILE = ASSETS_DIR + "/labels.txt"
+METADATA_FILE = ASSETS_DIR + "/metadata.json"
 PUBLISHED_FILE = "published.json"  # the publish marker, written last
 FORMAT = "tfmicle-classifier"
 FORMAT_VERSION = 1
@@ -80,12 +87,12 @@ def list_versions(base: str | os.PathLike) -> list[int]:
     folders ignored; [] when base cannot be read). Published or not: see
     ``unpublished_reason``."""
     try:
-        entries = list(os.scandir(base))
+        names = fileio.listdir(base)
     except OSError:
         return []
     # "01" is not version 1's folder: only the canonical spelling names a version
-    return sorted({v for e in entries if (v := parse_uint(e.name)) is not None
-                   and str(v) == e.name and e.is_dir()}, reverse=True)
+    return sorted({v for n in names if (v := parse_uint(n)) is not None
+                   and str(v) == n and fileio.isdir(fileio.join(base, n))}, reverse=True)
 
 
 def next_version(base: str | os.PathLike) -> int:
@@ -94,23 +101,23 @@ def next_version(base: str | os.PathLike) -> int:
 
 
 def has_saved_model(version_dir: str | os.PathLike) -> bool:
-    return any(os.path.isfile(os.path.join(version_dir, f))
+    return any(fileio.isfile(fileio.join(version_dir, f))
                for f in (SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE))
 
 
 def resolve_version(path: str) -> tuple[str, int | None]:
     """(version folder, version) of a published version folder, or of a model folder (its
     highest published integer version). FileNotFoundError, saying why, when there is none."""
-    if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+    if fileio.isfile(fileio.join(path, SAVED_MODEL_FILE)):
         reason = unpublished_reason(path)
         if reason is not None:
             raise FileNotFoundError(f"model {path} is not published: {reason}")
-        return path, parse_uint(os.path.basename(os.path.normpath(path)))
-    if not os.path.isdir(path):
+        return path, parse_uint(fileio.basename(fileio.normpath(path)))
+    if not fileio.isdir(path):
         raise FileNotFoundError(f"model {path} not found")
     reasons = []
     for v in list_versions(path):
-        vdir = os.path.join(path, str(v))
+        vdir = fileio.join(path, str(v))
         reason = unpublished_reason(vdir)
         if reason is None:
             return vdir, v
@@ -126,12 +133,12 @@ def resolve_version(path: str) -> tuple[str, int | None]:
 def _files(version_dir: str | os.PathLike) -> dict[str, int]:
     """{relative path with '/': size} of every file in the folder but the marker."""
     out = {}
-    for root, _dirs, files in os.walk(version_dir):
+    for root, _dirs, files in fileio.walk(version_dir):
         for f in files:
-            p = os.path.join(root, f)
-            rel = os.path.relpath(p, version_dir).replace(os.sep, "/")
+            p = fileio.join(root, f)
+            rel = fileio.relpath(p, version_dir).replace(os.sep, "/")
             if rel != PUBLISHED_FILE and not f.startswith(f".{PUBLISHED_FILE}"):
-                out[rel] = os.path.getsize(p)
+                out[rel] = fileio.getsize(p)
     return dict(sorted(out.items()))
 
 
@@ -142,31 +149,45 @@ def publish(version_dir: str | os.PathLike) -> str:
     if not has_saved_model(version_dir):
         raise FileNotFoundError(f"{version_dir} has no {SAVED_MODEL_FILE}: nothing to publish")
     marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": _files(version_dir)}
-    path = os.path.join(version_dir, PUBLISHED_FILE)
-    tmp = os.path.join(version_dir, f".{PUBLISHED_FILE}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(marker, f, indent=1)
-    os.replace(tmp, path)  # the marker itself is never seen half-written
+    path = fileio.join(version_dir, PUBLISHED_FILE)
+    text = json.dumps(marker, indent=1)
+    if not fileio.has_atomic_rename(path):
+        fileio.write_text(path, text)  # an object appears whole when its upload ends
+        return path
+    tmp = fileio.join(version_dir, f".{PUBLISHED_FILE}.tmp")
+    fileio.write_text(tmp, text)
+    fileio.replace(tmp, path)  # the marker itself is never seen half-written
     return path
+
+
+def staging_for(final: str) -> str | None:
+    """Where a writer stages a new version folder ``final``: a temporary sibling to
+    rename into place after ``publish`` (local folders), or None on a filesystem without
+    atomic rename (an object store: write ``final`` itself, ``publish`` last)."""
+    if not fileio.has_atomic_rename(final):
+        return None
+    import tempfile
+    base = fileio.dirname(final) or "."
+    os.makedirs(base, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".tmp-export-{fileio.basename(final)}-", dir=base)
 
 
 def unpublished_reason(version_dir: str | os.PathLike) -> str | None:
     """None when the version folder is complete by the publish rule, else why not (one
     line, for the log)."""
-    path = os.path.join(version_dir, PUBLISHED_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(version_dir, PUBLISHED_FILE)
+    if not fileio.isfile(path):
         return (f"no {PUBLISHED_FILE} (the publish marker, written last by tfmicle.export; "
                 f"publish a finished copy with 'python -m tfmicle.model_format publish DIR')")
     try:
-        with open(path, encoding="utf-8") as f:
-            files = json.load(f)["files"]
+        files = json.loads(fileio.read_text(path))["files"]
         items = [(str(k), int(v)) for k, v in files.items()]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"{PUBLISHED_FILE} is unreadable (still being written?)"
     for rel, size in items:
-        p = os.path.join(version_dir, *rel.split("/"))
+        p = fileio.join(version_dir, *rel.split("/"))
         try:
-            got = os.path.getsize(p)
+            got = fileio.getsize(p)
         except OSError:
             return f"{rel}, listed in {PUBLISHED_FILE}, is missing (copy in progress?)"
         if got != size:
@@ -179,41 +200,37 @@ def unpublished_reason(version_dir: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------- assets
 
 def write_labels(version_dir: str | os.PathLike, class_names: Sequence[str]) -> str:
-    path = os.path.join(version_dir, LABELS_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(f"{c}\n" for c in class_names))
+    path = fileio.join(version_dir, LABELS_FILE)
+    fileio.makedirs(fileio.dirname(path))
+    fileio.write_text(path, "".join(f"{c}\n" for c in class_names))
     return path
 
 
 def read_labels(version_dir: str | os.PathLike) -> list[str] | None:
     """The class names of labels.txt (trailing blank lines dropped); None without it."""
-    path = os.path.join(version_dir, LABELS_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(version_dir, LABELS_FILE)
+    if not fileio.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f.read().splitlines()]
+    lines = [line.strip() for line in fileio.read_text(path).splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     return lines
 
 
 def write_metadata(version_dir: str | os.PathLike, metadata: dict) -> str:
-    path = os.path.join(version_dir, METADATA_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(metadata, f, indent=2)
+    path = fileio.join(version_dir, METADATA_FILE)
+    fileio.makedirs(fileio.dirname(path))
+    fileio.write_text(path, json.dumps(metadata, indent=2))
     return path
 
 
 def read_metadata(version_dir: str | os.PathLike) -> dict:
     """metadata.json ({} for a SavedModel without one: any model that follows the
     contract can be served and scored)."""
-    path = os.path.join(version_dir, METADATA_FILE)
-    if not os.path.isfile(path):
+    path = fileio.join(version_dir, METADATA_FILE)
+    if not fileio.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 # --------------------------------------------------------------------------- probes
@@ -240,6 +257,7 @@ __all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT
            "EXPLAIN_SIGNATURE", "CLASSES_INPUT", "HEATMAP_OUTPUT", "EXPLAINED_CLASS_OUTPUT",
            "PIXELS_OUTPUT",
            "list_versions", "next_version", "has_saved_model", "resolve_version", "publish",
+           "staging_for",
            "unpublished_reason", "write_labels", "read_labels", "write_metadata",
            "read_metadata", "probe_images"]
 

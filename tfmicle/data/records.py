@@ -6,19 +6,20 @@ version 1 records (without them) read back with no metadata.
 
 One ``tf.train.Example`` per case. Shards are ``<dir>/<split>-00000-of-000NN.tfrecord``;
 ``<dir>/dataset.json`` describes the dataset; nested label-fraction subsets are
-``<dir>/subsets/<split>-<pct>pct.txt`` (one case id per line).
+``<dir>/subsets/<split>-<pct>pct.txt`` (one case id per line). ``<dir>`` may be a URL
+(``gs://...``; files through tfmicle.fileio, shards through TFRecordDataset).
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from tfmicle import fileio
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)     # v1 = v2 without metadata
@@ -164,7 +165,7 @@ def shard_name(split: str, index: int, num_shards: int) -> str:
 
 def list_shards(data_dir: str, split: str) -> list[str]:
     """Sorted shard paths of one split; raises FileNotFoundError when there are none."""
-    paths = sorted(glob.glob(os.path.join(data_dir, f"{split}-[0-9]*-of-[0-9]*.tfrecord")))
+    paths = fileio.glob(fileio.join(data_dir, f"{split}-[0-9]*-of-[0-9]*.tfrecord"))
     if not paths:
         raise FileNotFoundError(f"no '{split}' shards in {data_dir}")
     return paths
@@ -206,23 +207,21 @@ def read_image_metadata(data_dir: str, split: str
 
 def load_dataset_info(data_dir: str) -> dict:
     """Reads ``dataset.json``; raises FileNotFoundError with the path when missing."""
-    path = os.path.join(data_dir, DATASET_JSON)
-    if not os.path.isfile(path):
+    path = fileio.join(data_dir, DATASET_JSON)
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"{path} not found (is {data_dir} a data_prep output?)")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 def subset_path(data_dir: str, split: str, fraction: float) -> str:
     """Path of the case-id list of a label-fraction subset, e.g. ``subsets/train-10pct.txt``."""
     pct = np.round(fraction * 100, 6)
-    return os.path.join(data_dir, SUBSETS_DIR, f"{split}-{pct:g}pct.txt")
+    return fileio.join(data_dir, SUBSETS_DIR, f"{split}-{pct:g}pct.txt")
 
 
 def read_subset(data_dir: str, split: str, fraction: float) -> list[str]:
     """Case ids of a nested label-fraction subset written by data_prep."""
     path = subset_path(data_dir, split, fraction)
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         raise FileNotFoundError(f"label subset {path} not found (data_prep --label-fractions)")
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in fileio.read_text(path).splitlines() if line.strip()]

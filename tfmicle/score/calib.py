@@ -10,6 +10,7 @@ import math
 import os
 from typing import Sequence
 
+from tfmicle import fileio
 from tfmicle.score.model import ScoringModel
 from tfmicle.tasks import MULTICLASS
 
@@ -71,8 +72,8 @@ def write_reliability(model: ScoringModel, runs: list, out_dir: str) -> str | No
     bins = runs[0].metrics["calibration"]["bins"]
     fig.suptitle(f"Reliability (case level, {bins} bins)")
     fig.tight_layout()
-    path = os.path.join(out_dir, "reliability.png")
-    fig.savefig(path, dpi=110)
+    from tfmicle.score.report import save_png
+    path = save_png(fig, fileio.join(out_dir, "reliability.png"))
     plt.close(fig)
     return path
 

@@ -22,7 +22,8 @@ def build_parser() -> cli.ArgumentParser:
                     "metrics.json (when labeled) and report.md with ROC / PR / confusion "
                     "figures.")
     p.add_argument("--model", required=True, help="MODELS/<name> (highest version) or "
-                                                  "MODELS/<name>/<version>")
+                                                  "MODELS/<name>/<version>; any path may be a "
+                                                  "URL (gs://...)")
     p.add_argument("--data", required=True, help="records folder, tfds:NAME[/CONFIG] (a "
                                                  "prepared TFDS dataset), image folder or "
                                                  "CSV manifest")

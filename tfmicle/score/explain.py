@@ -10,12 +10,13 @@ Image level, from the probabilities written to predictions_images:
 Ties are broken by row order. Map: docs/architecture.md."""
 from __future__ import annotations
 
-import csv
 import logging
 import os
 
+from tfmicle import fileio
 from tfmicle import model_format as mf
 from tfmicle.score.model import ScoreError, ScoringModel
+from tfmicle.score.report import csv_text
 from tfmicle.tasks import MULTICLASS
 
 log = logging.getLogger("tfmicle.score")
@@ -80,8 +81,8 @@ def explain(model: ScoringModel, scored, n: int) -> dict:
         return {"items": [], "csv": None}
     rows = [int(pred.rows[p["row"]]) for p in picks]
     images = _images_of(src, set(rows))
-    out_dir = os.path.join(scored.out_dir, EXPLAIN_DIR)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = fileio.join(scored.out_dir, EXPLAIN_DIR)
+    fileio.makedirs(out_dir)
     res = fn(**{mf.IMAGES_INPUT: tf.constant([images[r] for r in rows]),
                 mf.CLASSES_INPUT: tf.constant([p["class"] for p in picks], tf.int32)})
     heat, pixels = res[mf.HEATMAP_OUTPUT].numpy(), res[mf.PIXELS_OUTPUT].numpy()
@@ -89,9 +90,8 @@ def explain(model: ScoringModel, scored, n: int) -> dict:
     items, rank = [], {"error": 0, "correct": 0}
     for j, (p, r) in enumerate(zip(picks, rows)):
         rank[p["kind"]] += 1
-        path = os.path.join(out_dir, f"{p['kind']}_{rank[p['kind']]}.png")
-        with open(path, "wb") as f:
-            f.write(overlay_png(pixels[j], heat[j]))
+        path = fileio.join(out_dir, f"{p['kind']}_{rank[p['kind']]}.png")
+        fileio.write_bytes(path, overlay_png(pixels[j], heat[j]))
         lab = labels[p["row"]]
         if model.task == MULTICLASS:
             label = names[int(lab)]
@@ -104,16 +104,13 @@ def explain(model: ScoringModel, scored, n: int) -> dict:
         items.append({**p, "image_id": src.image_ids[r], "case_id": src.case_ids[r],
                       "label": label, "predicted": predicted, "explained": names[p["class"]],
                       "peak_row": pr, "peak_col": pc, "png": path})
-    csv_path = os.path.join(out_dir, "explanations.csv")
+    csv_path = fileio.join(out_dir, "explanations.csv")
     cols = ["kind", "image_id", "case_id", "label", "predicted", "explained", "confidence",
             "peak_row", "peak_col", "png"]
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(cols)
-        for it in items:
-            w.writerow([repr(it[c]) if c == "confidence" else
-                        os.path.relpath(it[c], scored.out_dir) if c == "png" else it[c]
-                        for c in cols])
+    fileio.write_text(csv_path, csv_text(cols, (
+        [repr(it[c]) if c == "confidence" else
+         fileio.relpath(it[c], scored.out_dir) if c == "png" else it[c] for c in cols]
+        for it in items)))
     return {"items": items, "csv": csv_path}
 
 
@@ -132,7 +129,7 @@ def section(runs: list, explained: dict, report_dir: str) -> list[str]:
         lines += [f"### {r.name}", "", "| | image | label | predicted | confidence | peak | "
                   "overlay |", "|---|---|---|---|---|---|---|"]
         for it in items:
-            rel = os.path.relpath(it["png"], report_dir).replace(os.sep, "/")
+            rel = fileio.relpath(it["png"], report_dir).replace(os.sep, "/")
             lines.append(f"| {it['kind']} | `{it['image_id']}` | {it['label']} | "
                          f"{it['predicted']} | {it['confidence']:.3f} | "
                          f"({it['peak_row']}, {it['peak_col']}) | ![]({rel}) |")

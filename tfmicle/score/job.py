@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Callable, Sequence
 
+from tfmicle import fileio
 from tfmicle.score import calib, explain as explain_mod
 from tfmicle.score.model import ScoreError, ScoringModel, load_model
 from tfmicle.score.predict import Predictions, predict
@@ -33,14 +33,14 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
     predictor: predict (this process) or tfmicle.score.beam.predictor(...)."""
     import numpy as np
     from tfmicle import metrics as M
-    os.makedirs(out_dir, exist_ok=True)
+    fileio.makedirs(out_dir)
     pred = predictor(model, source, batch_size, progress)
     files = {}
     for stem, (header, rows) in tables(model, pred).items():
         if stem == "skipped":
-            files[stem] = write_table(os.path.join(out_dir, stem), header, rows, "csv")
+            files[stem] = write_table(fileio.join(out_dir, stem), header, rows, "csv")
         else:
-            files[stem] = write_table(os.path.join(out_dir, stem), header, rows, fmt)
+            files[stem] = write_table(fileio.join(out_dir, stem), header, rows, fmt)
     labels = np.asarray(source.labels)[pred.rows] if len(pred.rows) else None
     result = None
     if labels is not None and M.has_labels(model.task, labels):
@@ -59,9 +59,8 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
                 [meta[r] for r in pred.rows], columns, model.class_names, subgroups,
                 auc_classes, replicates, seed)
             result["age_bands"] = subgroups.age_edges or "decades"
-        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-            json.dump(M.to_json_safe(result), f, indent=2)
-        files["metrics"] = os.path.join(out_dir, "metrics.json")
+        files["metrics"] = fileio.join(out_dir, "metrics.json")
+        fileio.write_text(files["metrics"], json.dumps(M.to_json_safe(result), indent=2))
     else:
         log.info("%s has no labels: predictions only (no metrics.json)", source.spec)
     return Scored(name or source.spec, pred, result, out_dir, files)
@@ -109,7 +108,7 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     if compare:
         sources.append(("compare", open_source(compare, model, compare_split or split,
                                                images_root, tfds_options),
-                        os.path.join(out_dir, "compare")))
+                        fileio.join(out_dir, "compare")))
     if subgroups and subgroups.names:
         primary = sources[0][1]
         for n in subgroups.names:
@@ -131,8 +130,8 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         for r in runs]}
     if len(runs) == 2 and all(r.metrics for r in runs):
         out["shift"] = _shift(model, runs, classes, replicates, seed)
-        with open(os.path.join(out_dir, "shift.json"), "w") as f:
-            json.dump(_json_safe(out["shift"]), f, indent=2)
+        fileio.write_text(fileio.join(out_dir, "shift.json"),
+                          json.dumps(_json_safe(out["shift"]), indent=2))
     explained = {r.name: explain_mod.explain(model, r, explain)
                  for r in runs if explain and r.metrics}
     for run in out["runs"]:

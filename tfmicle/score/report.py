@@ -4,12 +4,14 @@ confusion figures, one column per scored source. Map: docs/architecture.md."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
 
+from tfmicle import fileio
 from tfmicle.score.model import ScoringModel
 from tfmicle.score.predict import Predictions
 from tfmicle.tasks import MULTICLASS
@@ -82,14 +84,29 @@ def write_table(path_stem: str, header: list[str], rows: list[list], fmt: str) -
             elif h == "num_images":
                 vals = [int(v) for v in vals]
             cols[h] = vals
-        pq.write_table(pa.table(cols) if rows else pa.table({h: [] for h in header}),
-                       path_stem + ".parquet")
+        buf = io.BytesIO()   # then one write: the folder may be a URL (tfmicle.fileio)
+        pq.write_table(pa.table(cols) if rows else pa.table({h: [] for h in header}), buf)
+        fileio.write_bytes(path_stem + ".parquet", buf.getvalue())
         return path_stem + ".parquet"
-    with open(path_stem + ".csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    fileio.write_text(path_stem + ".csv", csv_text(header, rows))
     return path_stem + ".csv"
+
+
+def csv_text(header: Sequence[str], rows) -> str:
+    """A CSV (csv module's dialect, '\r\n' rows) as one string, for fileio.write_text."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def save_png(fig, path: str, dpi: int = 110) -> str:
+    """A matplotlib figure as PNG at ``path`` (a local path or a URL)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    fileio.write_bytes(path, buf.getvalue())
+    return path
 
 
 def parquet_available() -> bool:
@@ -176,8 +193,7 @@ def write_figures(model: ScoringModel, runs: list[Scored], out_dir: str,
             ax.axis("off")
         fig.suptitle(("ROC" if kind == "roc" else "Precision-recall") + " curves (case level)")
         fig.tight_layout()
-        files[kind] = os.path.join(out_dir, f"{kind}.png")
-        fig.savefig(files[kind], dpi=110)
+        files[kind] = save_png(fig, fileio.join(out_dir, f"{kind}.png"))
         plt.close(fig)
     if model.task == MULTICLASS:
         k = model.num_classes
@@ -199,8 +215,7 @@ def write_figures(model: ScoringModel, runs: list[Scored], out_dir: str,
             ax.set_title(run.name, fontsize=9)
         fig.suptitle("Confusion matrix (case level, rows normalised)")
         fig.tight_layout()
-        files["confusion"] = os.path.join(out_dir, "confusion.png")
-        fig.savefig(files["confusion"], dpi=110)
+        files["confusion"] = save_png(fig, fileio.join(out_dir, "confusion.png"))
         plt.close(fig)
     return files
 
@@ -288,7 +303,7 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
         if r.pred.skipped:
             lines += [f"## Skipped images: {r.name}", "",
                       f"{len(r.pred.skipped)} image(s) could not be read or decoded "
-                      f"(all in `{os.path.relpath(r.files['skipped'], out_dir)}`):", ""]
+                      f"(all in `{fileio.relpath(r.files['skipped'], out_dir)}`):", ""]
             lines += [f"- `{s[0]}`: {s[2]}" for s in r.pred.skipped[:20]]
             if len(r.pred.skipped) > 20:
                 lines.append(f"- ... and {len(r.pred.skipped) - 20} more")
@@ -296,12 +311,11 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     lines += ["## Files", ""]
     for r in runs:
         for k, p in r.files.items():
-            lines.append(f"- {r.name}: `{os.path.relpath(p, out_dir)}`")
+            lines.append(f"- {r.name}: `{fileio.relpath(p, out_dir)}`")
     if shift:
         lines.append("- shift: `shift.json`")
-    path = os.path.join(out_dir, "report.md")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    path = fileio.join(out_dir, "report.md")
+    fileio.write_text(path, "\n".join(lines) + "\n")
     return path
 
 

@@ -6,7 +6,8 @@ images.
 Image files: the same types data_prep accepts (data_prep.images.IMAGE_EXTENSIONS,
 DICOM and TIFF included). Those tf.io.decode_image reads go in as they are; the others
 go through data_prep's reader (DICOM LUTs, MONOCHROME1, 16-bit scaling), exactly as
-they would have been written into records. Map: docs/architecture.md.
+they would have been written into records. Any path may be a URL (tfmicle.fileio;
+the bytes through tf.io.read_file). Map: docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Callable
 from data_prep.errors import UserError
 from data_prep.images import IMAGE_EXTENSIONS, ImageOptions, is_image_file, load_image
 from data_prep.manifest import parse_multi_value, read_csv
+from tfmicle import fileio
 from tfmicle.score.model import ScoreError, ScoringModel
 from tfmicle.tasks import MULTICLASS
 
@@ -221,14 +223,14 @@ def _dataset_source(spec: str, kind: str, data_dir: str, split: str, task: str,
 
 def folder_source(root: str, model: ScoringModel) -> Source:
     paths = []
-    for d, dirs, files in os.walk(root):
+    for d, dirs, files in fileio.walk(root):
         dirs.sort()
         for f in sorted(files):
             if is_image_file(f):
-                paths.append(os.path.join(d, f))
+                paths.append(fileio.join(d, f))
     if not paths:
         raise ScoreError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {root}")
-    rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in paths]
+    rel = [fileio.relpath(p, root).replace(os.sep, "/") for p in paths]
     labels = _empty_labels(model.task, len(paths), model.num_classes)
     if model.task == MULTICLASS:
         for i, r in enumerate(rel):
@@ -240,7 +242,7 @@ def folder_source(root: str, model: ScoringModel) -> Source:
 
 def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -> Source:
     import numpy as np
-    root = images_root or os.path.dirname(os.path.abspath(path))
+    root = images_root or fileio.dirname(fileio.abspath(path))
     try:
         cols, rows = read_csv(path)  # data_prep's reader: , or tab or ; and stripped cells
     except UserError as e:
@@ -260,7 +262,7 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
         rel = (row.get(col) or "").strip()
         if not rel:
             raise ScoreError(f"{where}: empty '{col}'")
-        full = rel if os.path.isabs(rel) else os.path.join(root, rel)
+        full = rel if fileio.isabs(rel) else fileio.join(root, rel)
         case = (row.get("case_id") or "").strip() or rel
         if model.task == MULTICLASS:
             lab = (row.get("label") or "").strip()
@@ -272,7 +274,7 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
         else:
             for c in multi_cols:
                 labels[i, model.class_names.index(c)] = _multi_value(row.get(c), f"{where} {c}")
-        if not os.path.isfile(full):
+        if not fileio.isfile(full):
             skipped.append((rel, case, "file not found"))
             continue
         keep.append(i)
@@ -293,11 +295,11 @@ def open_source(spec: str, model: ScoringModel, split: str | None = None,
     from tfmicle.data import records
     if spec.startswith("tfds:"):
         return tfds_source(spec, split or "test", model, tfds_options)
-    if os.path.isdir(spec):
-        if os.path.isfile(os.path.join(spec, records.DATASET_JSON)):
+    if fileio.isdir(spec):
+        if fileio.isfile(fileio.join(spec, records.DATASET_JSON)):
             return records_source(spec, split or "test", model)
         return folder_source(spec, model)
-    if os.path.isfile(spec):
+    if fileio.isfile(spec):
         if spec.lower().endswith((".csv", ".tsv", ".txt")):
             return csv_source(spec, model, images_root)
         raise ScoreError(f"{spec}: expected a records folder, an image folder or a .csv "
