@@ -55,6 +55,9 @@ class Skip:
     reason: str
     image_id: str = ""
     case_id: str = ""
+    # A copy of an image of the same patient, dropped: nothing is lost, so --strict,
+    # which refuses losing images, lets it pass (it still refuses cross-patient copies).
+    harmless: bool = False
 
     def as_row(self) -> list[str]:
         return [self.path, self.reason, self.image_id, self.case_id]

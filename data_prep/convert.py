@@ -62,8 +62,9 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
                                + (fileio.abspath(cfg.out),))
     manifest = read_manifest(cfg.format, cfg.input, opts)
     duplicates = remove_duplicates(manifest)
-    if cfg.strict and manifest.skipped:
-        raise StrictError(manifest.skipped[0].strict_message())
+    refused = [s for s in manifest.skipped if not s.harmless]
+    if cfg.strict and refused:
+        raise StrictError(refused[0].strict_message())
     if not manifest.cases:
         raise UserError(f"--input {cfg.input}: no usable case found "
                         f"({len(manifest.skipped)} rows skipped)")

@@ -6,7 +6,8 @@ listed in skipped.csv. When a copy belongs to another patient than the kept one,
 patients are very likely one person, so their cases are put in one split group (the
 split is drawn once for the group) and the dataset cannot hold the same image, or the
 same person, in two splits. A case left without images disappears (its images are all
-in skipped.csv). ``--strict`` fails on the first duplicate instead.
+in skipped.csv). ``--strict`` fails on the first copy across patients instead (a copy
+within one patient loses nothing and passes).
 """
 from __future__ import annotations
 
@@ -119,7 +120,8 @@ def remove_duplicates(manifest: Manifest, threads: int = 8) -> DuplicateStats:
                             "splits; the copy is dropped, the patients stay apart",
                             ref.path, kept_path, case.patient_id, kept_case.patient_id)
         manifest.skipped.append(Skip(ref.path, f"duplicate: same {kind} as {kept_path} "
-                                               f"({where})", ref.image_id, case.case_id))
+                                               f"({where})", ref.image_id, case.case_id,
+                                     harmless=kept_case.patient_id == case.patient_id))
     if not drop:
         return stats
     for case in manifest.cases:

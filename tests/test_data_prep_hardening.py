@@ -99,6 +99,23 @@ def test_duplicates_across_patients_are_refused_under_strict(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_copy_within_one_patient_is_dropped_and_passes_strict(tmp_path):
+    img = tmp_path / "img"
+    a = write_image(img / "a.jpg", 1)
+    (img / "a_again.jpg").write_bytes(a)
+    write_image(img / "b.jpg", 2)
+    write_csv(img / "m.csv", ["image", "case_id", "patient_id", "label"],
+              [["a.jpg", "L1", "P1", "x"], ["a_again.jpg", "L1", "P1", "x"],
+               ["b.jpg", "L2", "P1", "x"]])
+    info = run("csv", img / "m.csv", tmp_path / "out", split_fractions={"train": 1.0},
+               strict=True)
+    written = sorted(i for _, c in read_back(tmp_path / "out").values() for i in c.image_ids)
+    assert written == ["a.jpg", "b.jpg"]
+    (row,) = skipped_rows(tmp_path / "out")
+    assert row["image_id"] == "a_again.jpg" and row["reason"].startswith("duplicate")
+    assert info["duplicates"]["same_content"] == 1 and info["duplicates"]["cross_patient"] == 0
+
+
 def test_one_file_through_a_symlinked_folder_and_its_real_path_is_written_once(tmp_path):
     write_image(tmp_path / "real" / "x.jpg", 1)
     os.symlink(tmp_path / "real", tmp_path / "alias")
