@@ -105,8 +105,8 @@ def build_module(model, task: str, image_size: int, temperature=None):
         def serve_explain(self, images, classes):
             pixels = tf.map_fn(lambda s: preprocess_eval(s, size), images,
                                fn_output_signature=pixel_spec)
-            logits, heat, cls = grad_cam(self.feature_map, self.model.head, pixels, classes,
-                                         upsample)
+            logits, heat, cls = grad_cam(self.feature_map, self.model.logits_of, pixels,
+                                         classes, upsample)
             return {mf.PROBABILITIES_OUTPUT: self._probs(logits), mf.HEATMAP_OUTPUT: heat,
                     mf.EXPLAINED_CLASS_OUTPUT: cls, mf.PIXELS_OUTPUT: pixels}
 

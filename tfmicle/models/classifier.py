@@ -160,9 +160,14 @@ class Classifier(keras.Model):
         """images -> (encoder features [B, C], logits [B, K]); the head reads the
         projection layers' output when the model keeps some (SimCLRv2's ft_proj_selector)."""
         feats = self.encoder(images, training=training)
+        return feats, self.logits_of(feats, training=training)
+
+    def logits_of(self, feats, training=False):
+        """Encoder features [B, C] -> logits [B, K]: through the kept projection layers
+        (if any), then the head. Grad-CAM differentiates this from the feature map."""
         projection = getattr(self, "projection", None)
         hidden = projection(feats, training=training) if projection is not None else feats
-        return feats, self.head(hidden)
+        return self.head(hidden)
 
     def build_all(self, image_size: int) -> None:
         """Creates every variable with a dummy forward pass."""

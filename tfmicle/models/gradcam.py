@@ -72,11 +72,12 @@ def upsampling_matrix(centres: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.interp(pos, centres, np.eye(h)[k]) for k in range(h)], axis=1)
 
 
-def grad_cam(feature_map: keras.Model, head: keras.layers.Layer, pixels: tf.Tensor,
+def grad_cam(feature_map: keras.Model, head, pixels: tf.Tensor,
              classes: tf.Tensor | None = None, upsample: np.ndarray | None = None
              ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """pixels [B, S, S, 3] float32; classes [B] int32 (-1 or None: the top class);
-    upsample: upsampling_matrix [S, h] (None: bilinear resize) -> (logits [B, K] float32,
+    head: pooled features [B, C] -> logits (the classifier's logits_of: projection layers
+    and head); upsample: upsampling_matrix [S, h] (None: bilinear resize) -> (logits [B, K] float32,
     heatmap [B, S, S] float32 in [0, 1], explained class [B])."""
     maps = tf.cast(feature_map(pixels, training=False), tf.float32)
     with tf.GradientTape() as tape:
