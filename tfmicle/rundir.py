@@ -153,7 +153,13 @@ def write_best(model: keras.Model, model_dir: str) -> None:
     """Writes the model's weights as the run's best checkpoint."""
     ckpt = tf.train.Checkpoint(model=model)
     _ = ckpt.save_counter  # created, so the best checkpoint restores like any other
-    ckpt.write(fileio.join(model_dir, BEST_PREFIX))
+    prefix = fileio.join(model_dir, BEST_PREFIX)
+    if fileio.is_process_local(prefix):
+        # TF 2.21's RamFileSystem appends to a file it rewrites (a corrupt bundle
+        # otherwise); real object stores and local folders replace it.
+        for old in fileio.glob(prefix + ".*"):
+            fileio.remove(old)
+    ckpt.write(prefix)
 
 
 def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
