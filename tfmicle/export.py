@@ -309,7 +309,8 @@ def build_parser() -> cli.ArgumentParser:
                     "encoded images -> probabilities + embedding; serving_pixels: float "
                     "pixels; serving_explain: Grad-CAM heatmaps) with assets/labels.txt and "
                     "assets/metadata.json; --calibrate SPLIT bakes in temperature scaling.")
-    p.add_argument("--model-dir", required=True, help="fine-tuning run folder (model_dir), local or a URL")
+    p.add_argument("--model-dir", required=True,
+                   help="fine-tuning run folder (model_dir), local or a URL")
     p.add_argument("--out", required=True,
                    help="MODELS/<name> (next free version) or MODELS/<name>/<version>; "
                         "a folder or a URL (gs://...)")

@@ -30,7 +30,8 @@ def build_parser() -> cli.ArgumentParser:
         description="Import a SimCLR(v2) TF1 checkpoint as a tfmicle run folder.")
     p.add_argument("--simclr-tf1", required=True, metavar="PREFIX",
                    help="checkpoint prefix (PATH/model.ckpt-250228) or its folder")
-    p.add_argument("--out", required=True, help="run folder to write, local or a URL (gs://...); must not hold a run")
+    p.add_argument("--out", required=True,
+                   help="run folder to write, local or a URL (gs://...); must not hold a run")
     p.add_argument("--depth", type=int, help="ResNet depth (default: from the variables)")
     p.add_argument("--width", type=float, help="width multiplier (default: from the variables)")
     p.add_argument("--sk", type=int, choices=(0, 1),
