@@ -212,6 +212,36 @@ def test_import_writes_a_run_with_exactly_the_checkpoint_values(tmp_path, capsys
     assert rc == 2 and "several checkpoints in" in err and "\n" not in err
 
 
+def test_import_into_a_ram_run_folder(tmp_path, capsys, monkeypatch):
+    """--out on an object store (ram://): the run folder lands there whole (copied back
+    to disk file by file, it reads back with the checkpoint's values), nothing is
+    written locally, and a second import into it is refused."""
+    import uuid
+
+    from tfmicle import fileio
+    prefix, state = _tiny_checkpoint(tmp_path / "src")
+    monkeypatch.chdir(tmp_path)   # a URL taken for a local path would appear here
+    out = f"ram://imp{uuid.uuid4().hex[:8]}/run"
+    try:
+        rc, err = _import(["--simclr-tf1", prefix, "--out", out], capsys)
+        assert rc == 0, err
+        assert sorted(os.listdir(tmp_path)) == ["src"]
+        local = tmp_path / "copy"
+        for d, _dirs, names in fileio.walk(out):
+            for n in names:
+                dst = local / fileio.relpath(fileio.join(d, n), out)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(fileio.read_bytes(fileio.join(d, n)))
+        got = _run_state(str(local))
+        assert set(got) == set(state)
+        for name, value in state.items():
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+        rc, err = _import(["--simclr-tf1", prefix, "--out", out], capsys)
+        assert rc == 2 and "already holds a run" in err
+    finally:
+        fileio.rmtree(out.rsplit("/", 1)[0], ignore_errors=True)
+
+
 def _drop(name):
     return lambda t: t.pop(name)
 

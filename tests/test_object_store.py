@@ -28,13 +28,6 @@ from tfmicle import model_format as mf
 from tfmicle.data import records
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    p = tmp_path_factory.getbasetemp() / "ft_runs"   # shared with test_export / test_score
-    p.mkdir(exist_ok=True)
-    return p
-
-
 @pytest.fixture
 def ram():
     """A fresh ram:// prefix (the filesystem is one per process, shared by all tests)."""
@@ -305,21 +298,26 @@ def test_beam_runner_refuses_ram_out_in_one_line(ram, capsys):
 # --------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow
-def test_end_to_end_on_ram(ram, root, monkeypatch):
-    """data_prep -> records -> export -> score -> serving, every user path on ram://
-    (the run folder stays local: training paths are ported separately)."""
+def test_end_to_end_on_ram(ram, tmp_path, monkeypatch):
+    """data_prep -> records -> pretrain (+ resume) -> fine-tune -> export -> score ->
+    serving, every user path on ram:// (in-process), nothing written to the local disk."""
     from fastapi.testclient import TestClient
 
     from data_prep.convert import ConvertConfig, convert
     from serving.app import create_app
     from serving.config import ServingConfig
+    from tfmicle.config import load_config
     from tfmicle.data.pipeline import PipelineConfig, evaluation
     from tfmicle.export import export
     from tfmicle.score import score
+    from tfmicle.train.finetune import finetune
+    from tfmicle.train.pretrain import pretrain
+
+    monkeypatch.chdir(tmp_path)   # a URL taken for a local path would appear here ("ram:/")
 
     # data_prep: ram:// folders -> ram:// records
     src, data = fileio.join(ram, "src"), fileio.join(ram, "records")
-    files = class_images(6, seed=5)
+    files = class_images(8, seed=5)
     write_tree(src, files)
     info = convert(ConvertConfig("folders", src, data, split_fractions={"train": 0.5,
                                                                         "test": 0.5},
@@ -335,18 +333,57 @@ def test_end_to_end_on_ram(ram, root, monkeypatch):
             assert lab == runs.CLASSES.index(i.split("/")[0])
     assert seen == test_ids
 
-    # export: the version folder written in place, published.json the last write
-    run = runs.finetuned(root)
+    # pretrain: tiny SimCLR, data.dir and model_dir on ram://; a rerun with a larger
+    # budget resumes from the ram:// checkpoint (its optimizer step), not from scratch
+    pre = fileio.join(ram, "runs", "pre")
+    pre_set = [f"data.dir={data}", f"model_dir={pre}", "method=simclr", "train.batch_size=8",
+               "train.checkpoint_steps=2", "train.log_steps=1", "model.global_bn=false"]
+    first = pretrain(load_config(runs.TINY, pre_set + ["train.train_steps=2"]), verbose=0)
+    assert (first["start_step"], first["end_step"]) == (0, 2)
+    assert first["checkpoint"] == fileio.join(pre, "checkpoints", "ckpt-2")
+    again = pretrain(load_config(runs.TINY, pre_set + ["train.train_steps=3"]), verbose=0)
+    assert (again["start_step"], again["end_step"]) == (2, 3)
+    assert tf.train.latest_checkpoint(fileio.join(pre, "checkpoints")).endswith("ckpt-3")
+    saved = load_config(fileio.join(pre, "config.yaml"))
+    assert (saved.model_dir, saved.data.dir, saved.train.train_steps) == (pre, data, 3)
+    assert fileio.listdir(fileio.join(pre, "logs"))        # TensorBoard, on ram:// too
+
+    # fine-tune from the ram:// pretraining run into a ram:// run folder
+    ft = fileio.join(ram, "runs", "ft")
+    res = finetune(load_config(runs.FT_TINY, [
+        f"data.dir={data}", f"model_dir={ft}", "data.eval_split=test",
+        "finetune.init=checkpoint", f"finetune.checkpoint={pre}", "train.train_steps=4",
+        "finetune.eval_every_steps=2", "train.checkpoint_steps=2", "train.log_steps=2",
+        "finetune.best_metric=val_loss"]), verbose=0)
+    assert res["end_step"] == 4
+    info_json = json.loads(fileio.read_text(fileio.join(ft, "finetune.json")))
+    assert info_json["class_names"] == runs.CLASSES and info_json["data_dir"] == data
+    assert info_json["checkpoint"] == pre
+    rows_v = [json.loads(x) for x in fileio.read_text(fileio.join(ft, "validation.jsonl"))
+              .splitlines()]
+    assert [r["step"] for r in rows_v] == [2, 4]       # appended on a store with no append
+    best_row = min(rows_v, key=lambda r: r["val_loss"])
+    best = json.loads(fileio.read_text(fileio.join(ft, "best.json")))
+    assert best["step"] == best_row["step"] and best["value"] == pytest.approx(
+        best_row["val_loss"])
+    assert fileio.exists(fileio.join(ft, "best", "ckpt.index"))
+    assert not (tmp_path / "ram:").exists() and not list(tmp_path.iterdir())
+
+    # export from the ram:// run folder: the best checkpoint; the version folder written
+    # in place, published.json the last write
     models = fileio.join(ram, "models", "tiny")
     written = []
     real_write = fileio.write_text
     monkeypatch.setattr(fileio, "write_text", lambda p, t: (written.append(str(p)),
                                                             real_write(p, t))[1])
-    exp = export(run["model_dir"], models)
-    monkeypatch.undo()
+    exp = export(ft, models)
+    monkeypatch.setattr(fileio, "write_text", real_write)
     assert exp["path"] == fileio.join(models, "1") and fileio.listdir(models) == ["1"]
     assert written[-1] == fileio.join(models, "1", mf.PUBLISHED_FILE)
     assert mf.unpublished_reason(exp["path"]) is None
+    meta = json.loads(fileio.read_text(fileio.join(exp["path"], mf.METADATA_FILE)))
+    assert meta["checkpoint"] == fileio.join(ft, "best", "ckpt")
+    assert meta["step"] == best["step"] and meta["class_names"] == runs.CLASSES
 
     # score: ram:// model + ram:// records -> ram:// out; probabilities are the model's
     out = fileio.join(ram, "scores")

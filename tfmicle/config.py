@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import typing
 from dataclasses import dataclass, field
 
 import yaml
+
+from tfmicle import fileio
 
 
 class ConfigError(ValueError):
@@ -225,11 +226,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
     """Config from a YAML file (optional), then `extra` (a nested dict), then --set items."""
     cfg = Config()
     if path:
-        if not os.path.isfile(path):
+        if not fileio.isfile(path):
             raise ConfigError(f"config file not found: {path}")
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f) or {}
+        try:   # a run folder's config.yaml may be on an object store (gs://, ram://)
+            data = yaml.safe_load(fileio.read_text(path)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
         _apply(cfg, data)
@@ -250,9 +250,8 @@ def from_dict(data: dict) -> Config:
 
 
 def dump_config(cfg: Config, path: str) -> None:
-    """Writes the resolved config as YAML."""
-    with open(path, "w") as f:
-        yaml.safe_dump(to_dict(cfg), f, sort_keys=False)
+    """Writes the resolved config as YAML (path: local or a URL, tfmicle.fileio)."""
+    fileio.write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def config_hash(cfg: Config) -> str:

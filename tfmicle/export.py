@@ -201,7 +201,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
                                 validation_for_step)
     from tfmicle.tasks import probabilities
 
-    if not os.path.isdir(model_dir):
+    if not fileio.isdir(model_dir):   # a local folder or a URL (gs://, ram://)
         raise FileNotFoundError(f"model dir {model_dir} not found")
     base, version = resolve_out(out)
     kind, _ = resolve_checkpoint(model_dir, checkpoint)
@@ -210,7 +210,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     size = cfg.data.image_size
     m = re.search(r"ckpt-(\d+)$", prefix)
     step = int(m.group(1)) if m else None
-    best = read_json(os.path.join(model_dir, BEST_JSON)) or {}
+    best = read_json(fileio.join(model_dir, BEST_JSON)) or {}
     if kind == "best":
         step = best.get("step")
         validation = best.get("metrics")
@@ -230,7 +230,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
             int(model.encoder.output_shape[-1]),
         "encoder": info.get("encoder", "resnet"),
         "config_hash": config_hash(cfg), "config": to_dict(cfg),
-        "checkpoint": os.path.abspath(prefix), "checkpoint_kind": kind, "step": step,
+        "checkpoint": fileio.abspath(prefix), "checkpoint_kind": kind, "step": step,
         "best_metric": best.get("metric") if kind == "best" else None,
         "validation": validation, "auc_classes": info.get("auc_classes"),
         "train": {k: info.get(k) for k in ("data_dir", "train_split", "eval_split",
@@ -309,7 +309,8 @@ def build_parser() -> cli.ArgumentParser:
                     "encoded images -> probabilities + embedding; serving_pixels: float "
                     "pixels; serving_explain: Grad-CAM heatmaps) with assets/labels.txt and "
                     "assets/metadata.json; --calibrate SPLIT bakes in temperature scaling.")
-    p.add_argument("--model-dir", required=True, help="fine-tuning run folder (model_dir)")
+    p.add_argument("--model-dir", required=True,
+                   help="fine-tuning run folder (model_dir), local or a URL")
     p.add_argument("--out", required=True,
                    help="MODELS/<name> (next free version) or MODELS/<name>/<version>; "
                         "a folder or a URL (gs://...)")

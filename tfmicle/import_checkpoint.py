@@ -17,9 +17,8 @@ Map of the code: docs/architecture.md.
 from __future__ import annotations
 
 import logging
-import os
 
-from tfmicle import cli
+from tfmicle import cli, fileio
 
 log = logging.getLogger("tfmicle.import_checkpoint")
 SMALL_IMAGE_SIZE = 32  # SimCLR's CIFAR stem (cifar_stem=image_size <= 32)
@@ -31,7 +30,8 @@ def build_parser() -> cli.ArgumentParser:
         description="Import a SimCLR(v2) TF1 checkpoint as a tfmicle run folder.")
     p.add_argument("--simclr-tf1", required=True, metavar="PREFIX",
                    help="checkpoint prefix (PATH/model.ckpt-250228) or its folder")
-    p.add_argument("--out", required=True, help="run folder to write (must not hold a run)")
+    p.add_argument("--out", required=True,
+                   help="run folder to write, local or a URL (gs://...); must not hold a run")
     p.add_argument("--depth", type=int, help="ResNet depth (default: from the variables)")
     p.add_argument("--width", type=float, help="width multiplier (default: from the variables)")
     p.add_argument("--sk", type=int, choices=(0, 1),
@@ -43,15 +43,13 @@ def build_parser() -> cli.ArgumentParser:
 
 def resolve_prefix(path: str) -> str:
     """A checkpoint prefix from a prefix or a folder holding one (its 'checkpoint' file)."""
-    import glob
-
     import tensorflow as tf
-    if os.path.isdir(path):
+    if fileio.isdir(path):
         found = tf.train.latest_checkpoint(path)
         if found and tf.io.gfile.exists(found + ".index"):
             return found
         # A downloaded folder's 'checkpoint' file may name where it was trained (gs://...).
-        indexes = sorted(glob.glob(os.path.join(path, "*.index")))
+        indexes = fileio.glob(fileio.join(path, "*.index"))
         if len(indexes) == 1:
             return indexes[0][: -len(".index")]
         raise FileNotFoundError(f"{'several checkpoints' if indexes else 'no checkpoint'} in "
@@ -74,8 +72,8 @@ def import_simclr_tf1(source: str, out: str, depth: int | None = None,
     from tfmicle.models.resnet import build_resnet_in_order
 
     prefix = resolve_prefix(source)
-    if rundir.latest_checkpoint(out) is not None or os.path.isfile(
-            os.path.join(out, rundir.CONFIG_FILE)):
+    if rundir.latest_checkpoint(out) is not None or fileio.isfile(
+            fileio.join(out, rundir.CONFIG_FILE)):
         raise ConfigError(f"{out} already holds a run; import into a new folder")
     reader = tf.train.load_checkpoint(prefix)
     shapes = reader.get_variable_to_shape_map()
@@ -110,10 +108,10 @@ def import_simclr_tf1(source: str, out: str, depth: int | None = None,
     step = int(reader.get_tensor("global_step")) if "global_step" in shapes else 0
     rundir.prepare_model_dir(cfg)
     ckpt = tf.train.Checkpoint(model=model)
-    saved = tf.train.CheckpointManager(ckpt, os.path.join(out, rundir.CHECKPOINT_DIR),
+    saved = tf.train.CheckpointManager(ckpt, fileio.join(out, rundir.CHECKPOINT_DIR),
                                        max_to_keep=1).save(checkpoint_number=step)
     skipped = sorted(set(shapes) - {(tf1.EMA_SCOPE if ema else "") + n for n in variables})
-    info = {"source": os.path.abspath(prefix), "format": "simclr_tf1", "ema": ema,
+    info = {"source": fileio.abspath(prefix), "format": "simclr_tf1", "ema": ema,
             "global_step": step, "checkpoint": saved,
             "architecture": {"depth": arch.depth, "width_multiplier": arch.width_multiplier,
                              "sk_ratio": arch.sk_ratio, "small_stem": arch.small_stem,
@@ -125,7 +123,7 @@ def import_simclr_tf1(source: str, out: str, depth: int | None = None,
             "encoder_trainable_parameters": int(sum(
                 int(v.numpy().size) for v in model.encoder.trainable_variables)),
             "skipped": len(skipped)}
-    rundir.write_json(os.path.join(out, rundir.IMPORT_JSON), info)
+    rundir.write_json(fileio.join(out, rundir.IMPORT_JSON), info)
     log.info("%d variables imported, %d skipped (optimizer slots, step%s)", len(mapping),
              len(skipped), ", raw copies" if ema else "")
     return info

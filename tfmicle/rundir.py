@@ -15,17 +15,21 @@ A fine-tuning run (tfmicle.train.finetune) adds:
 - ``best/ckpt.*`` and ``best.json``: the best checkpoint by finetune.best_metric and
   its metrics (what ``tfmicle.export`` exports by default).
 
+A model_dir may be a local folder or a URL TensorFlow's filesystems understand (gs://,
+s3://, ram:// in tests): every file here goes through tfmicle.fileio, and checkpoints and
+TensorBoard logs through TensorFlow, which takes URLs. Object stores have no atomic
+rename, so the JSON files are written in place there (see write_json).
+
 Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 
 import json
-import os
 
 import keras
 import tensorflow as tf
 
-from tfmicle import build
+from tfmicle import build, fileio
 from tfmicle.config import Config, ConfigError, dump_config, load_config
 from tfmicle.metrics import to_json_safe
 
@@ -35,41 +39,45 @@ LOGS_DIR = "logs"
 FINETUNE_JSON = "finetune.json"
 VALIDATION_LOG = "validation.jsonl"
 BEST_JSON = "best.json"
-BEST_PREFIX = os.path.join("best", "ckpt")
+BEST_PREFIX = "best/ckpt"  # relative to the model dir; fileio.join takes it on any path
 IMPORT_JSON = "import.json"  # a run folder written by tfmicle.import_checkpoint: its source
 
 
 # --------------------------------------------------------------------------- files
 
 def write_json(path: str, data: dict) -> None:
-    """Writes JSON atomically (a reader never sees half a file)."""
+    """Writes JSON so a reader never sees half a file: locally through a temporary file
+    and an atomic rename; on an object store in one write (an object appears whole
+    when its upload ends, and a rename there would be a copy)."""
+    text = json.dumps(to_json_safe(data), indent=2)
+    if not fileio.has_atomic_rename(path):
+        fileio.write_text(path, text)
+        return
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(to_json_safe(data), f, indent=2)
-    os.replace(tmp, path)
+    fileio.write_text(tmp, text)
+    fileio.replace(tmp, path)
 
 
 def read_json(path: str) -> dict | None:
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(fileio.read_text(path))
 
 
 def prepare_model_dir(cfg: Config) -> str:
     """Creates the model dir and writes the resolved config into it."""
-    os.makedirs(cfg.model_dir, exist_ok=True)
-    dump_config(cfg, os.path.join(cfg.model_dir, CONFIG_FILE))
+    fileio.makedirs(cfg.model_dir)
+    dump_config(cfg, fileio.join(cfg.model_dir, CONFIG_FILE))
     return cfg.model_dir
 
 
 def config_of(path: str) -> Config | None:
     """The resolved config of the run a model dir, its checkpoints folder or a
     checkpoint prefix belongs to (None when there is none or it does not load)."""
-    path = os.path.abspath(path)
-    for d in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
-        f = os.path.join(d, CONFIG_FILE)
-        if os.path.isfile(f):
+    path = fileio.abspath(path)
+    for d in (path, fileio.dirname(path), fileio.dirname(fileio.dirname(path))):
+        f = fileio.join(d, CONFIG_FILE)
+        if fileio.isfile(f):
             try:
                 return load_config(f)
             except ConfigError:
@@ -78,19 +86,26 @@ def config_of(path: str) -> Config | None:
 
 
 def append_validation(model_dir: str, row: dict) -> None:
-    """One line of validation.jsonl."""
-    with open(os.path.join(model_dir, VALIDATION_LOG), "a") as f:
-        f.write(json.dumps(to_json_safe(row)) + "\n")
+    """One line of validation.jsonl. Object stores cannot append: there the file is
+    rewritten whole (it holds one short line per validation)."""
+    path = fileio.join(model_dir, VALIDATION_LOG)
+    line = json.dumps(to_json_safe(row)) + "\n"
+    if fileio.is_url(path):
+        old = fileio.read_text(path) if fileio.isfile(path) else ""
+        fileio.write_text(path, old + line)
+        return
+    with fileio.open(path, "a") as f:
+        f.write(line)
 
 
 def validation_for_step(model_dir: str, step: int | None) -> dict | None:
     """The validation metrics logged at a step (None when not validated there)."""
-    path = os.path.join(model_dir, VALIDATION_LOG)
-    if step is None or not os.path.isfile(path):
+    path = fileio.join(model_dir, VALIDATION_LOG)
+    if step is None or not fileio.isfile(path):
         return None
     found = None
-    with open(path) as f:
-        for line in f:
+    for line in fileio.read_text(path).splitlines():
+        if line.strip():
             row = json.loads(line)
             if row.get("step") == step:
                 found = row
@@ -102,14 +117,14 @@ def validation_for_step(model_dir: str, step: int | None) -> dict | None:
 def checkpoint_manager(model: keras.Model, model_dir: str, keep: int
                        ) -> tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
     ckpt = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    return ckpt, tf.train.CheckpointManager(ckpt, os.path.join(model_dir, CHECKPOINT_DIR),
+    return ckpt, tf.train.CheckpointManager(ckpt, fileio.join(model_dir, CHECKPOINT_DIR),
                                             max_to_keep=keep)
 
 
 def checkpoint_step(model_dir: str) -> int:
     """The step of the newest checkpoint in model_dir (0 when there is none): checkpoints
     are numbered by the optimizer step they were saved at (runner.StepCheckpoint)."""
-    prefix = tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIR))
+    prefix = tf.train.latest_checkpoint(fileio.join(model_dir, CHECKPOINT_DIR))
     if not prefix:
         return 0
     return int(prefix.rsplit("-", 1)[1])
@@ -118,27 +133,33 @@ def checkpoint_step(model_dir: str) -> int:
 def latest_checkpoint(path: str) -> str | None:
     """The newest checkpoint prefix of a model dir, its checkpoints folder, or the prefix
     itself."""
-    for d in (os.path.join(path, CHECKPOINT_DIR), path):
-        if os.path.isdir(d):
+    for d in (fileio.join(path, CHECKPOINT_DIR), path):
+        if fileio.isdir(d):
             found = tf.train.latest_checkpoint(d)
             if found:
                 return found
-    if tf.io.gfile.exists(path + ".index"):
+    if fileio.exists(path + ".index"):
         return path
     return None
 
 
 def best_checkpoint(model_dir: str) -> str | None:
     """The best/ckpt prefix of a fine-tuning run, None when it kept none."""
-    prefix = os.path.join(model_dir, BEST_PREFIX)
-    return prefix if tf.io.gfile.exists(prefix + ".index") else None
+    prefix = fileio.join(model_dir, BEST_PREFIX)
+    return prefix if fileio.exists(prefix + ".index") else None
 
 
 def write_best(model: keras.Model, model_dir: str) -> None:
     """Writes the model's weights as the run's best checkpoint."""
     ckpt = tf.train.Checkpoint(model=model)
     _ = ckpt.save_counter  # created, so the best checkpoint restores like any other
-    ckpt.write(os.path.join(model_dir, BEST_PREFIX))
+    prefix = fileio.join(model_dir, BEST_PREFIX)
+    if fileio.is_process_local(prefix):
+        # TF 2.21's RamFileSystem appends to a file it rewrites (a corrupt bundle
+        # otherwise); real object stores and local folders replace it.
+        for old in fileio.glob(prefix + ".*"):
+            fileio.remove(old)
+    ckpt.write(prefix)
 
 
 def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
@@ -232,12 +253,12 @@ def load_encoder(cfg: Config, checkpoint: str | None, seed: int = 0) -> keras.Mo
 def run_info(model_dir: str) -> tuple[Config, dict]:
     """(resolved config, finetune.json) of a fine-tuning run; FileNotFoundError /
     ConfigError when model_dir is not one."""
-    cfg_path = os.path.join(model_dir, CONFIG_FILE)
-    info_path = os.path.join(model_dir, FINETUNE_JSON)
-    if not os.path.isfile(cfg_path):
+    cfg_path = fileio.join(model_dir, CONFIG_FILE)
+    info_path = fileio.join(model_dir, FINETUNE_JSON)
+    if not fileio.isfile(cfg_path):
         raise FileNotFoundError(f"{model_dir} is not a training run (no {CONFIG_FILE})")
     cfg = load_config(cfg_path)
-    if cfg.mode != "finetune" or not os.path.isfile(info_path):
+    if cfg.mode != "finetune" or not fileio.isfile(info_path):
         raise ConfigError(f"{model_dir} is not a fine-tuning run (mode: {cfg.mode}); "
                           "export a model fine-tuned with mode: finetune")
     return cfg, read_json(info_path)

@@ -15,7 +15,8 @@ def build_parser() -> cli.ArgumentParser:
                     "(mode: finetune) a ResNet from a YAML config. Rerunning with the same "
                     "--model-dir resumes from its latest checkpoint.")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
-    p.add_argument("--model-dir", help="output folder (overrides model_dir)")
+    p.add_argument("--model-dir", help="output folder, local or a URL such as gs://bucket/run "
+                   "(overrides model_dir)")
     p.add_argument("--strategy", help=" | ".join(CHOICES["distribute.strategy"]))
     p.add_argument("--tpu", help="TPU name or grpc:// address (with --strategy tpu)")
     p.add_argument("--num-cpu-devices", type=int,

@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 import yaml
 
-from tfmicle import build
+from tfmicle import build, fileio
 from tfmicle.train import runner
 from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
@@ -109,7 +109,7 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
     weights = None
     if imagenet and initialise:
         weights = f.imagenet_weights or "imagenet"
-        if f.imagenet_weights and not os.path.isfile(f.imagenet_weights):
+        if f.imagenet_weights and not os.path.isfile(f.imagenet_weights):  # Keras reads local h5
             raise FileNotFoundError(f"finetune.imagenet_weights: {f.imagenet_weights} not found")
     model = build.classifier(cfg, num_classes, task, for_training, weights)
     if initialise and f.init == "checkpoint":
@@ -158,14 +158,13 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     auc_classes = resolve_auc_classes(cfg.finetune.auc_classes, class_names)
     auc_indices = [class_names.index(c) for c in auc_classes]
 
-    old = os.path.join(cfg.model_dir, CONFIG_FILE)
-    if os.path.isfile(old):
-        with open(old) as fh:
-            previous = yaml.safe_load(fh) or {}
+    old = fileio.join(cfg.model_dir, CONFIG_FILE)
+    if fileio.isfile(old):
+        previous = yaml.safe_load(fileio.read_text(old)) or {}
         if previous.get("mode", "pretrain") != "finetune":
             raise ConfigError(f"{cfg.model_dir} holds a pretraining run; fine-tune into "
                               "a new model dir (finetune.checkpoint points at it)")
-    best_state = read_json(os.path.join(cfg.model_dir, BEST_JSON)) or {}
+    best_state = read_json(fileio.join(cfg.model_dir, BEST_JSON)) or {}
     case_ids = None
     if cfg.data.label_fraction < 1:
         case_ids = tuple(records.read_subset(cfg.data.dir, cfg.data.train_split,
@@ -182,7 +181,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
     run_json = {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
-        "data_dir": tfds.spec if tfds is not None else os.path.abspath(cfg.data.dir),
+        "data_dir": tfds.spec if tfds is not None else fileio.abspath(cfg.data.dir),
         "train_split": cfg.data.train_split,
         "eval_split": cfg.data.eval_split, "label_fraction": cfg.data.label_fraction,
         "train_cases": n_cases, "train_images": n_images, "auc_classes": auc_classes,
@@ -191,7 +190,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         "encoder": IMAGENET_ENCODER if cfg.finetune.init == "imagenet" else "resnet",
         "checkpoint": cfg.finetune.checkpoint}
     if chief:
-        write_json(os.path.join(cfg.model_dir, FINETUNE_JSON), run_json)
+        write_json(fileio.join(cfg.model_dir, FINETUNE_JSON), run_json)
 
     # The buffer never needs more than the labeled images: a larger one would make the
     # first batch wait for many filtered passes over the split (small label fractions).

@@ -8,20 +8,22 @@ restores the same checkpoint from the shared model_dir and takes part in every s
 (saving reads synchronised variables through collectives), but only the chief writes
 into model_dir; the others write to a temporary folder that is removed after each
 save and at the end, as in TensorFlow's multi-worker Keras guide.
+
+model_dir may be a URL (gs://, ram://): checkpoints and TensorBoard go through
+TensorFlow's filesystems, the run folder's other files through tfmicle.fileio.
 Map: docs/architecture.md."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
 
+from tfmicle import fileio
 from tfmicle.config import Config
 from tfmicle.distribute import (StrategyError, gather_from_workers, is_chief, is_multi_worker,
                                 shard_by_data, worker_name)
@@ -59,7 +61,7 @@ class StepCheckpoint(keras.callbacks.Callback):
         if step % self.every == 0 or step >= self.total_steps:
             self.manager.save(checkpoint_number=step)
             if self.scratch:
-                tf.io.gfile.rmtree(self.manager.directory)
+                fileio.rmtree(self.manager.directory)
         if step >= self.total_steps:
             self.model.stop_training = True
 
@@ -111,7 +113,7 @@ def output_dir(strategy: tf.distribute.Strategy, model_dir: str) -> Iterator[str
     try:
         yield tmp
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fileio.rmtree(tmp, ignore_errors=True)
 
 
 def _fit_multi_worker(model: keras.Model) -> None:
@@ -163,7 +165,7 @@ def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_
     chunk = max(min(int(log_steps), total_steps), 1)
     saver = StepCheckpoint(manager, checkpoint_steps, total_steps,
                            scratch=out_dir != model_dir)
-    cbs = [saver, keras.callbacks.TensorBoard(os.path.join(out_dir, LOGS_DIR),
+    cbs = [saver, keras.callbacks.TensorBoard(fileio.join(out_dir, LOGS_DIR),
                                               update_freq="epoch", write_graph=False)]
     cbs += list(callbacks or [])
     if validation_data is not None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfmicle import fileio
 from tfmicle import metrics as M
 from tfmicle.data.pipeline import PipelineConfig, evaluation
 from tfmicle.data.tfds_source import TfdsSource
@@ -78,11 +78,11 @@ class Validation(keras.callbacks.Callback):
         self.model_dir = model_dir
         self.out_dir = out_dir or model_dir
         self.image_size = image_size
-        self.state = read_json(os.path.join(model_dir, BEST_JSON)) or {}
+        self.state = read_json(fileio.join(model_dir, BEST_JSON)) or {}
         self.last: dict | None = None
         self.last_step = -1
         self.writer = tf.summary.create_file_writer(
-            os.path.join(self.out_dir, LOGS_DIR, "validation"))
+            fileio.join(self.out_dir, LOGS_DIR, "validation"))
         self._predict = None
 
     def _predict_fn(self):
@@ -145,7 +145,7 @@ class Validation(keras.callbacks.Callback):
             log.info("early stopping at step %d: no better %s in %d validations (best %.4f "
                      "at step %d)", step, self.best_metric, self.patience,
                      self.state.get("value", math.nan), self.state.get("step", -1))
-        write_json(os.path.join(self.out_dir, BEST_JSON), self.state)
+        write_json(fileio.join(self.out_dir, BEST_JSON), self.state)
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
