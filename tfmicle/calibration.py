@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfmicle.metrics import aggregate_cases, binary_targets, bootstrap_ci
+from tfmicle.metrics import aggregate_cases, binary_targets, bootstrap_ci, case_rows
 from tfmicle.tasks import MULTICLASS
 
 ECE_BINS = 15  # Guo et al. 2017 use 15 equal-width bins
@@ -148,12 +148,9 @@ def evaluate_calibration(task: str, probs, labels, case_ids: Sequence[str],
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels)
     cases, case_probs, case_labels, _ = aggregate_cases(case_ids, probs, labels)
-    index = {c: i for i, c in enumerate(cases)}
-    groups: list[list[int]] = [[] for _ in cases]
-    for row, c in enumerate(case_ids):
-        groups[index[str(c)]].append(row)
+    groups = case_rows(case_ids, cases)
     out: dict = {"bins": bins}
-    levels = {"image": (labels, probs, [np.asarray(g) for g in groups]),
+    levels = {"image": (labels, probs, groups),
               "case": (case_labels, case_probs, [np.array([i]) for i in range(len(cases))])}
     for level, (lab, pr, grp) in levels.items():
         m = calibration_metrics(task, pr, lab, bins)

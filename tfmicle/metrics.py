@@ -198,6 +198,16 @@ def aggregate_cases(case_ids: Sequence[str], probs, labels=None
     return list(order), sums / counts[:, None], case_labels, counts
 
 
+def case_rows(case_ids: Sequence[str], cases: Sequence[str]) -> list[np.ndarray]:
+    """The image rows of each case of ``cases`` (aggregate_cases' order): [C] arrays of
+    row indices, the unit the case bootstrap resamples."""
+    index = {c: i for i, c in enumerate(cases)}
+    groups: list[list[int]] = [[] for _ in cases]
+    for row, c in enumerate(case_ids):
+        groups[index[str(c)]].append(row)
+    return [np.asarray(g, dtype=np.int64) for g in groups]
+
+
 # --------------------------------------------------------------------------- summaries
 
 def classification_metrics(task: str, labels, probs, auc_indices: Sequence[int] | None = None,
@@ -319,15 +329,12 @@ def evaluate(task: str, probs, labels, case_ids: Sequence[str], class_names: Seq
     auc_idx = [class_names.index(c) for c in auc_classes]
     labels = np.asarray(labels)
     cases, case_probs, case_labels, _ = aggregate_cases(case_ids, probs, labels)
-    index = {c: i for i, c in enumerate(cases)}
-    groups: list[list[int]] = [[] for _ in cases]
-    for row, c in enumerate(case_ids):
-        groups[index[str(c)]].append(row)
+    groups = case_rows(case_ids, cases)
     out = {"task": task, "class_names": class_names, "auc_classes": auc_classes,
            "num_images": int(len(probs)), "num_cases": len(cases),
            "bootstrap": {"replicates": int(replicates), "seed": int(seed), "unit": "case",
                          "interval": "percentile 95%"}}
-    levels = {"image": (labels, probs, [np.asarray(g) for g in groups]),
+    levels = {"image": (labels, probs, groups),
               "case": (case_labels, case_probs, [np.array([i]) for i in range(len(cases))])}
     for level, (lab, pr, grp) in levels.items():
         m = classification_metrics(task, lab, pr, auc_idx)

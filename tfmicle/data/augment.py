@@ -56,9 +56,7 @@ def preset(name: str, **overrides) -> AugmentConfig:
 
 def decode_image(encoded: tf.Tensor) -> tf.Tensor:
     """Encoded JPEG/PNG/BMP/GIF scalar string -> float32 [H, W, 3] in [0, 1]."""
-    img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    img.set_shape([None, None, 3])
-    return tf.image.convert_image_dtype(img, tf.float32)
+    return tf.image.convert_image_dtype(_decode_uint8(encoded), tf.float32)
 
 
 def center_crop_resize(image: tf.Tensor, size: int,
@@ -123,6 +121,7 @@ def crop_view(image: tf.Tensor, seed: tf.Tensor, size: int, cfg: AugmentConfig) 
 
 
 def _decode_uint8(encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded image -> uint8 [H, W, 3] (decode_image before its float conversion)."""
     img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     img.set_shape([None, None, 3])
     return img
