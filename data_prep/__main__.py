@@ -100,6 +100,10 @@ def convert_parser() -> argparse.ArgumentParser:
                         "1) of this regex on the file name; (?P<patient>...) sets the patient")
     o.add_argument("--unlabeled-dirs", type=_csv_list, default=["unlabeled"], metavar="A,B",
                    help="folders: folder names holding unlabeled images (default: unlabeled)")
+    o.add_argument("--near-duplicates", metavar="CSV",
+                   help="pairs of near-identical photos of one case (columns image_a, "
+                        "image_b: image ids), so MICLe never pairs them; default for "
+                        "ham10000: near_duplicate_pairs.csv in --input when present")
     o.add_argument("--isic2020-label", choices=("target", "diagnosis"), default="target",
                    help="isic2020: label from target (benign/malignant, default) or diagnosis")
     s = p.add_argument_group("splits and label subsets")
@@ -204,7 +208,8 @@ def _run_convert(argv: list[str]) -> int:
         label_fractions=args.label_fractions, subset_splits=args.subset_splits,
         image_options=ImageOptions(args.max_side, args.jpeg_quality),
         shard_mb=args.shard_mb, workers=args.workers, runner=args.runner,
-        beam_args=shlex.split(args.beam_args), overwrite=args.overwrite, strict=args.strict)
+        beam_args=shlex.split(args.beam_args), overwrite=args.overwrite, strict=args.strict,
+        near_duplicates=args.near_duplicates)
 
     bars: list = []
     progress = None

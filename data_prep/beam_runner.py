@@ -38,7 +38,8 @@ _SIDE = ".beam"
 def _case_to_json(split: str, case: CaseSpec) -> str:
     return json.dumps({
         "split": split, "case_id": case.case_id, "patient_id": case.patient_id,
-        "images": [[r.path, r.image_id, r.view, r.missing, r.meta] for r in case.images],
+        "images": [[r.path, r.image_id, r.view, r.missing, r.meta, r.photo]
+                   for r in case.images],
         "label_class": case.label_class,
         "label_multi": None if case.label_multi is None else
         [None if math.isnan(v) else v for v in case.label_multi],
@@ -65,7 +66,7 @@ def _process(text: str, options: ImageOptions):
     if res.images:
         ex = encode_case(case.case_id, res.images, res.image_ids, case.patient_id,
                          res.views or None, case.label_class, case.label_multi,
-                         case.meta_keys, res.meta)
+                         case.meta_keys, res.meta, res.photo_groups)
         yield "record", (split, ex.SerializeToString(deterministic=True))
         yield "summary", json.dumps({
             "case_id": case.case_id, "patient_id": case.patient_id, "split": split,

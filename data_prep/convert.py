@@ -19,6 +19,7 @@ from data_prep.plan import Plan, make_plan
 from data_prep.splits import (DEFAULT_LABEL_FRACTIONS, DEFAULT_SPLIT_FRACTIONS,
                               validate_label_fractions, validate_split_fractions)
 from data_prep.duplicates import remove_duplicates
+from data_prep.near_duplicates import group_near_duplicates
 from data_prep.summary import make_subsets, skip_reasons, skipped_csv, split_stats
 from data_prep import writer
 from tfmicle import fileio
@@ -43,6 +44,7 @@ class ConvertConfig:
     beam_args: Sequence[str] = ()
     overwrite: bool = False
     strict: bool = False
+    near_duplicates: str | None = None  # pairs CSV (image_a, image_b); None: the format's default
 
 
 def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
@@ -62,6 +64,7 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
                                + (fileio.abspath(cfg.out),))
     manifest = read_manifest(cfg.format, cfg.input, opts)
     duplicates = remove_duplicates(manifest)
+    near = group_near_duplicates(manifest, cfg.format, cfg.input, cfg.near_duplicates)
     refused = [s for s in manifest.skipped if not s.harmless]
     if cfg.strict and refused:
         raise StrictError(refused[0].strict_message())
@@ -95,7 +98,7 @@ def convert(cfg: ConvertConfig, progress: Progress | None = None) -> dict:
                             f"skipped: {skip_reasons(skipped)}; e.g. "
                             f"{skipped[0].strict_message()[len('--strict: '):]})")
         info = finish(cfg, manifest, plan, result, staging, fractions, label_fractions,
-                      duplicates.as_dict())
+                      duplicates.as_dict(), near)
         writer.publish(staging, cfg.out)
     except BaseException:
         writer.discard(staging)
@@ -131,7 +134,7 @@ def check_out_not_in_input(input_path: str, out: str) -> None:
 
 def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult,
            staging: str, fractions: dict[str, float], label_fractions: list[float],
-           duplicates: dict | None = None) -> dict:
+           duplicates: dict | None = None, near_duplicates: dict | None = None) -> dict:
     """Writes subsets, skipped.csv and dataset.json into the staging folder."""
     from tfmicle.data.records import DATASET_JSON, SCHEMA_VERSION, subset_path
 
@@ -189,6 +192,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         "skipped": len(skipped),
         "skipped_reasons": skip_reasons(skipped),
         "duplicates": duplicates or {},
+        "near_duplicates": near_duplicates or {},   # schema v3: image/photo groups
         "images": {"max_side": cfg.image_options.max_side,
                    "jpeg_quality": cfg.image_options.jpeg_quality},
         "runner": cfg.runner,

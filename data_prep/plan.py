@@ -5,6 +5,7 @@ Both runners execute the same plan, so they write the same cases to the same spl
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 from data_prep.cases import CaseSpec
@@ -60,6 +61,12 @@ def make_plan(manifest: Manifest, split_fractions: dict[str, float], seed: int,
         sp = splits[name]
         sp.cases.append(case)
         sp.source_bytes += sum(probe_size(r.path) for r in case.images if r.path)
+    for sp in splits.values():
+        # Sources list cases in their own order (HAM10000's metadata is sorted by
+        # diagnosis); training shuffles within a buffer, so shards written in source
+        # order would feed it label-blocked windows. A seeded order keeps the output
+        # deterministic.
+        random.Random(f"{seed}/{sp.name}").shuffle(sp.cases)
     target = max(shard_mb, 1e-6) * (1 << 20)
     for sp in splits.values():
         sp.num_shards = max(1, min(len(sp.cases), math.ceil(sp.source_bytes / target)))

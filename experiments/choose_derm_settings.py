@@ -128,6 +128,9 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    if common.dataset_of(argv, "ph2") == "ham10000":
+        from experiments import ham_micle
+        return ham_micle.main(argv, search=True)
     p = argparse.ArgumentParser(prog="python experiments/choose_derm_settings.py",
                                 description=__doc__.split("\n\n")[0])
     common.add_common_args(p, NAME)

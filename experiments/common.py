@@ -48,6 +48,14 @@ def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
                         "(default; readable in log files)")
 
 
+def dataset_of(argv, default: str) -> str:
+    """The value of --dataset in argv (default when absent): the experiments dispatch on
+    it before parsing the rest, since each dataset has its own flags."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dataset", default=default)
+    return p.parse_known_args(sys.argv[1:] if argv is None else argv)[0].dataset
+
+
 def _int_list(text: str) -> list[int]:
     try:
         out = [int(t) for t in text.split(",") if t.strip()]

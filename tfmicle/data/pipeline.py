@@ -6,6 +6,7 @@ Two sources give the same cases: data_prep's records (data_dir) and a TFDS datas
 is shared."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 import tensorflow as tf
@@ -17,6 +18,7 @@ from tfmicle.data.augment import (AugmentConfig, augment_batch, augment_view, de
                                   decode_views, preprocess_eval)
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,19 +99,15 @@ def _images_of_cases(cases: tf.data.Dataset) -> tf.data.Dataset:
     return cases.flat_map(explode)
 
 
-def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
-    """Zips each element with its own stateless seed [2] int64 from a seeded stream."""
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    return tf.data.Dataset.zip((ds, seeds))
-
-
-def _finish(ds: tf.data.Dataset, cfg: PipelineConfig, drop_remainder: bool = True,
-            batch_fn=None):
-    """Batches, applies batch_fn(batch, seed) (the vectorised half of the augmentation)
-    with a seeded per-batch seed, prefetches."""
-    ds = ds.batch(cfg.batch_size, drop_remainder=drop_remainder)
-    if batch_fn is not None:
-        ds = _with_seeds(ds, cfg.seed + 7919).map(batch_fn, num_parallel_calls=AUTOTUNE)
+def _batches_by_step(ds: tf.data.Dataset, cfg: PipelineConfig, start_step: int,
+                     batch_fn) -> tf.data.Dataset:
+    """Batches (whole ones), then applies batch_fn(batch, seed) (the vectorised half of
+    the augmentation) with a seed of (cfg.seed, global step), so a resumed run
+    continues the stream; prefetches."""
+    base = tf.constant([cfg.seed, 7919], tf.int64)
+    ds = ds.batch(cfg.batch_size, drop_remainder=True).enumerate(start=start_step)
+    ds = ds.map(lambda step, batch: batch_fn(batch, tf.random.experimental.stateless_fold_in(
+        base, step)), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -136,8 +134,8 @@ def _case_key(case_id: tf.Tensor) -> tf.Tensor:
     return tf.strings.to_hash_bucket_fast(case_id, 2 ** 62)
 
 
-def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
-                 start_step: int = 0) -> tf.data.Dataset:
+def epoch_stream(cfg: PipelineConfig, per: str, num_items: int, start_step: int = 0,
+                 keep=None) -> tf.data.Dataset:
     """Infinite stream of (item, seed [2] int64) in epochs, ready for batching by
     cfg.batch_size; items are cases (per="case") or images (per="image").
 
@@ -155,12 +153,21 @@ def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
     the stream from start_step on is exactly what an uninterrupted run sees from that
     step: a resumed run continues the data instead of replaying it. With fewer items
     than a batch, epochs are not cut and batches do span them.
+
+    keep: optional predicate on an item (a filter applied before the permutation, e.g.
+    labeled images only); num_items then counts the items it keeps.
     """
     b = cfg.batch_size
     per_epoch = (num_items // b) * b if num_items >= b else num_items
     if per_epoch <= 0:
         raise ValueError(f"no examples in split '{cfg.split}' of {cfg.where}")
     start_epoch, skip = divmod(start_step * b, per_epoch)
+    if num_items > cfg.shuffle_buffer:
+        log.warning("shuffle buffer %d < the %d %ss of split '%s': each epoch is permuted "
+                    "within windows of %d in record order (data_prep writes cases in a "
+                    "seeded random order; records in a source order, e.g. sorted by label, "
+                    "give label-blocked batches): raise data.shuffle_buffer",
+                    cfg.shuffle_buffer, num_items, per, cfg.split, cfg.shuffle_buffer)
     base = tf.constant([cfg.seed, 104_729], tf.int64)
     # A TFDS split permutes its parts per epoch (tfds_source.epoch_reader) when TFDS can
     # cut it into parts; a cached split, or a TFDS one that cannot be cut, is built once
@@ -180,6 +187,8 @@ def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
         else:
             cases = read_cases(cfg, shuffle=False, file_seed=file_seed)
         items = _images_of_cases(cases) if per == "image" else cases
+        if keep is not None:
+            items = items.filter(keep)
 
         def permute(w, window):
             idx = tf.random.experimental.stateless_shuffle(
@@ -195,14 +204,7 @@ def epoch_stream(cfg: PipelineConfig, per: str, num_items: int,
 
 def _finish_pairs(ds: tf.data.Dataset, cfg: PipelineConfig, aug: AugmentConfig,
                   start_step: int) -> tf.data.Dataset:
-    """Batches views, then applies the vectorised half of the augmentation with a seed
-    of (cfg.seed, global step), so resumed runs continue the stream."""
-    base = tf.constant([cfg.seed, 7919], tf.int64)
-    fn = _pair_batch_fn(aug)
-    ds = ds.batch(cfg.batch_size, drop_remainder=True).enumerate(start=start_step)
-    ds = ds.map(lambda step, batch: fn(batch, tf.random.experimental.stateless_fold_in(
-        base, step)), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return _batches_by_step(ds, cfg, start_step, _pair_batch_fn(aug))
 
 
 SIMCLR_UNITS = ("case", "image")
@@ -243,26 +245,39 @@ def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig, unit: str = "case",
     return _finish_pairs(ds, cfg, aug, start_step)
 
 
-def micle_pick(num_images: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Two indices into a case's images: distinct and uniformly drawn when the case has
-    >= 2 images, (0, 0) for a single-image case."""
-    i = tf.random.stateless_uniform([], seed, 0, num_images, dtype=tf.int32)
+def micle_pick(num_images: tf.Tensor, seed: tf.Tensor,
+               photo_groups: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two indices into a case's images. i is uniform; j is uniform over the images
+    that are another photo than i (photo_groups [N] int64: equal for near-identical
+    copies of one photograph; None: every image its own photo), and j = i when there
+    is none (a single-image case, or one whose images are all one photograph).
+
+    Without groups this is i uniform and j uniform over the other n - 1 images."""
+    n = tf.cast(num_images, tf.int32)
+    i = tf.random.stateless_uniform([], seed, 0, n, dtype=tf.int32)
     seed2 = tf.random.experimental.stateless_fold_in(seed, 1)
-    # j uniform over the other n - 1 images.
-    off = tf.random.stateless_uniform([], seed2, 1, tf.maximum(num_images, 2), dtype=tf.int32)
-    j = tf.where(num_images >= 2, (i + off) % num_images, i)
+    # The other images in the order i+1, i+2, ... (mod n), kept when another photo:
+    # with every image its own photo, the k-th kept one is (i + k) % n.
+    others = (i + tf.range(1, tf.maximum(n, 1), dtype=tf.int32)) % tf.maximum(n, 1)
+    if photo_groups is not None:
+        g = tf.cast(photo_groups, tf.int64)
+        others = tf.boolean_mask(others, tf.not_equal(tf.gather(g, others), g[i]))
+    k = tf.size(others, out_type=tf.int32)
+    off = tf.random.stateless_uniform([], seed2, 1, tf.maximum(k + 1, 2), dtype=tf.int32)
+    j = tf.gather(tf.concat([others, tf.reshape(i, [1])], 0), off - 1)
     return i, j
 
 
 def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
                 start_step: int = 0) -> tf.data.Dataset:
     """Infinite batches like simclr_pairs, one example per case per epoch: a case with
-    >= 2 images gives views of two different images (picked at random each time the case
-    comes round); a single-image case gives two views of its one image. A case never
+    >= 2 photos gives views of two different photos (picked at random each time the case
+    comes round; near-identical copies of one photograph, the records' photo groups,
+    never make a pair); a case with one photo gives two views of one image. A case never
     appears twice in a batch when the split has at least batch_size cases."""
     def views(c, seed):
         s = tf.random.experimental.stateless_split(seed, 5)
-        i, j = micle_pick(tf.shape(c["images"])[0], s[0])
+        i, j = micle_pick(tf.shape(c["images"])[0], s[0], c["photo_groups"])
         v1 = decode_view(c["images"][i], s[1], cfg.image_size, aug)
         v2 = decode_view(c["images"][j], s[2], cfg.image_size, aug)
         return {"view1": augment_view(v1, s[3], aug), "view2": augment_view(v2, s[4], aug),
@@ -272,31 +287,52 @@ def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
     return _finish_pairs(ds.map(views, num_parallel_calls=AUTOTUNE), cfg, aug, start_step)
 
 
-def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
-               repeat: bool = True) -> tf.data.Dataset:
-    """Batches (image [B, S, S, 3], label) for fine-tuning. multiclass: label [B] int32,
-    unlabeled (-1) images dropped; multilabel: label [B, K] float32 as stored (1, 0, -1,
-    NaN), cases without targets dropped."""
-    ds = _images_of_cases(read_cases(cfg, shuffle=True))
+def _is_labeled(task: str):
     if task == MULTICLASS:
-        ds = ds.filter(lambda el: el["label_class"] >= 0)
-    else:
-        ds = ds.filter(lambda el: tf.size(el["label_multi"]) > 0)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.shuffle(cfg.shuffle_buffer, seed=cfg.seed)
+        return lambda el: el["label_class"] >= 0
+    return lambda el: tf.size(el["label_multi"]) > 0
+
+
+def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
+               num_items: int | None = None, start_step: int = 0,
+               class_weights: "list[float] | None" = None) -> tf.data.Dataset:
+    """Infinite batches (image [B, S, S, 3], label) for fine-tuning, or (image, label,
+    weight [B] float32) with class_weights (K floats, multiclass). multiclass: label
+    [B] int32, unlabeled (-1) images dropped; multilabel: label [B, K] float32 as stored
+    (1, 0, -1, NaN), cases without targets dropped.
+
+    The order is epoch_stream's over labeled images (num_items of them; counted with a
+    pass when None): each epoch a seeded permutation, then the next epoch, so every
+    labeled image is seen once per epoch, and from start_step on the stream is what an
+    uninterrupted run sees (a resumed run continues the data)."""
+    keep = _is_labeled(task)
+    if num_items is None:
+        num_items = int(_images_of_cases(read_cases(cfg, shuffle=False)).filter(keep)
+                        .reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
     def example(el, seed):
         s = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
         img = augment_view(decode_view(el["image"], s[0], cfg.image_size, aug), s[1], aug)
-        label = (tf.cast(el["label_class"], tf.int32) if task == MULTICLASS
-                 else el["label_multi"])
-        return img, label
+        if task != MULTICLASS:
+            return img, el["label_multi"]
+        label = tf.cast(el["label_class"], tf.int32)
+        if weights is None:
+            return img, label
+        return img, label, tf.gather(weights, tf.maximum(label, 0))
 
-    def batch_fn(batch, seed):
-        return augment_batch(batch[0], seed, aug), batch[1]
-    return _finish(_with_seeds(ds, cfg.seed).map(example, num_parallel_calls=AUTOTUNE), cfg,
-                   batch_fn=batch_fn)
+    ds = epoch_stream(cfg, "image", num_items, start_step, keep=keep)
+    return _batches_by_step(ds.map(example, num_parallel_calls=AUTOTUNE), cfg, start_step,
+                            lambda b, seed: (augment_batch(b[0], seed, aug),) + tuple(b[1:]))
+
+
+def balanced_class_weights(counts: "list[int]") -> list[float]:
+    """Per-class weights n / (K * n_k) over the K classes that have examples (sklearn's
+    and Keras' "balanced"): every class then carries the same total weight and the
+    weights average 1 over the examples. A class without examples gets 0."""
+    total = sum(counts)
+    present = sum(1 for c in counts if c > 0)
+    return [total / (present * c) if c > 0 else 0.0 for c in counts]
 
 
 def image_examples(cfg: PipelineConfig, num_labels: int = 0) -> tf.data.Dataset:
@@ -327,7 +363,7 @@ def evaluation(cfg: PipelineConfig, num_labels: int = 0) -> tf.data.Dataset:
         return el
     ds = image_examples(cfg, num_labels).map(prep, num_parallel_calls=AUTOTUNE,
                                              deterministic=True)
-    return _finish(ds, cfg, drop_remainder=False)
+    return ds.batch(cfg.batch_size).prefetch(AUTOTUNE)
 
 
 def count_examples(data_dir: str, split: str, per: str) -> int:

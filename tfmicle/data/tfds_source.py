@@ -195,7 +195,8 @@ def _as_case(src: TfdsSource):
                 "images": tf.reshape(ex[src.image_key], [1]),
                 "image_ids": tf.reshape(ex["tfds_id"], [1]), "views": _empty(tf.string),
                 "label_class": label, "label_multi": _empty(tf.float32),
-                "meta_keys": _empty(tf.string), "meta": _empty(tf.string, 1)}
+                "meta_keys": _empty(tf.string), "meta": _empty(tf.string, 1),
+                "photo_groups": tf.range(1, dtype=tf.int64)}
     return fn
 
 
@@ -231,7 +232,8 @@ def _grouper(src: TfdsSource, split: str
                 "image_ids": tf.reshape(b["image_ids"], [-1]),
                 "views": _empty(tf.string), "label_class": b["label_class"][-1],
                 "label_multi": _empty(tf.float32), "meta_keys": _empty(tf.string),
-                "meta": _empty(tf.string, tf.shape(b["images"])[0])}
+                "meta": _empty(tf.string, tf.shape(b["images"])[0]),
+                "photo_groups": tf.range(tf.size(b["images"], out_type=tf.int64))}
 
     def group(cases: tf.data.Dataset) -> tf.data.Dataset:
         return cases.group_by_window(

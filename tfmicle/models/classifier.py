@@ -179,17 +179,17 @@ class Classifier(keras.Model):
         for v in self.head.weights:
             v.assign(tf.zeros_like(v))
 
-    def loss_value(self, labels, logits) -> tf.Tensor:
-        return task_loss(self.task, labels, logits, self.uncertainty_policy)
+    def loss_value(self, labels, logits, sample_weight=None) -> tf.Tensor:
+        return task_loss(self.task, labels, logits, self.uncertainty_policy, sample_weight)
 
     def _l2_variables(self):
         return [v for v in self.trainable_variables
                 if not any(re.search(p, v.path) for p in EXCLUDE)]
 
     def _step_losses(self, data, training: bool):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images, labels, weights = keras.utils.unpack_x_y_sample_weight(data)
         logits = self(images, training=training)
-        loss = self.loss_value(labels, logits)
+        loss = self.loss_value(labels, logits, weights if training else None)
         total = loss
         if training and self.weight_decay > 0:
             # LARS decays the encoder itself but excludes the head (its name), so, as

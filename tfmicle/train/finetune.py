@@ -22,7 +22,8 @@ from tfmicle import build, fileio
 from tfmicle.train import runner
 from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
-from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
+from tfmicle.data.pipeline import (PipelineConfig, balanced_class_weights, read_cases,
+                                   supervised)
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
 from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
@@ -50,17 +51,30 @@ def count_labeled(data_dir: str, split: str, task: str, case_ids: tuple[str, ...
                   tfds: TfdsSource | None = None) -> tuple[int, int]:
     """(cases, images) of a split (or of the given cases) that carry a label for task;
     the split of data_dir's records, or of the TFDS dataset tfds."""
+    cases, images, _ = labeled_counts(data_dir, split, task, case_ids, 0, tfds)
+    return cases, images
+
+
+def labeled_counts(data_dir: str, split: str, task: str, case_ids: tuple[str, ...] | None,
+                   num_classes: int, tfds: TfdsSource | None = None
+                   ) -> tuple[int, int, list[int]]:
+    """(cases, images, images per class [num_classes]; multiclass only, else []) of a
+    split (or of the given cases) that carry a label for task."""
     ds = read_cases(PipelineConfig(data_dir, split, case_ids=case_ids, tfds=tfds),
                     shuffle=False)
+
+    k = num_classes if task == MULTICLASS else 0
 
     def labeled(c):
         ok = (c["label_class"] >= 0) if task == MULTICLASS else (tf.size(c["label_multi"]) > 0)
         ok = tf.cast(ok, tf.int64)
-        return ok, ok * tf.cast(tf.shape(c["images"])[0], tf.int64)
-    cases, images = ds.map(labeled).reduce(
-        (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
-        lambda acc, x: (acc[0] + x[0], acc[1] + x[1]))
-    return int(cases), int(images)
+        n = ok * tf.cast(tf.shape(c["images"])[0], tf.int64)
+        per_class = tf.one_hot(tf.maximum(c["label_class"], 0), k, dtype=tf.int64) * n
+        return ok, n, per_class
+    cases, images, per_class = ds.map(labeled).reduce(
+        (tf.constant(0, tf.int64), tf.constant(0, tf.int64), tf.zeros([k], tf.int64)),
+        lambda acc, x: (acc[0] + x[0], acc[1] + x[1], acc[2] + x[2]))
+    return int(cases), int(images), [int(v) for v in per_class.numpy()]
 
 
 def check_encoder_compatible(cfg: Config, pre: Config, checkpoint: str) -> None:
@@ -95,6 +109,9 @@ def validate_config(cfg: Config, task: str) -> None:
         raise ConfigError("finetune.early_stopping_patience must be >= 0")
     if f.early_stopping_patience and not cfg.data.eval_split:
         raise ConfigError("finetune.early_stopping_patience needs data.eval_split")
+    if f.class_weight != "none" and task != MULTICLASS:
+        raise ConfigError(f"finetune.class_weight {f.class_weight} needs a multiclass task "
+                          f"(this dataset is {task})")
 
 
 # --------------------------------------------------------------------------- model
@@ -173,11 +190,14 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     chief = runner.is_chief(strategy)  # other workers of a multi-worker run write elsewhere
     if chief:
         runner.prepare_model_dir(cfg)
-    n_cases, n_images = count_labeled(cfg.data.dir, cfg.data.train_split, task, case_ids, tfds)
+    n_cases, n_images, per_class = labeled_counts(cfg.data.dir, cfg.data.train_split, task,
+                                                  case_ids, len(class_names), tfds)
     if n_images == 0:
         raise ConfigError(f"no labeled images in split '{cfg.data.train_split}' of "
                           f"{base.where} (label_fraction {cfg.data.label_fraction})")
     total, warmup = build.schedule_steps(cfg, n_images)
+    class_weights = balanced_class_weights(per_class) \
+        if cfg.finetune.class_weight == "balanced" else None
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
     run_json = {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
@@ -185,6 +205,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         "train_split": cfg.data.train_split,
         "eval_split": cfg.data.eval_split, "label_fraction": cfg.data.label_fraction,
         "train_cases": n_cases, "train_images": n_images, "auc_classes": auc_classes,
+        "train_images_per_class": per_class, "class_weights": class_weights,
         "image_size": cfg.data.image_size, "init": cfg.finetune.init,
         "proj_layers": cfg.finetune.proj_layers,
         "encoder": IMAGENET_ENCODER if cfg.finetune.init == "imagenet" else "resnet",
@@ -200,8 +221,10 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     if case_ids is not None and not cfg.data.cache:
         log.info("label fraction %g: every pass re-reads the split to filter it; "
                  "data.cache: true keeps the subset in memory", cfg.data.label_fraction)
-    ds = supervised(pcfg, build.augment_config(cfg), task)
     resuming = runner.latest_checkpoint(cfg.model_dir) is not None
+    # A resumed run continues the data stream where its checkpoint stopped.
+    ds = supervised(pcfg, build.augment_config(cfg), task, n_images,
+                    runner.checkpoint_step(cfg.model_dir), class_weights)
     keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
         model = build_model(cfg, len(class_names), task, initialise=not resuming)
@@ -265,5 +288,5 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     return result
 
 
-__all__ = ["finetune", "build_model", "count_labeled", "resolve_auc_classes",
+__all__ = ["finetune", "build_model", "count_labeled", "labeled_counts", "resolve_auc_classes",
            "validate_config", "check_encoder_compatible"]
