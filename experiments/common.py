@@ -51,7 +51,7 @@ def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
 def dataset_of(argv, default: str) -> str:
     """The value of --dataset in argv (default when absent): the experiments dispatch on
     it before parsing the rest, since each dataset has its own flags."""
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # --data is no --dataset
     p.add_argument("--dataset", default=default)
     return p.parse_known_args(sys.argv[1:] if argv is None else argv)[0].dataset
 

@@ -404,6 +404,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    if common.dataset_of(argv, "fashion_mnist") == "ham10000":
+        from experiments import ham_label_efficiency
+        return ham_label_efficiency.main(argv)
     a = parse_args(argv)
     common.setup_logging()
     clock = common.Stopwatch()
