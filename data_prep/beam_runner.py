@@ -38,8 +38,8 @@ _SIDE = ".beam"
 def _case_to_json(split: str, case: CaseSpec) -> str:
     return json.dumps({
         "split": split, "case_id": case.case_id, "patient_id": case.patient_id,
-        "images": [[r.path, r.image_id, r.view, r.missing, r.meta, r.photo]
-                   for r in case.images],
+        "images": [[r.path, r.image_id, r.view, r.missing, r.meta] for r in case.images],
+        "near_pairs": case.near_pairs,
         "label_class": case.label_class,
         "label_multi": None if case.label_multi is None else
         [None if math.isnan(v) else v for v in case.label_multi],
@@ -52,7 +52,8 @@ def _case_from_json(text: str) -> tuple[str, CaseSpec]:
         [math.nan if v is None else float(v) for v in d["label_multi"]]
     return d["split"], CaseSpec(d["case_id"], d["patient_id"],
                                 [ImageRef(*r) for r in d["images"]], d["label_class"], multi,
-                                d["source_split"])
+                                d["source_split"],
+                                near_pairs=[tuple(p) for p in d.get("near_pairs", [])])
 
 
 def _process(text: str, options: ImageOptions):
@@ -66,7 +67,7 @@ def _process(text: str, options: ImageOptions):
     if res.images:
         ex = encode_case(case.case_id, res.images, res.image_ids, case.patient_id,
                          res.views or None, case.label_class, case.label_multi,
-                         case.meta_keys, res.meta, res.photo_groups)
+                         case.meta_keys, res.meta, res.near_pairs)
         yield "record", (split, ex.SerializeToString(deterministic=True))
         yield "summary", json.dumps({
             "case_id": case.case_id, "patient_id": case.patient_id, "split": split,

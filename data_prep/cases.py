@@ -19,7 +19,6 @@ class ImageRef:
     view: str = ""
     missing: str = ""           # reason, when known missing at manifest time
     meta: dict[str, str] = field(default_factory=dict)   # metadata column -> source text
-    photo: str = ""             # near-identical copy of this photo ('' : its own photo)
 
 
 @dataclass
@@ -31,6 +30,7 @@ class CaseSpec:
     label_multi: list[float] | None = None
     source_split: str | None = None
     split_group: str = ""           # patients drawn into one split together ('' : the patient)
+    near_pairs: list[tuple[str, str]] = field(default_factory=list)  # near-identical image ids
 
     @property
     def group(self) -> str:
@@ -83,11 +83,11 @@ class CaseResult:
     views: list[str]
     skipped: list[Skip]
     meta: list[list[str]] = field(default_factory=list)   # per kept image, CaseSpec.meta_keys
-    photo_groups: list[int] | None = None   # per kept image; None: every image its own photo
+    near_pairs: list[tuple[int, int]] = field(default_factory=list)  # kept-image indices
 
 
 def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
-    images, ids, views, skipped, meta, photos = [], [], [], [], [], []
+    images, ids, views, skipped, meta = [], [], [], [], []
     keys = case.meta_keys
     for ref in case.images:
         if ref.missing:
@@ -106,18 +106,11 @@ def process_case(case: CaseSpec, options: ImageOptions) -> CaseResult:
         ids.append(ref.image_id)
         views.append(ref.view)
         meta.append([ref.meta.get(k, "") for k in keys])
-        photos.append(ref.photo or ref.image_id)
     if not any(views):
         views = []
-    return CaseResult(images, ids, views, skipped, meta if keys else [], photo_groups(photos))
-
-
-def photo_groups(photos: list[str]) -> list[int] | None:
-    """Photo keys of a case's images -> group numbers in first-seen order, or None
-    when every image is its own photo (records then carry no image/photo)."""
-    index: dict[str, int] = {}
-    groups = [index.setdefault(p, len(index)) for p in photos]
-    return groups if len(index) < len(groups) else None
+    index = {i: n for n, i in enumerate(ids)}
+    pairs = [(index[a], index[b]) for a, b in case.near_pairs if a in index and b in index]
+    return CaseResult(images, ids, views, skipped, meta if keys else [], pairs)
 
 
 def process_chunk(chunk: list[tuple[int, CaseSpec]], options: ImageOptions

@@ -192,7 +192,7 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
         "skipped": len(skipped),
         "skipped_reasons": skip_reasons(skipped),
         "duplicates": duplicates or {},
-        "near_duplicates": near_duplicates or {},   # schema v3: image/photo groups
+        "near_duplicates": near_duplicates or {},   # schema v3: image/near_pairs
         "images": {"max_side": cfg.image_options.max_side,
                    "jpeg_quality": cfg.image_options.jpeg_quality},
         "runner": cfg.runner,

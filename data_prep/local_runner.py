@@ -147,7 +147,7 @@ def run_local(plan: Plan, staging: str, options: ImageOptions, workers: int = 0,
             if res.images:
                 ex = encode_case(c.case_id, res.images, res.image_ids, c.patient_id,
                                  res.views or None, c.label_class, c.label_multi,
-                                 c.meta_keys, res.meta, res.photo_groups)
+                                 c.meta_keys, res.meta, res.near_pairs)
                 writer.write(ex.SerializeToString(deterministic=True))
                 cases.append(CaseSummary(c.case_id, c.patient_id, item.split,
                                          os.path.basename(writer.path), res.image_ids,

@@ -1,11 +1,12 @@
 """Near-identical photos of one case: one photograph with other colour processing or
-crop, listed by the user (``--near-duplicates pairs.csv``; HAM10000 ships such a list
-beside its metadata in some copies). MICLe needs to know them: a "pair of different
+crop, listed by the user (``--near-duplicates pairs.csv``; HAM10000 copies may ship
+such a list beside their metadata). MICLe needs to know them: a "pair of different
 photos" that is one photo re-processed is a SimCLR pair in disguise.
 
-The pairs group the images of a case into photos (connected components); each image
-keeps its record and gets the photo group written to ``image/photo`` (records schema
-v3). Nothing is dropped, so supervised training and scoring see every image.
+Each listed pair within one case is kept on the case (``CaseSpec.near_pairs``) and
+written to the record as image indices (``image/near_pairs``, records schema v3). The
+relation is not made transitive: when a ~ b and b ~ c are listed, a and c stay a valid
+MICLe pair. Nothing is dropped, so supervised training and scoring see every image.
 """
 from __future__ import annotations
 
@@ -40,45 +41,25 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 
 
 def apply_pairs(manifest: Manifest, pairs: list[tuple[str, str]]) -> dict:
-    """Sets ImageRef.photo for every image of a listed pair within one case: the
-    smallest image id of its connected component. Pairs whose images are in different
-    cases (or not in the manifest) are counted, not applied. Returns the counts for
-    dataset.json: pairs, applied, images_grouped, photos (the groups of 2 or more)."""
-    where = {}
+    """Adds each pair whose two images are in one case to that case's near_pairs.
+    Pairs across cases, or naming an image the manifest lacks, are counted and left out.
+    Returns the counts for dataset.json: pairs, applied, cases."""
+    cases = {}
     for c in manifest.cases:
         for r in c.images:
-            where[r.image_id] = c.case_id
-    parent: dict[str, str] = {}
-
-    def root(x: str) -> str:
-        while parent.get(x, x) != x:
-            parent[x] = parent.get(parent[x], parent[x])
-            x = parent[x]
-        return x
-
-    applied = 0
+            cases[r.image_id] = c
+    applied, touched = 0, set()
     for a, b in pairs:
-        if a == b or where.get(a) is None or where.get(a) != where.get(b):
+        c = cases.get(a)
+        if a == b or c is None or cases.get(b) is not c:
             continue
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+        c.near_pairs.append((a, b))
+        touched.add(c.case_id)
         applied += 1
-    members: dict[str, list[str]] = {}
-    for x in list(parent):
-        members.setdefault(root(x), []).append(x)
-    photo = {x: min(group) for group in members.values() for x in group}
-    grouped = 0
-    for c in manifest.cases:
-        for r in c.images:
-            if r.image_id in photo:
-                r.photo = photo[r.image_id]
-                grouped += 1
     if len(pairs) > applied:
         log.warning("near-duplicate pairs: %d of %d not applied (images missing or in "
                     "different cases)", len(pairs) - applied, len(pairs))
-    return {"pairs": len(pairs), "applied": applied, "images_grouped": grouped,
-            "photos": len(members)}
+    return {"pairs": len(pairs), "applied": applied, "cases": len(touched)}
 
 
 def group_near_duplicates(manifest: Manifest, fmt: str, input_path: str,
@@ -89,6 +70,6 @@ def group_near_duplicates(manifest: Manifest, fmt: str, input_path: str,
     if not path:
         return {}
     stats = apply_pairs(manifest, read_pairs(path))
-    log.info("near-duplicate photos from %s: %d pairs, %d images in %d groups of one "
-             "photograph", path, stats["applied"], stats["images_grouped"], stats["photos"])
+    log.info("near-identical photo pairs from %s: %d pairs in %d cases", path,
+             stats["applied"], stats["cases"])
     return {"file": fileio.abspath(path), **stats}

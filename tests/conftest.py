@@ -95,3 +95,61 @@ def simclr_r50_checkpoint(tmp_path_factory) -> str:
     import _simclr_tf1
     d = tmp_path_factory.mktemp("simclrv2_r50_1x_sk0")
     return _simclr_tf1.materialise("r50_1x_sk0", str(d / f"model.ckpt-{_simclr_tf1.STEP}"))
+
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                       "shared"))
+
+
+def shared_path(*parts: str) -> str:
+    """A path under ../shared (the reference data beside the clone). Missing: skipped
+    with the reason on a user's clone, a failure under CI (CI=true), never a silent skip."""
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        msg = f"needs ../shared/{'/'.join(parts)} beside the clone (not found: {path})"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ham_slice(tmp_path_factory) -> str:
+    """A small HAM10000 folder in the official layout, cut from ../shared/data/ham10000:
+    every lesion with a listed near-identical pair and another photo (up to 8), 16 other
+    multi-photo lesions and 24 single-photo lesions, metadata rows in the source's order
+    (sorted by diagnosis), images copied, near_duplicate_pairs.csv filtered to them."""
+    import csv
+    import shutil
+    src = shared_path("data", "ham10000")
+    with open(os.path.join(src, "HAM10000_metadata.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(os.path.join(src, "near_duplicate_pairs.csv"), newline="") as f:
+        pairs = list(csv.DictReader(f))
+    by_lesion: dict[str, list[dict]] = {}
+    for r in rows:
+        by_lesion.setdefault(r["lesion_id"], []).append(r)
+    near = [p["lesion_id"] for p in pairs if p["all_pairs_of_lesion_near_identical"] == "0"]
+    near = list(dict.fromkeys(near))[:8]
+    multi = [k for k, v in by_lesion.items() if len(v) >= 2 and k not in near][:16]
+    single = [k for k, v in by_lesion.items() if len(v) == 1][:24]
+    keep = set(near + multi + single)
+    out = tmp_path_factory.mktemp("ham_slice")
+    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+        os.makedirs(out / part)
+    kept_rows = [r for r in rows if r["lesion_id"] in keep]
+    for r in kept_rows:
+        for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+            p = os.path.join(src, part, r["image_id"] + ".jpg")
+            if os.path.isfile(p):
+                shutil.copy(p, out / part)
+    with open(out / "HAM10000_metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(kept_rows)
+    with open(out / "near_duplicate_pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(pairs[0]))
+        w.writeheader()
+        w.writerows(p for p in pairs if p["lesion_id"] in keep)
+    return str(out)
+

@@ -246,22 +246,25 @@ def simclr_pairs(cfg: PipelineConfig, aug: AugmentConfig, unit: str = "case",
 
 
 def micle_pick(num_images: tf.Tensor, seed: tf.Tensor,
-               photo_groups: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
-    """Two indices into a case's images. i is uniform; j is uniform over the images
-    that are another photo than i (photo_groups [N] int64: equal for near-identical
-    copies of one photograph; None: every image its own photo), and j = i when there
-    is none (a single-image case, or one whose images are all one photograph).
+               near_pairs: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two indices into a case's images. i is uniform; j is uniform over the other
+    images that do not form a near-identical pair with i (near_pairs [P, 2] int64 image
+    indices: one photograph re-processed), and j = i when there is none (a
+    single-image case, or one whose other images are all copies of i's photo).
 
-    Without groups this is i uniform and j uniform over the other n - 1 images."""
+    Without pairs this is i uniform and j uniform over the other n - 1 images."""
     n = tf.cast(num_images, tf.int32)
     i = tf.random.stateless_uniform([], seed, 0, n, dtype=tf.int32)
     seed2 = tf.random.experimental.stateless_fold_in(seed, 1)
-    # The other images in the order i+1, i+2, ... (mod n), kept when another photo:
-    # with every image its own photo, the k-th kept one is (i + k) % n.
+    # The other images in the order i+1, i+2, ... (mod n), kept unless paired with i:
+    # without pairs, the k-th kept one is (i + k) % n.
     others = (i + tf.range(1, tf.maximum(n, 1), dtype=tf.int32)) % tf.maximum(n, 1)
-    if photo_groups is not None:
-        g = tf.cast(photo_groups, tf.int64)
-        others = tf.boolean_mask(others, tf.not_equal(tf.gather(g, others), g[i]))
+    if near_pairs is not None:
+        p = tf.cast(tf.reshape(near_pairs, [-1, 2]), tf.int32)
+        o = others[:, tf.newaxis]
+        paired = tf.reduce_any(((p[:, 0] == i) & (p[:, 1] == o)) |
+                               ((p[:, 1] == i) & (p[:, 0] == o)), axis=1)
+        others = tf.boolean_mask(others, tf.logical_not(paired))
     k = tf.size(others, out_type=tf.int32)
     off = tf.random.stateless_uniform([], seed2, 1, tf.maximum(k + 1, 2), dtype=tf.int32)
     j = tf.gather(tf.concat([others, tf.reshape(i, [1])], 0), off - 1)
@@ -272,12 +275,12 @@ def micle_pairs(cfg: PipelineConfig, aug: AugmentConfig,
                 start_step: int = 0) -> tf.data.Dataset:
     """Infinite batches like simclr_pairs, one example per case per epoch: a case with
     >= 2 photos gives views of two different photos (picked at random each time the case
-    comes round; near-identical copies of one photograph, the records' photo groups,
-    never make a pair); a case with one photo gives two views of one image. A case never
+    comes round; a near-identical pair of the records, one photograph re-processed, is
+    never taken); a case with one photo gives two views of one image. A case never
     appears twice in a batch when the split has at least batch_size cases."""
     def views(c, seed):
         s = tf.random.experimental.stateless_split(seed, 5)
-        i, j = micle_pick(tf.shape(c["images"])[0], s[0], c["photo_groups"])
+        i, j = micle_pick(tf.shape(c["images"])[0], s[0], c["near_pairs"])
         v1 = decode_view(c["images"][i], s[1], cfg.image_size, aug)
         v2 = decode_view(c["images"][j], s[2], cfg.image_size, aug)
         return {"view1": augment_view(v1, s[3], aug), "view2": augment_view(v2, s[4], aug),

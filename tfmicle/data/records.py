@@ -2,10 +2,9 @@
 one owner, shared by data_prep (writing) and training / scoring (reading).
 
 Version 2 adds patient / acquisition metadata per image (``meta/keys``, ``image/meta``);
-version 3 adds the photo group of each image (``image/photo``): images of a case with
-the same group are one photograph (near-identical copies: other colour processing or
-crop), so MICLe never pairs them as "two photos of one case". Older records read back
-with no metadata and every image its own photo.
+version 3 adds the case's near-identical image pairs (``image/near_pairs``: one
+photograph with other colour processing or crop), so MICLe never takes such a pair as
+"two photos of one case". Older records read back with no metadata and no such pairs.
 
 One ``tf.train.Example`` per case. Shards are ``<dir>/<split>-00000-of-000NN.tfrecord``;
 ``<dir>/dataset.json`` describes the dataset; nested label-fraction subsets are
@@ -25,7 +24,7 @@ import tensorflow as tf
 from tfmicle import fileio
 
 SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # v1 = v2 without metadata; v2 = v3 without photo groups
+READABLE_VERSIONS = (1, 2, 3)  # v1 = v2 without metadata; v2 = v3 without near pairs
 DATASET_JSON = "dataset.json"
 SUBSETS_DIR = "subsets"
 
@@ -38,7 +37,7 @@ K_LABEL_CLASS = "label/class"
 K_LABEL_MULTI = "label/multi"
 K_META_KEYS = "meta/keys"       # v2: M metadata column names of the case
 K_META = "image/meta"           # v2: N * M strings, image-major (image i: [i*M, (i+1)*M))
-K_PHOTO = "image/photo"         # v3: N int64 photo groups, or none: every image its own photo
+K_NEAR_PAIRS = "image/near_pairs"  # v3: 2P int64, image index pairs (a, b) that are one photo
 
 UNLABELED = -1
 
@@ -54,16 +53,16 @@ def encode_case(case_id: str, images: Sequence[bytes], image_ids: Sequence[str],
                 label_multi: Sequence[float] | None = None,
                 meta_keys: Sequence[str] | None = None,
                 meta: Sequence[Sequence[str]] | None = None,
-                photo_groups: Sequence[int] | None = None) -> tf.train.Example:
+                near_pairs: Sequence[tuple[int, int]] | None = None) -> tf.train.Example:
     """Builds the Example of one case.
 
     images: N >= 1 encoded JPEG/PNG byte strings in source order; image_ids: N ids;
     views: N view tags or None; label_multi: K floats (1, 0, -1 uncertain, NaN blank);
     meta_keys: M metadata column names; meta: N rows of M strings (source text, ''
     unknown), one row per image because some metadata (a CheXpert view, an ISIC site)
-    differs between the images of a case; photo_groups: N ints, equal for images that
-    are one photograph (near-identical copies), or None when every image is its own
-    photo (nothing is written then, so such records stay byte-identical to v2's).
+    differs between the images of a case; near_pairs: (a, b) image indices of
+    near-identical images (one photograph re-processed); none: nothing is written, so
+    such records stay byte-identical to v2's.
     """
     if len(images) < 1:
         raise ValueError(f"case {case_id!r} has no images")
@@ -76,9 +75,10 @@ def encode_case(case_id: str, images: Sequence[bytes], image_ids: Sequence[str],
     if meta_keys and (len(meta) != len(images) or any(len(r) != len(meta_keys) for r in meta)):
         raise ValueError(f"case {case_id!r}: metadata must be {len(images)} rows of "
                          f"{len(meta_keys)} values")
-    if photo_groups is not None and len(photo_groups) != len(images):
-        raise ValueError(f"case {case_id!r}: {len(images)} images but {len(photo_groups)} "
-                         "photo groups")
+    if any(not (0 <= a < len(images) and 0 <= b < len(images) and a != b)
+           for a, b in near_pairs or []):
+        raise ValueError(f"case {case_id!r}: near pairs must be two different indices "
+                         f"below {len(images)}")
     feats = {
         K_CASE_ID: _bytes_list([case_id]),
         K_PATIENT_ID: _bytes_list([patient_id or case_id]),
@@ -91,9 +91,9 @@ def encode_case(case_id: str, images: Sequence[bytes], image_ids: Sequence[str],
         K_META_KEYS: _bytes_list(meta_keys),
         K_META: _bytes_list([v for row in meta for v in row]),
     }
-    if photo_groups is not None:
-        feats[K_PHOTO] = tf.train.Feature(int64_list=tf.train.Int64List(
-            value=[int(g) for g in photo_groups]))
+    if near_pairs:
+        feats[K_NEAR_PAIRS] = tf.train.Feature(int64_list=tf.train.Int64List(
+            value=[int(v) for p in near_pairs for v in p]))
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
@@ -107,7 +107,7 @@ _FEATURES = {
     K_LABEL_MULTI: tf.io.VarLenFeature(tf.float32),
     K_META_KEYS: tf.io.VarLenFeature(tf.string),      # absent in v1: empty
     K_META: tf.io.VarLenFeature(tf.string),
-    K_PHOTO: tf.io.VarLenFeature(tf.int64),           # absent before v3: empty
+    K_NEAR_PAIRS: tf.io.VarLenFeature(tf.int64),      # absent before v3: empty
 }
 
 
@@ -116,14 +116,12 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
     Returns case_id [], patient_id [], images [N] string, image_ids [N], views [N or 0],
     label_class [] int64, label_multi [K] float32, meta_keys [M] string, meta [N, M]
-    string (M = 0 for v1 records), photo_groups [N] int64 (0..N-1 when the record has
-    none: every image its own photo).
+    string (M = 0 for v1 records), near_pairs [P, 2] int64 (image indices of
+    near-identical pairs; P = 0 before v3).
     """
     p = tf.io.parse_single_example(serialized, _FEATURES)
     keys = tf.sparse.to_dense(p[K_META_KEYS])
     images = tf.sparse.to_dense(p[K_IMAGES])
-    groups = tf.sparse.to_dense(p[K_PHOTO])
-    n = tf.shape(images, out_type=tf.int64)[0]
     return {
         "case_id": p[K_CASE_ID],
         "patient_id": p[K_PATIENT_ID],
@@ -134,8 +132,7 @@ def parse_case(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         "label_multi": tf.sparse.to_dense(p[K_LABEL_MULTI], default_value=math.nan),
         "meta_keys": keys,
         "meta": tf.reshape(tf.sparse.to_dense(p[K_META]), [-1, tf.size(keys)]),
-        "photo_groups": tf.cond(tf.size(groups, out_type=tf.int64) == n,
-                                lambda: groups, lambda: tf.range(n)),
+        "near_pairs": tf.reshape(tf.sparse.to_dense(p[K_NEAR_PAIRS]), [-1, 2]),
     }
 
 
@@ -150,7 +147,7 @@ class Case:
     label_class: int = UNLABELED
     label_multi: list[float] = field(default_factory=list)
     meta: list[dict[str, str]] = field(default_factory=list)   # per image; [] in v1
-    photo_groups: list[int] = field(default_factory=list)      # per image; [] = all distinct
+    near_pairs: list[tuple[int, int]] = field(default_factory=list)  # image index pairs
 
 
 def decode_case(serialized: bytes) -> Case:
@@ -170,8 +167,12 @@ def decode_case(serialized: bytes) -> Case:
         label_class=int(f[K_LABEL_CLASS].int64_list.value[0]) if K_LABEL_CLASS in f else UNLABELED,
         label_multi=list(f[K_LABEL_MULTI].float_list.value) if K_LABEL_MULTI in f else [],
         meta=_meta_rows(strs(K_META_KEYS), strs(K_META)),
-        photo_groups=list(f[K_PHOTO].int64_list.value) if K_PHOTO in f else [],
+        near_pairs=_pairs(list(f[K_NEAR_PAIRS].int64_list.value)) if K_NEAR_PAIRS in f else [],
     )
+
+
+def _pairs(flat: list[int]) -> list[tuple[int, int]]:
+    return [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
 
 
 def _meta_rows(keys: list[str], flat: list[str]) -> list[dict[str, str]]:

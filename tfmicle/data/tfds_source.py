@@ -185,6 +185,12 @@ def _empty(dtype: tf.DType, rows: tf.Tensor | None = None) -> tf.Tensor:
                                              shape=[None, None])
 
 
+def _no_pairs() -> tf.Tensor:
+    """[0, 2] int64 of static shape [None, 2], as parse_case's near_pairs (see _empty)."""
+    return tf.raw_ops.PlaceholderWithDefault(input=tf.zeros([0, 2], tf.int64),
+                                             shape=[None, 2])
+
+
 def _as_case(src: TfdsSource):
     """One TFDS example -> a one-image case in records.parse_case's structure."""
     def fn(ex):
@@ -196,7 +202,7 @@ def _as_case(src: TfdsSource):
                 "image_ids": tf.reshape(ex["tfds_id"], [1]), "views": _empty(tf.string),
                 "label_class": label, "label_multi": _empty(tf.float32),
                 "meta_keys": _empty(tf.string), "meta": _empty(tf.string, 1),
-                "photo_groups": tf.range(1, dtype=tf.int64)}
+                "near_pairs": _no_pairs()}
     return fn
 
 
@@ -233,7 +239,7 @@ def _grouper(src: TfdsSource, split: str
                 "views": _empty(tf.string), "label_class": b["label_class"][-1],
                 "label_multi": _empty(tf.float32), "meta_keys": _empty(tf.string),
                 "meta": _empty(tf.string, tf.shape(b["images"])[0]),
-                "photo_groups": tf.range(tf.size(b["images"], out_type=tf.int64))}
+                "near_pairs": _no_pairs()}
 
     def group(cases: tf.data.Dataset) -> tf.data.Dataset:
         return cases.group_by_window(
