@@ -15,12 +15,11 @@ import re
 
 from data_prep.cases import UNLABELED, ImageRef, Skip
 from data_prep.errors import UserError
-from data_prep.images import probe_size
 from data_prep.manifest import (CaseGrouper, FormatOptions, Manifest, SourceFile, StemIndex,
-                                first_existing, missing_ref, parse_multi_value, read_csv,
-                                require_columns, row_meta, sha256_file, sort_class_names,
-                                walk_images)
+                                first_existing, missing_ref, probe_size, require_columns,
+                                row_meta, sha256_file, sort_class_names, walk_images)
 from tfmicle import fileio
+from tfmicle.csvfiles import parse_multi_value, read_csv
 from tfmicle.tasks import MULTICLASS, MULTILABEL
 
 log = logging.getLogger(__name__)
