@@ -156,6 +156,7 @@ def test_tools_import_what_the_map_says():
     assert "tfmicle.csvfiles" in graph["tfmicle.score.sources"]
     assert "tfmicle.imagefiles" in graph["data_prep.cases"]
     assert "tfmicle.csvfiles" in graph["data_prep.formats"]
+    assert "tfmicle.imagefiles" in graph["serving.images"]
 
 
 def test_only_data_prep_imports_data_prep():
