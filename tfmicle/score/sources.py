@@ -241,7 +241,7 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
     import numpy as np
     root = images_root or fileio.dirname(fileio.abspath(path))
     try:
-        cols, rows = read_csv(path)  # data_prep's reader: , or tab or ; and stripped cells
+        cols, rows = read_csv(path)  # as data_prep reads it: , or tab or ; and stripped cells
     except CsvError as e:
         raise ScoreError(str(e)) from None
     col = "image" if "image" in cols else "path" if "path" in cols else None
