@@ -26,7 +26,8 @@ from PIL import Image
 
 from data_prep.__main__ import main
 from data_prep.convert import ConvertConfig, convert
-from data_prep.formats import CHEXPERT_CLASSES, FormatOptions
+from data_prep.datasets import CHEXPERT_CLASSES
+from data_prep.formats import FormatOptions
 from tfmicle.data import records
 from tfmicle.imagefiles import ImageOptions
 
