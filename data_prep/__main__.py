@@ -185,7 +185,7 @@ def _run_convert(argv: list[str]) -> int:
 
     from data_prep.convert import ConvertConfig, convert
     from data_prep.manifest import CsvColumns, FormatOptions
-    from data_prep.images import ImageOptions
+    from tfmicle.imagefiles import ImageOptions
 
     if args.max_side < 0:
         raise cli.UsageError("--max-side must be >= 0")

@@ -26,9 +26,9 @@ from typing import Sequence
 
 from data_prep.cases import CaseSpec, ImageRef, Skip, process_case
 from data_prep.errors import UserError
-from data_prep.images import ImageOptions
 from data_prep.local_runner import CaseSummary, RunResult
 from data_prep.plan import Plan
+from tfmicle.imagefiles import ImageOptions
 from tfmicle import fileio
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from data_prep.images import ImageError, ImageOptions, load_image
+from tfmicle.imagefiles import ImageError, ImageOptions, load_image
 
 UNLABELED = -1
 

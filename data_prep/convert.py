@@ -13,7 +13,6 @@ from typing import Sequence
 from data_prep.errors import StrictError, UserError
 from data_prep.formats import read_manifest
 from data_prep.manifest import FormatOptions, Manifest
-from data_prep.images import ImageOptions
 from data_prep.local_runner import Progress, RunResult, run_local
 from data_prep.plan import Plan, make_plan
 from data_prep.splits import (DEFAULT_LABEL_FRACTIONS, DEFAULT_SPLIT_FRACTIONS,
@@ -23,6 +22,7 @@ from data_prep.near_duplicates import group_near_duplicates
 from data_prep.summary import make_subsets, skip_reasons, skipped_csv, split_stats
 from data_prep import writer
 from tfmicle import fileio
+from tfmicle.imagefiles import ImageOptions
 
 log = logging.getLogger(__name__)
 

@@ -139,12 +139,11 @@ def _inspect(out: str, info: dict, r: Inspection, decode_images: bool) -> None:
 def _check_images(case, shard: str, problems: list[str]) -> None:
     """Each image must be JPEG or PNG and decode with TensorFlow's decoder, the one
     training uses (data_prep checks the same way before writing)."""
-    from data_prep.images import decode_error
+    from tfmicle.imagefiles import PASSING, decode_error, sniff
     for img_id, data in zip(case.image_ids, case.images):
-        kind = ("JPEG" if data[:3] == b"\xff\xd8\xff" else
-                "PNG" if data[:8] == b"\x89PNG\r\n\x1a\n" else None)
-        if kind is None:
-            problems.append(f"{shard}: {case.case_id}/{img_id}: not JPEG/PNG")
+        kind = sniff(data)
+        if kind is None or not kind.passes:
+            problems.append(f"{shard}: {case.case_id}/{img_id}: not {'/'.join(PASSING)}")
             continue
         err = decode_error(data, full=True)
         if err:

@@ -17,9 +17,9 @@ from typing import Callable, Iterator
 
 from data_prep.cases import CaseResult, CaseSpec, Skip, process_case, process_chunk
 from data_prep.errors import StrictError
-from data_prep.images import ImageOptions
 from data_prep.plan import Plan, WorkItem
 from tfmicle import fileio
+from tfmicle.imagefiles import ImageOptions
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,11 @@
 """What every dataset format reader (data_prep.formats) produces and shares: the
 Manifest (cases, skipped rows, source files), the reader options, and the helpers to
-read metadata CSVs, find image files by id and group rows into cases. tfmicle.score
-reads its CSV manifests' label cells with the same rules (parse_multi_value).
+find image files by id and group rows into cases. Reading the CSVs themselves
+(read_csv, parse_multi_value) is tfmicle.csvfiles', shared with tfmicle.score.
 Map: docs/architecture.md.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -17,8 +16,8 @@ from typing import Iterable
 
 from data_prep.cases import UNLABELED, CaseSpec, ImageRef, Skip
 from data_prep.errors import UserError
-from data_prep.images import is_image_file
 from tfmicle import fileio
+from tfmicle.imagefiles import is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +93,13 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-class _Semicolon(csv.excel):
-    delimiter = ";"
 
-
-def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Rows of a CSV (comma; tab or semicolon when the header has more of those),
-    values stripped."""
-    if not fileio.isfile(path):
-        raise UserError(f"{path}: file not found")
+def probe_size(path: str) -> int:
+    """File size in bytes, 0 when it cannot be stat'ed (the image is reported later)."""
     try:
-        with fileio.text_stream(path, "utf-8-sig") as f:
-            first = f.readline()
-            f.seek(0)
-            delim = max(",\t;", key=first.count) if first else ","
-            dialect = {",": csv.excel, "\t": csv.excel_tab, ";": _Semicolon}[delim]
-            reader = csv.DictReader(f, dialect=dialect)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise UserError(f"{path}: not a readable CSV ({e})") from None
-    if not header:
-        raise UserError(f"{path}: empty CSV (no header)")
-    return header, rows
+        return fileio.getsize(path)
+    except OSError:
+        return 0
 
 
 def require_columns(path: str, header: list[str], cols: Iterable[str]) -> None:
@@ -263,16 +245,7 @@ def same_multi(a: list[float] | None, b: list[float] | None) -> bool:
         (math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b))
 
 
-def parse_multi_value(text: str) -> float:
-    """CheXpert-style label cell: 1 positive, 0 negative, -1 uncertain, blank -> NaN."""
-    t = text.strip()
-    if t == "":
-        return math.nan
-    v = float(t)                       # ValueError for anything else
-    if v not in (1.0, 0.0, -1.0):
-        raise ValueError(t)
-    return v
-
 
 def missing_ref(image_id: str, where: str, view: str = "") -> ImageRef:
     return ImageRef("", image_id, view, missing=f"missing: no image file for {image_id!r} {where}")
+

@@ -9,8 +9,7 @@ import random
 from dataclasses import dataclass, field
 
 from data_prep.cases import CaseSpec
-from data_prep.manifest import Manifest
-from data_prep.images import probe_size
+from data_prep.manifest import Manifest, probe_size
 from data_prep.splits import UNLABELED_SPLIT, assign_splits
 
 

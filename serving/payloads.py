@@ -82,10 +82,10 @@ def check_count(n: int, max_images: int) -> None:
 
 
 def check_images(images: Sequence[bytes], max_pixels: int) -> list[bytes]:
+    """Each image checked (serving.images), as the model gets it: JPEG and PNG as sent,
+    the other types converted to PNG."""
     single = len(images) == 1
-    for i, img in enumerate(images):
-        validate_image(img, max_pixels, None if single else i)
-    return list(images)
+    return [validate_image(img, max_pixels, None if single else i).data for i, img in enumerate(images)]
 
 
 def decode_all(values: Sequence[Any], max_pixels: int) -> list[bytes]:

@@ -23,7 +23,8 @@ class ClassifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     images: list[str] = Field(
         min_length=1,
-        description="One case: base64-encoded JPEG or PNG images (standard or URL-safe alphabet; data URLs accepted).",
+        description="One case: base64-encoded images (JPEG, PNG; DICOM, TIFF, BMP and WebP are converted to PNG "
+        "on the server); standard or URL-safe alphabet; data URLs accepted.",
     )
 
 
@@ -66,7 +67,7 @@ class ClassifyResponse(BaseModel):
 
 # -- TF Serving REST -----------------------------------------------------------
 class B64Value(BaseModel):
-    b64: str = Field(description="Base64-encoded JPEG or PNG.")
+    b64: str = Field(description="Base64-encoded JPEG or PNG (DICOM, TIFF, BMP, WebP: converted on the server).")
 
 
 class PredictRequest(BaseModel):

@@ -15,7 +15,7 @@ PACKAGES = ("tfmicle", "data_prep", "serving")
 
 # unit: (modules it holds, by exact name or as a package prefix; units it may import)
 FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
-              "tfmicle.fileio",
+              "tfmicle.fileio", "tfmicle.imagefiles", "tfmicle.csvfiles",
               "tfmicle.overlay", "tfmicle.data", "tfmicle.data.records")
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # names and formats everyone shares; no TensorFlow at import time except records
@@ -34,7 +34,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": (("tfmicle.train",), ("runs", "library", "foundation")),
     "export": (("tfmicle.export",), ("runs", "library", "foundation")),
     "import": (("tfmicle.import_checkpoint",), ("runs", "library", "foundation")),
-    "score": (("tfmicle.score",), ("data_prep", "library", "foundation")),
+    "score": (("tfmicle.score",), ("library", "foundation")),
     "serving": (("serving",), ("foundation",)),
     # the whole recipe end to end
     # (it drives the tools as a user does, through `python -m`, and imports none of them)
@@ -152,7 +152,24 @@ def test_tools_import_what_the_map_says():
     graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
     assert "tfmicle.rundir" in graph["tfmicle.export"]
     assert "tfmicle.model_format" in graph["serving.model"]
-    assert "data_prep.images" in graph["tfmicle.score.sources"]
+    assert "tfmicle.imagefiles" in graph["tfmicle.score.sources"]
+    assert "tfmicle.csvfiles" in graph["tfmicle.score.sources"]
+    assert "tfmicle.imagefiles" in graph["data_prep.cases"]
+    assert "tfmicle.csvfiles" in graph["data_prep.formats"]
+    assert "tfmicle.imagefiles" in graph["serving.images"]
+
+
+def test_only_data_prep_imports_data_prep():
+    """The image and CSV rules live in the foundation (tfmicle.imagefiles,
+    tfmicle.csvfiles): no tfmicle or serving module reaches into data_prep for them."""
+    modules = read_modules()
+    graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
+    reach = {n: sorted(d for d in deps if d == "data_prep" or d.startswith("data_prep."))
+             for n, deps in graph.items() if not (n == "data_prep" or n.startswith("data_prep."))}
+    assert {n: d for n, d in reach.items() if d} == {}
+    for unit in ("foundation", "library", "runs", "train", "export", "import", "score", "serving",
+                 "recipes"):
+        assert "data_prep" not in UNITS[unit][1], unit
     assert "tfmicle.data.records" in graph["data_prep.convert"]
 
 
@@ -163,6 +180,9 @@ TOY = {
     "tfmicle.export": "from tfmicle.rundir import load_classifier\n",
     "serving": "", "serving.app": "from . import model\n",
     "serving.model": "from tfmicle.model_format import read_labels\n",
+    "tfmicle.score": "", "tfmicle.score.sources": "from tfmicle.imagefiles import load_image\n",
+    "tfmicle.imagefiles": "", "serving.images": "from tfmicle.imagefiles import sniff\n",
+    "data_prep": "", "data_prep.images": "", "data_prep.manifest": "",
 }
 
 
@@ -178,6 +198,10 @@ def test_the_toy_tree_is_clean():
     ("serving.model", "from tfmicle import rundir\n",
      "serving.model (serving) imports tfmicle.rundir (runs)"),
     ("serving.model", "from .app import create_app\n", "import cycle: serving.app -> serving.model"),
+    ("tfmicle.score.sources", "from data_prep.images import load_image\n",
+     "tfmicle.score.sources (score) imports data_prep.images (data_prep)"),
+    ("serving.images", "import data_prep.manifest\n",
+     "serving.images (serving) imports data_prep.manifest (data_prep)"),
     ("tfmicle.newthing", "", "tfmicle.newthing: in no unit"),
 ])
 def test_one_planted_bad_import_is_caught(module, source, words):

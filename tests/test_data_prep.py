@@ -26,9 +26,10 @@ from PIL import Image
 
 from data_prep.__main__ import main
 from data_prep.convert import ConvertConfig, convert
-from data_prep.formats import CHEXPERT_CLASSES, FormatOptions
-from data_prep.images import ImageOptions
+from data_prep.datasets import CHEXPERT_CLASSES
+from data_prep.formats import FormatOptions
 from tfmicle.data import records
+from tfmicle.imagefiles import ImageOptions
 
 HAM_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 ISIC19 = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]

@@ -76,7 +76,7 @@ def test_beam_and_local_runners_write_the_same_cases(tmp_path):
                                             label="dx", meta=["site", "age"]))
     common = dict(format="csv", input=str(manifest), format_options=opts, shard_mb=0.005,
                   label_fractions=[0.1, 0.5, 1.0])
-    from data_prep.images import ImageOptions
+    from tfmicle.imagefiles import ImageOptions
     io_opts = ImageOptions(max_side=40)
     convert(ConvertConfig(out=str(tmp_path / "local"), workers=1, image_options=io_opts,
                           **common))

@@ -223,7 +223,7 @@ def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
     identity and the numpy reference needs no tfmicle code."""
     from PIL import Image
     from serving.toy import expected_mean_colour, save_mean_colour_model
-    from test_data_prep_images import _dicom
+    from test_imagefiles import _dicom
     rng = np.random.default_rng(3)
     w, b = rng.normal(0, 3, (3, 4)), rng.normal(0, 0.5, 4)
     save_mean_colour_model(tmp_path / "toy" / "1", w, b, ["r", "g", "b", "k"], size=8)
@@ -251,7 +251,7 @@ def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-4)
     skipped = read_csv(out / "skipped.csv")
     assert [s["image_id"] for s in skipped] == ["k/broken.dcm"]
-    from data_prep.images import ImageError, load_image
+    from tfmicle.imagefiles import ImageError, load_image
     with pytest.raises(ImageError) as why:  # the reason data_prep's skipped.csv would give
         load_image(str(pics / "k" / "broken.dcm"))
     assert skipped[0]["reason"] == str(why.value) and "DICOM" in skipped[0]["reason"]

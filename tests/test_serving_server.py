@@ -219,7 +219,7 @@ def _trunc(fmt: str) -> bytes:
 
 
 BAD_REQUESTS = {
-    "garbage bytes": (lambda c: c.post("/classify", files={"files": ("x.png", b"\x00\x01garbage" * 50)}), 400, "not a JPEG or PNG"),
+    "garbage bytes": (lambda c: c.post("/classify", files={"files": ("x.png", b"\x00\x01garbage" * 50)}), 400, "not a JPEG, PNG, DICOM, BMP, TIFF or WebP"),
     "gif": (lambda c: c.post("/classify", files={"files": ("x.gif", b"GIF89a" + b"\0" * 64)}), 415, "GIF"),
     "truncated jpeg": (lambda c: c.post("/classify", files={"files": ("x.jpg", _trunc("JPEG"))}), 400, "truncated"),
     "truncated png": (lambda c: c.post("/classify", json={"images": [b64(_trunc("PNG"))]}), 400, "truncated"),

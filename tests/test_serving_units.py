@@ -47,9 +47,10 @@ def test_valid_images_report_type_and_size():
     "data, status, words",
     [
         (b"", 400, "empty"),
-        (b"definitely not an image", 400, "not a JPEG or PNG"),
+        (b"definitely not an image", 400, "not a JPEG, PNG, DICOM, BMP, TIFF or WebP image"),
         (b"GIF89a" + b"\0" * 20, 415, "GIF"),
-        (b"BM" + b"\0" * 40, 415, "BMP"),
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\0" * 20, 415, "JPEG 2000"),
+        (b"BM" + b"\0" * 40, 400, "truncated or corrupt BMP"),  # served now: a BMP that is not one
         (png_with_header(5000, 5000), 413, "25000000 pixels"),  # over our limit, under Pillow's
         (png_with_header(30000, 30000), 413, "pixels"),  # over Pillow's own bomb limit too
         (jpeg_with_header(4000, 3000), 413, "4000x3000"),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep.formats import CHEXPERT_CLASSES
+from data_prep.datasets import CHEXPERT_CLASSES
 from tfmicle import metrics as M
 from tfmicle import score as sc
 from tfmicle.data import records

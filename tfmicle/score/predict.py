@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from data_prep.images import ImageError
+from tfmicle.imagefiles import ImageError, decode_error, tf_error_message
 from tfmicle.score.model import ScoreError, ScoringModel, call_encoded
 from tfmicle.score.sources import Source, converted_bytes, needs_conversion
 
@@ -24,22 +24,8 @@ class Predictions:
 
 
 def _decode_error(data: bytes) -> str:
-    import tensorflow as tf
-    try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except Exception as e:  # noqa: BLE001 - the message is what we want
-        return _clean_tf_message(e)
-    return "could not be decoded"
-
-
-def _clean_tf_message(e: BaseException) -> str:
-    """A TF op error as one short line (no function-node prefix or op suffix)."""
-    import re
-    msg = str(e).strip().splitlines()
-    msg = msg[0] if msg else type(e).__name__
-    msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", msg)
-    msg = re.sub(r"\s*\[Op:\w+\]\s*$", "", msg)
-    return msg[:200]
+    """Why TensorFlow's decoder refuses ``data``, as one short line."""
+    return decode_error(data, full=True, clean=True) or "could not be decoded"
 
 
 def predict(model: ScoringModel, source: Source, batch_size: int = 64,
@@ -122,7 +108,7 @@ def _failure_reasons(source: Source, failed: list[int]) -> dict[int, str]:
         try:
             data = tf.io.read_file(source.paths[i]).numpy()
         except Exception as e:  # noqa: BLE001
-            out[i] = f"unreadable: {_clean_tf_message(e)}"
+            out[i] = f"unreadable: {tf_error_message(e, clean=True)}"
             continue
         out[i] = _decode_error(data if not needs_conversion(source.paths[i])
                                else converted_bytes(source.paths[i]))

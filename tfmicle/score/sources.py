@@ -3,11 +3,11 @@
 row per image (ids, labels in the model's class order) and a tf.data of its encoded
 images.
 
-Image files: the same types data_prep accepts (data_prep.images.IMAGE_EXTENSIONS,
-DICOM and TIFF included). Those tf.io.decode_image reads go in as they are; the others
-go through data_prep's reader (DICOM LUTs, MONOCHROME1, 16-bit scaling), exactly as
-they would have been written into records. Any path may be a URL (tfmicle.fileio;
-the bytes through tf.io.read_file). Map: docs/architecture.md.
+Image files: the same types data_prep accepts (tfmicle.imagefiles, DICOM and TIFF
+included). Those tf.io.decode_image reads go in as they are; the others go through
+data_prep's reader, tfmicle.imagefiles.load_image (DICOM LUTs, MONOCHROME1, 16-bit
+scaling), exactly as they would have been written into records. Any path may be a URL
+(tfmicle.fileio; the bytes through tf.io.read_file). Map: docs/architecture.md.
 """
 from __future__ import annotations
 
@@ -15,25 +15,22 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from data_prep.errors import UserError
-from data_prep.images import IMAGE_EXTENSIONS, ImageOptions, is_image_file, load_image
-from data_prep.manifest import parse_multi_value, read_csv
 from tfmicle import fileio
+from tfmicle.csvfiles import CsvError, parse_multi_value, read_csv
+from tfmicle.imagefiles import (FULL_SIZE, IMAGE_EXTENSIONS, is_image_file, load_image,
+                                tf_decodes_directly)
 from tfmicle.score.model import ScoreError, ScoringModel
 from tfmicle.tasks import MULTICLASS
-
-TF_DECODES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")  # what tf.io.decode_image reads
-FULL_SIZE = ImageOptions(max_side=0)  # no resize: the model's preprocessing crops and resizes
-
 
 def needs_conversion(path: str) -> bool:
     """True for files TensorFlow cannot decode (DICOM, TIFF): data_prep's reader
     turns them into PNG first."""
-    return not path.lower().endswith(TF_DECODES)
+    return not tf_decodes_directly(path)
 
 
 def converted_bytes(path) -> bytes:
-    """data_prep.images.load_image at full size (raises data_prep's ImageError)."""
+    """tfmicle.imagefiles.load_image at full size (no resize: the model's preprocessing
+    crops and resizes); raises its ImageError."""
     path = path.decode() if isinstance(path, bytes) else str(path)
     return load_image(path, FULL_SIZE).data
 
@@ -244,8 +241,8 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
     import numpy as np
     root = images_root or fileio.dirname(fileio.abspath(path))
     try:
-        cols, rows = read_csv(path)  # data_prep's reader: , or tab or ; and stripped cells
-    except UserError as e:
+        cols, rows = read_csv(path)  # as data_prep reads it: , or tab or ; and stripped cells
+    except CsvError as e:
         raise ScoreError(str(e)) from None
     col = "image" if "image" in cols else "path" if "path" in cols else None
     if col is None:

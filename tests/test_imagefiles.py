@@ -1,4 +1,5 @@
-"""data_prep.images: validation, pass-through, resizing and DICOM photometric handling."""
+"""tfmicle.imagefiles (data_prep's image reader, shared with score and serving): validation,
+pass-through, resizing and DICOM photometric handling."""
 from __future__ import annotations
 
 import io
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.images import ImageError, ImageOptions, encode_bytes, load_image
+from tfmicle.imagefiles import ImageError, ImageOptions, encode_bytes, load_image
 
 
 def _jpeg(w=32, h=32, seed=0, mode="RGB") -> bytes:
