@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 
 from data_prep.errors import UserError
-from data_prep.manifest import Manifest, read_csv, require_columns
+from data_prep.manifest import Manifest, require_columns
+from tfmicle.csvfiles import read_csv
 from tfmicle import fileio
 
 log = logging.getLogger(__name__)

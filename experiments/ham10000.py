@@ -51,7 +51,7 @@ def prepare_records(data: str, out: str, split_seed: int, workers: int = 0,
 def near_duplicate_pairs(data: str) -> set[frozenset]:
     """The listed near-identical pairs {frozenset({image_a, image_b})}; empty without
     the file."""
-    from data_prep.manifest import read_csv
+    from tfmicle.csvfiles import read_csv
     path = os.path.join(data, PAIRS_FILE)
     if not os.path.isfile(path):
         log.warning("%s not found: retrieval counts near-identical pairs as distinct", path)
