@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfmicle.probe import (lesion_groups, linear_probe, probe_metrics,  # noqa: F401
+                           probe_summary)
+
 log = logging.getLogger("experiments.ham10000")
 
 SPLITS = {"train": 0.7, "validation": 0.1, "test": 0.2}
@@ -99,53 +102,6 @@ def retrieval_queries(lesions: np.ndarray) -> list[int]:
     return [n for n, les in enumerate(lesions) if les in multi]
 
 
-def per_query_ap(features: np.ndarray, lesions: np.ndarray, queries: list[int],
-                 exclude: np.ndarray) -> dict:
-    """Per usable query: AP and top-1 hit of same-lesion retrieval (features centred,
-    cosine; tfmicle.retrieval's definitions). {"query": [Q], "ap": [Q], "top1": [Q]}."""
-    from tfmicle.metrics import average_precision
-    from tfmicle.retrieval import centred, cosine_similarity
-    sim = cosine_similarity(centred(features))
-    q_out, aps, hits = [], [], []
-    for q in queries:
-        keep = ~exclude[q]
-        keep[q] = False
-        cand = np.flatnonzero(keep)
-        rel = lesions[cand] == lesions[q]
-        if not rel.any():
-            continue
-        s = sim[q, cand]
-        q_out.append(q)
-        aps.append(average_precision(rel.astype(np.int64), s))
-        hits.append(float(rel[int(np.argmax(s))]))
-    return {"query": np.array(q_out, int), "ap": np.array(aps), "top1": np.array(hits)}
-
-
-def chance_per_query(lesions: np.ndarray, queries: list[int], exclude: np.ndarray) -> dict:
-    """The exact expectation of AP and top-1 under a random ranking, per usable query."""
-    from tfmicle.retrieval import chance_ap
-    q_out, aps, hits = [], [], []
-    for q in queries:
-        keep = ~exclude[q]
-        keep[q] = False
-        cand = np.flatnonzero(keep)
-        r = int((lesions[cand] == lesions[q]).sum())
-        if r == 0:
-            continue
-        q_out.append(q)
-        aps.append(chance_ap(r, len(cand)))
-        hits.append(r / len(cand))
-    return {"query": np.array(q_out, int), "ap": np.array(aps), "top1": np.array(hits)}
-
-
-def lesion_groups(lesions: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
-    """For bootstrap_ci: the positions in `rows` (query indices) of each lesion."""
-    by: dict[str, list[int]] = {}
-    for pos, q in enumerate(rows):
-        by.setdefault(str(lesions[q]), []).append(pos)
-    return [np.array(v) for v in by.values()]
-
-
 def retrieval_table(features: dict[str, list[np.ndarray]], split: Split,
                     pairs: set[frozenset], replicates: int = 1000, seed: int = 0) -> dict:
     """features: {method: [features [N, D] of each seed]} on one split (the queries
@@ -155,10 +111,11 @@ def retrieval_table(features: dict[str, list[np.ndarray]], split: Split,
     95 % bootstrap CIs resample test lesions (with their queries) for the seed mean;
     differences are paired (same resampled lesions)."""
     from tfmicle.metrics import bootstrap_ci
+    from tfmicle.retrieval import centred, per_query
     exclude = exclusion(split.image_ids, pairs)
     queries = retrieval_queries(split.lesions)
-    chance = chance_per_query(split.lesions, queries, exclude)
-    per = {m: [per_query_ap(f, split.lesions, queries, exclude) for f in fs]
+    chance = per_query(None, split.lesions, queries, exclude, chance=True)
+    per = {m: [per_query(centred(f), split.lesions, queries, exclude) for f in fs]
            for m, fs in features.items()}
     mean = {m: {k: np.mean([r[k] for r in rs], axis=0) for k in ("ap", "top1")}
             for m, rs in per.items()}
@@ -185,88 +142,6 @@ def retrieval_table(features: dict[str, list[np.ndarray]], split: Split,
         "queries": int(len(chance["query"])), "lesions": len(groups),
         "skipped_queries": int(len(queries) - len(chance["query"])),
     }
-
-
-def probe_metrics(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> dict:
-    """Balanced accuracy, macro ROC AUC (over classes present with both outcomes) and
-    per-class recall of multi-class probabilities [N, K]."""
-    from tfmicle.metrics import roc_auc
-    pred = probs.argmax(1)
-    recall = [float((pred[labels == k] == k).mean()) if (labels == k).any() else float("nan")
-              for k in range(num_classes)]
-    aucs = [roc_auc((labels == k).astype(int), probs[:, k]) for k in range(num_classes)
-            if 0 < (labels == k).sum() < len(labels)]
-    return {"balanced_accuracy": float(np.nanmean(recall)), "macro_auc": float(np.mean(aucs)),
-            "recall": recall}
-
-
-PROBE_C = (0.01, 0.1, 1.0)   # inverse L2 strength; chosen on validation lesions
-
-
-def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-                 test: tuple[np.ndarray, np.ndarray], num_classes: int,
-                 replicates: int = 1000, seed: int = 0, test_lesions=None) -> dict:
-    """Multinomial logistic regression (class-balanced) on standardised frozen features:
-    C chosen on validation balanced accuracy, then test metrics with bootstrap CIs over
-    test lesions. Each arg is (features [N, D], labels [N])."""
-    from sklearn.linear_model import LogisticRegression
-    from tfmicle.metrics import bootstrap_ci
-    mu, sd = train[0].mean(0), train[0].std(0) + 1e-6
-    z = [(x - mu) / sd for x, _ in (train, val, test)]
-    grid = {}
-    best = None
-    for c in PROBE_C:
-        clf = LogisticRegression(C=c, class_weight="balanced", max_iter=300)
-        clf.fit(z[0], train[1])
-        probs = _full_probs(clf, z[1], num_classes)
-        grid[c] = probe_metrics(val[1], probs, num_classes)["balanced_accuracy"]
-        if best is None or grid[c] > grid[best[0]]:
-            best = (c, clf)
-    probs = _full_probs(best[1], z[2], num_classes)
-    out = probe_metrics(test[1], probs, num_classes)
-    out.update({"C": best[0], "val_grid": {f"{k:g}": v for k, v in grid.items()}})
-    if test_lesions is not None:
-        groups = lesion_groups(np.asarray(test_lesions), np.arange(len(test[1])))
-
-        def stat(r):
-            m = probe_metrics(test[1][r], probs[r], num_classes)
-            return {"balanced_accuracy": m["balanced_accuracy"], "macro_auc": m["macro_auc"]}
-        ci = bootstrap_ci(stat, groups, replicates=replicates, seed=seed)
-        out["balanced_accuracy_ci"] = ci["balanced_accuracy"]
-        out["macro_auc_ci"] = ci["macro_auc"]
-    out["probs"] = probs
-    return out
-
-
-def probe_summary(rows: list[dict], labels: np.ndarray, lesions: np.ndarray,
-                  num_classes: int, replicates: int = 1000, seed: int = 0) -> dict:
-    """Seeds' probe results -> {"per_seed": [...without probs], "balanced_accuracy",
-    "macro_auc" (mean, std over seeds, 95 % CI of the seed mean by lesion bootstrap),
-    "recall" [K] (mean over seeds)}."""
-    from tfmicle.metrics import bootstrap_ci
-    probs = [r["probs"] for r in rows]
-    groups = lesion_groups(np.asarray(lesions), np.arange(len(labels)))
-
-    def stat(r):
-        ms = [probe_metrics(labels[r], p[r], num_classes) for p in probs]
-        return {k: float(np.mean([m[k] for m in ms]))
-                for k in ("balanced_accuracy", "macro_auc")}
-    ci = bootstrap_ci(stat, groups, replicates=replicates, seed=seed)
-    out = {"per_seed": [{k: v for k, v in r.items() if k != "probs"} for r in rows],
-           "recall": np.mean([r["recall"] for r in rows], axis=0).tolist()}
-    for k in ("balanced_accuracy", "macro_auc"):
-        v = [r[k] for r in rows]
-        out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1
-                  else 0.0, "ci": ci[k], "values": v}
-    return out
-
-
-def _full_probs(clf, x: np.ndarray, num_classes: int) -> np.ndarray:
-    """predict_proba with a column for every class (a class absent from training gets 0)."""
-    p = clf.predict_proba(x)
-    out = np.zeros((len(x), num_classes))
-    out[:, clf.classes_.astype(int)] = p
-    return out
 
 
 def positive_similarity(features: np.ndarray, split: Split, pairs: set[frozenset]) -> dict:

@@ -239,9 +239,15 @@ def summary(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser(prog="python -m tfmicle.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    p.add_argument("--pretrain-steps", type=int, default=400)
-    p.add_argument("--finetune-steps", type=int, default=240)
-    p.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier")
+    p.add_argument("--ham10000", metavar="DIR",
+                   help="run on a HAM10000 download (official layout: HAM10000_metadata.csv "
+                        "+ image folders) instead of the PH2 patches")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="default 400 (PH2) / 400 (HAM10000)")
+    p.add_argument("--finetune-steps", type=int, default=None,
+                   help="default 240 (PH2) / 300 (HAM10000)")
+    p.add_argument("--width", type=float, default=None,
+                   help="ResNet-18 width multiplier (default 0.25 PH2, 0.5 HAM10000)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
     p.add_argument("--serve", action="store_true", help="then serve the exported model")
     p.add_argument("--port", type=int, default=8000)
@@ -249,8 +255,28 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cli.quiet_tensorflow()
     cli.setup_logging()
+    ham = args.ham10000
+    defaults = (400, 300, 0.5) if ham else (400, 240, 0.25)
+    for name, v in zip(("pretrain_steps", "finetune_steps", "width"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, v)
     if args.quick:
         args.pretrain_steps, args.finetune_steps = 20, 12
+
+    def ham_body() -> int:
+        if not os.path.isfile(os.path.join(ham, "HAM10000_metadata.csv")):
+            raise cli.UsageError(f"--ham10000 {ham}: no HAM10000_metadata.csv there (the "
+                                 "official download's folder)")
+        from tfmicle import demo_ham10000
+        res = demo_ham10000.run(ham, args.out, args.pretrain_steps, args.finetune_steps,
+                                args.width, args.quiet)
+        with open(os.path.join(res["out"], "summary.json"), "w") as f:
+            json.dump(res, f, indent=2, default=str)
+        print(demo_ham10000.summary(res, args.port), flush=True)
+        if args.serve:
+            return subprocess.call([sys.executable, "-m", "serving", "--model-base-path",
+                                    res["models"], "--port", str(args.port)])
+        return 0
 
     def body() -> int:
         res = run_demo(args.out, args.pretrain_steps, args.finetune_steps, args.width,
@@ -269,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                                     res["models"], "--port", str(args.port)])
         return 0
 
-    return cli.run("tfmicle.demo", body)
+    return cli.run("tfmicle.demo", ham_body if ham else body)
 
 
 if __name__ == "__main__":

@@ -117,20 +117,36 @@ def retrieval_metrics(features: np.ndarray, groups: Sequence, queries: Sequence[
         raise ValueError(f"{len(groups)} group ids for {n} feature rows")
     if exclude is not None and np.asarray(exclude).shape != (n, n):
         raise ValueError(f"exclude must be [{n}, {n}], got {np.asarray(exclude).shape}")
-    sim = cosine_similarity(feats)
-    top1, aps, n_cand, n_rel, skipped = [], [], [], [], 0
+    p = per_query(feats, groups, queries, exclude)
+    return _summary(p["top1"], p["ap"], p["candidates"], p["relevant"],
+                    len(queries) - len(p["query"]))
+
+
+def per_query(features: np.ndarray, groups, queries: Sequence[int],
+              exclude: np.ndarray | None = None, chance: bool = False) -> dict:
+    """retrieval_metrics per usable query (for bootstraps over groups): arrays "query"
+    (index), "top1" (hit 0/1), "ap", "candidates", "relevant". chance=True gives the
+    exact expectations of a random ranking instead (features unused)."""
+    groups = np.asarray(groups)
+    n = len(groups)
+    sim = None if chance else cosine_similarity(features)
+    out: dict[str, list] = {k: [] for k in ("query", "top1", "ap", "candidates", "relevant")}
     for q in queries:
         cand = _candidates(int(q), n, exclude)
         relevant = groups[cand] == groups[q]
-        if not relevant.any():
-            skipped += 1
+        r = int(relevant.sum())
+        if r == 0:
             continue
-        scores = sim[q, cand]
-        top1.append(float(relevant[int(np.argmax(scores))]))
-        aps.append(average_precision(relevant.astype(np.int64), scores))
-        n_cand.append(len(cand))
-        n_rel.append(int(relevant.sum()))
-    return _summary(top1, aps, n_cand, n_rel, skipped)
+        if chance:
+            top1, ap = r / len(cand), chance_ap(r, len(cand))
+        else:
+            scores = sim[q, cand]
+            top1 = float(relevant[int(np.argmax(scores))])
+            ap = average_precision(relevant.astype(np.int64), scores)
+        for k, v in (("query", int(q)), ("top1", top1), ("ap", ap),
+                     ("candidates", len(cand)), ("relevant", r)):
+            out[k].append(v)
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def chance_ap(num_relevant: int, num_candidates: int) -> float:
@@ -151,24 +167,13 @@ def chance_metrics(groups: Sequence, queries: Sequence[int],
                    exclude: np.ndarray | None = None) -> dict:
     """The expected top-1 (R / N) and AP (``chance_ap``) of a random ranking, over the
     same queries and candidates as ``retrieval_metrics``."""
-    groups = np.asarray(groups)
-    n = len(groups)
-    top1, aps, n_cand, n_rel, skipped = [], [], [], [], 0
-    for q in queries:
-        cand = _candidates(int(q), n, exclude)
-        r = int((groups[cand] == groups[q]).sum())
-        if r == 0:
-            skipped += 1
-            continue
-        top1.append(r / len(cand))
-        aps.append(chance_ap(r, len(cand)))
-        n_cand.append(len(cand))
-        n_rel.append(r)
-    return _summary(top1, aps, n_cand, n_rel, skipped)
+    p = per_query(None, groups, queries, exclude, chance=True)
+    return _summary(p["top1"], p["ap"], p["candidates"], p["relevant"],
+                    len(queries) - len(p["query"]))
 
 
 def _summary(top1, aps, n_cand, n_rel, skipped) -> dict:
-    if not top1:
+    if not len(top1):
         return {"top1": float("nan"), "map": float("nan"), "queries": 0,
                 "skipped_queries": skipped, "mean_candidates": float("nan"),
                 "mean_relevant": float("nan")}
@@ -223,6 +228,7 @@ def evaluate_features(features: dict, groups: Sequence, queries: Sequence[int],
     return out
 
 
-__all__ = ["shared_block_mask", "cosine_similarity", "retrieval_metrics", "chance_ap",
+__all__ = ["shared_block_mask", "cosine_similarity", "retrieval_metrics", "per_query",
+           "chance_ap",
            "chance_metrics", "centred", "colour_statistics", "features_of",
            "evaluate_features"]
