@@ -101,15 +101,16 @@ SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)
                                        "shared"))
 
 
-def shared_path(*parts: str) -> str:
+def shared_path(*parts: str, module: bool = False) -> str:
     """A path under ../shared (the reference data beside the clone). Missing: skipped
-    with the reason on a user's clone, a failure under CI (CI=true), never a silent skip."""
+    with the reason on a user's clone, a failure under CI (CI=true), never a silent skip.
+    module=True: called at a test module's top level (skips or fails the whole file)."""
     path = os.path.join(SHARED, *parts)
     if not os.path.exists(path):
         msg = f"needs ../shared/{'/'.join(parts)} beside the clone (not found: {path})"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg, allow_module_level=module)
     return path
 
 

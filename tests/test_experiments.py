@@ -409,3 +409,67 @@ def test_label_efficiency_quick(tmp_path):
 def test_experiment_bad_override_exits_2(tmp_path):
     p = _run("micle_vs_simclr.py", str(tmp_path / "x"), "--set", "train.nope=1", timeout=120)
     assert p.returncode == 2 and "unknown config key" in p.stderr
+
+
+# --------------------------------------------------------------------------- HAM10000 (slow)
+
+@pytest.mark.slow
+def test_ham10000_experiments_quick(ham_slice, tmp_path):
+    """Experiment 1 then Experiment 2 on the HAM10000 slice, as documented: the second
+    reuses the first's pretraining runs (--pretrained OUT/work)."""
+    out1 = str(tmp_path / "e1")
+    p = _run("micle_vs_simclr.py", out1, "--dataset", "ham10000", "--data", ham_slice,
+             "--keep-work")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = json.load(open(os.path.join(out1, "results.json")))
+    assert r["experiment"] == "micle_vs_simclr_ham10000"
+    ret = r["retrieval"]
+    assert set(ret["summary"]) == {"micle", "simclr", "random_init", "colour_stats", "chance"}
+    assert ret["queries"] > 0 and ret["lesions"] > 0
+    for m, v in ret["summary"].items():
+        assert v["map_ci"][0] <= v["map"] + 1e-9 and v["map"] <= v["map_ci"][1] + 1e-9, m
+    for m in ("micle", "simclr", "random_init", "colour_stats"):
+        pr = r["probe"][m]
+        assert 0 <= pr["balanced_accuracy"]["mean"] <= 1 and 0 <= pr["macro_auc"]["mean"] <= 1
+        assert len(pr["recall"]) == 7
+    assert r["near_duplicates"]["applied"] > 0
+    md = open(os.path.join(out1, "results.md")).read()
+    assert "Retrieval of distinct photos" in md and "Linear probe" in md
+    assert open(os.path.join(out1, "results.png"), "rb").read(8) == PNG_MAGIC
+    for m in ("micle", "simclr"):
+        assert os.path.isdir(os.path.join(out1, "work", "seed0", m, "checkpoints"))
+
+    out2 = str(tmp_path / "e2")
+    p = _run("label_efficiency.py", out2, "--dataset", "ham10000", "--data", ham_slice,
+             "--pretrained", os.path.join(out1, "work"), timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r2 = _check_files(out2)
+    assert set(r2["summary"]["arms"]) == {f"{i}/{f}" for i in ("micle", "simclr", "scratch")
+                                          for f in ("0.1", "1")}
+    # every arm tried each LR with balanced class weights, then none at its best LR
+    assert len(r2["grid"]) == 6 * (len(r2["settings"]["lr_grid"]) + 1)
+    for key, c in r2["chosen"].items():
+        init, f = key.split("/")
+        rows = [g for g in r2["grid"] if g["init"] == init and f"{g['fraction']:g}" == f]
+        best = max(rows, key=lambda g: g["score"])
+        assert (c["learning_rate"], c["class_weight"]) == (best["learning_rate"],
+                                                           best["class_weight"])
+        for g in rows:
+            assert g["score"] == pytest.approx((g["val_macro_auc"] +
+                                                g["val_balanced_accuracy"]) / 2)
+    md = open(os.path.join(out2, "results.md")).read()
+    assert "supervised + 100 %" in md
+
+
+@pytest.mark.slow
+def test_ham10000_settings_search_quick(ham_slice, tmp_path):
+    out = str(tmp_path / "search")
+    p = _run("choose_derm_settings.py", out, "--dataset", "ham10000", "--data", ham_slice,
+             "--candidates", "derm_ph2,crop25")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = _check_files(out)
+    assert [t["name"] for t in r["trials"]] == ["derm_ph2", "crop25"]
+    for t in r["trials"]:
+        s = t["retrieval"]["summary"]
+        assert t["score"] == pytest.approx((s["micle"]["map"] + s["simclr"]["map"]) / 2)
+    assert r["chosen"] == max(r["trials"], key=lambda t: t["score"])["name"]

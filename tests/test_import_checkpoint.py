@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import _simclr_tf1 as fx
+from conftest import shared_path
+
+shared_path("fixtures", "simclrv2_tf1", module=True)
+
+import _simclr_tf1 as fx  # noqa: E402
 from tfmicle.config import Config, load_config
 from tfmicle.models import simclr_tf1
 from tfmicle.models.heads import projection_head, supervised_head

@@ -10,7 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-import _simclr_tf1 as fx
+from conftest import shared_path
+
+shared_path("fixtures", "simclrv2_tf1", module=True)
+
+import _simclr_tf1 as fx  # noqa: E402
 from conftest import synthetic_cases, write_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
