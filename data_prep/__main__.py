@@ -68,7 +68,7 @@ def convert_parser() -> argparse.ArgumentParser:
                     help=f"source layout: {', '.join(FORMATS)}")
     io.add_argument("--input", required=True, metavar="PATH",
                     help="the source folder (csv: the manifest file); a path or a URL "
-                         "(gs://..., s3://...)")
+                         "(gs://...)")
     io.add_argument("--out", required=True, metavar="DIR",
                     help="output folder (or URL; dataset.json is written last)")
     io.add_argument("--overwrite", action="store_true",
@@ -191,6 +191,8 @@ def _run_convert(argv: list[str]) -> int:
         raise cli.UsageError("--shard-mb must be > 0")
     if args.workers < 0:
         raise cli.UsageError("--workers must be >= 0")
+    for flag, path in (("--input", args.input), ("--images", args.images), ("--out", args.out)):
+        fileio.check_url(path, flag)
     cfg = ConvertConfig(
         format=args.format, input=args.input, out=args.out,
         format_options=FormatOptions(
@@ -240,6 +242,7 @@ def _run_inspect(argv: list[str]) -> int:
     args = inspect_parser().parse_args(argv)
     _setup_logging(args.log_level)
     from data_prep.inspect_dataset import inspect_dataset
+    fileio.check_url(args.out, "inspect")
     r = inspect_dataset(args.out, decode_images=args.decode_images)
     print("\n".join(r.lines))
     for p in r.problems:

@@ -27,7 +27,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--data", required=True, help="records folder, tfds:NAME[/CONFIG] (a "
                                                  "prepared TFDS dataset), image folder or "
                                                  "CSV manifest")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder, local or a URL such as "
+                                                "gs://bucket/reports (not ram:// with "
+                                                "--runner beam)")
     p.add_argument("--split", help="records or TFDS split to score (default: test)")
     p.add_argument("--compare", metavar="SRC2", help="a second dataset, reported side by side")
     p.add_argument("--compare-split", help="split of --compare records (default: --split)")

@@ -88,6 +88,11 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     case_key, data_dir, manual_dir).
     runner: "local" (this process) or "beam" (an Apache Beam pipeline with beam_args as
     its options, tfmicle.score.beam); tables, metrics and report are the same code."""
+    for flag, path in (("--model", model_path), ("--data", data), ("--compare", compare),
+                       ("--images", images_root), ("--out", out_dir)):
+        fileio.check_url(path, flag)
+    if runner == "beam":
+        fileio.check_shared(out_dir, "--runner beam")
     predictor = _predictor(runner, beam_args)
     if fmt not in FORMATS:
         raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
