@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
@@ -150,7 +149,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.quiet_tensorflow()
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="data_prep: %(levelname)s %(message)s")
     if level != "DEBUG":

@@ -6,10 +6,13 @@ processes and the server can use it. Map: docs/architecture.md."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+import tempfile
+from typing import Callable, Iterator, Sequence
 
 USAGE_EXIT = 2
 
@@ -43,10 +46,70 @@ def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     return args
 
 
+# What TensorFlow 2.21 prints while `import tensorflow` runs, whatever TF_CPP_MIN_LOG_LEVEL
+# says: the oneDNN notice (core/util/port.cc logs it at INFO through absl whenever oneDNN is
+# on, before any code could raise absl's level; its only switch, TF_ENABLE_ONEDNN_OPTS=0,
+# would turn oneDNN's faster kernels off too) and absl's line about logging before
+# absl::InitializeLog(), each twice (two shared libraries, each with its own absl).
+TF_IMPORT_NOISE = ("WARNING: All log messages before absl::InitializeLog()",
+                   "] oneDNN custom operations are on.")
+
+
 def quiet_tensorflow() -> None:
-    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal."""
+    """Keeps TensorFlow's C++ start-up chatter out of the user's terminal: its log level
+    (TF_CPP_MIN_LOG_LEVEL hides the CPU-feature lines), oneDNN on, and the first
+    `import tensorflow` of this process run with the TF_IMPORT_NOISE lines filtered out
+    of stderr (every other line it writes comes through)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")   # oneDNN's kernels (the speed)
+    if "tensorflow" not in sys.modules and not any(
+            isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport:
+    """A sys.meta_path finder for the one module `tensorflow`: its import runs inside
+    filtered_stderr(TF_IMPORT_NOISE); then the finder removes itself."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                with filtered_stderr(TF_IMPORT_NOISE):
+                    run(module)
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: Sequence[str]) -> Iterator[None]:
+    """Points file descriptor 2 (what C++ code writes to) at a temporary file for the
+    block, then writes its lines back to stderr, less those containing any of noise."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:            # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(l for l in lines if not any(n in l for n in noise))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def setup_logging(verbose: bool = False) -> None:
