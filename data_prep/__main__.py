@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
 from data_prep import FORMATS
 from tfmicle import cli, fileio
@@ -157,20 +156,17 @@ def _setup_logging(level: str) -> None:
 
 
 class _ProgressLog:
-    """Progress without a terminal: a log line every 10 % (and at most every 2 s)."""
+    """Progress without a terminal: plain log lines with the rate and ETA
+    (tfmicle.cli.ProgressLines: at most one every 10 s, and the last)."""
 
     def __init__(self):
-        self.next_pct, self.t0, self.last = 10, time.time(), 0.0
+        self.lines: cli.ProgressLines | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        pct = 100 * done / max(total, 1)
-        if pct >= self.next_pct and (time.time() - self.last > 2 or done >= total):
-            el = time.time() - self.t0
-            logging.getLogger("data_prep").info("%3.0f%%  %d/%d images  %.0f img/s", pct, done,
-                                                total, done / max(el, 1e-9))
-            self.last = time.time()
-            while self.next_pct <= pct:
-                self.next_pct += 10
+        if self.lines is None:
+            self.lines = cli.ProgressLines(total, "img",
+                                           write=logging.getLogger("data_prep").info)
+        self.lines.update(done)
 
 
 def _run_convert(argv: list[str]) -> int:

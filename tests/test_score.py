@@ -289,6 +289,28 @@ def test_scoring_nothing_exits_2_with_the_cause(tmp_path, capsys, caplog):
     assert len(err) == 1 and "none of its 2 images could be read or decoded" in err[0], err
 
 
+def test_cli_progress_in_a_pipe_is_plain_lines(tmp_path):
+    """stderr to a pipe: no tqdm bar (\r, ANSI codes), plain lines with the rate and ETA."""
+    import subprocess
+    import sys
+    from serving.toy import save_mean_colour_model
+    rng = np.random.default_rng(0)
+    save_mean_colour_model(tmp_path / "toy" / "1", rng.normal(0, 3, (3, 2)), np.zeros(2),
+                           ["r", "g"], size=8)
+    (tmp_path / "pics").mkdir()
+    for i in range(5):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (8, 8, 3))))
+    r = subprocess.run([sys.executable, "-m", "tfmicle.score", "--model", str(tmp_path / "toy"),
+                        "--data", str(tmp_path / "pics"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    for out in (r.stdout, r.stderr):
+        assert "\r" not in out and "\x1b[" not in out
+        assert all(len(line) <= 300 for line in out.splitlines())
+    assert "primary: img 5/5 (100%)" in r.stderr and "img/s  ETA" in r.stderr, r.stderr
+
+
 def test_parquet_needs_pyarrow_or_writes_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(score_cli, "parquet_available", lambda: False)
     rc = sc.main(["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path),

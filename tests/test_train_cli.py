@@ -117,3 +117,20 @@ def test_cli_pretrains_on_two_cpu_replicas(tmp_path):
                   "--set", f"data.dir={data}", "--set", "train.train_steps=2")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "on 2 replica(s)" in r.stderr and "done: steps 0 -> 2 of 2" in r.stdout
+
+
+def test_progress_in_a_pipe_is_plain_lines(tmp_path):
+    """stdout to a pipe (a log file, CI): no Keras progress bar (\r, ANSI colours) but one
+    short line per log_steps with the step, loss, rate and ETA."""
+    data = write_records(str(tmp_path / "rec"), "train", synthetic_cases(8, 2, size=32),
+                         ["a", "b", "c"])
+    r = run_train("--config", TINY, "--model-dir", str(tmp_path / "m"), "--set",
+                  "data.dir=" + data, "--set", "train.batch_size=4", "--set",
+                  "model.global_bn=false")
+    assert r.returncode == 0, r.stderr
+    for out in (r.stdout, r.stderr):
+        assert "\r" not in out and "\x1b[" not in out
+        assert all(len(line) <= 300 for line in out.splitlines())
+    steps = [l for l in r.stdout.splitlines() if l.startswith("step ")]
+    assert [l.split()[1] for l in steps] == ["3/6", "6/6"], r.stdout
+    assert all(" loss " in l and "step/s" in l and "ETA" in l for l in steps), steps

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from typing import Callable, Iterator, Sequence
 
 USAGE_EXIT = 2
@@ -35,6 +36,41 @@ def add_output_flags(p: argparse.ArgumentParser, quiet: bool = True) -> argparse
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def progress_style(quiet: bool = False, stream=None) -> int:
+    """How a CLI shows progress on stream (default stdout): 0 none (--quiet), 1 a live
+    bar (a terminal), 2 plain lines (a pipe or a log file: ProgressLines, no \\r, no
+    colour)."""
+    if quiet:
+        return 0
+    isatty = getattr(stream or sys.stdout, "isatty", None)
+    return 1 if isatty is not None and isatty() else 2
+
+
+class ProgressLines:
+    """Progress for logs: one plain line at most every `every` seconds (and at the end),
+    "<unit> N/T (P%)  name value ...  R <unit>s/s  ETA h:mm:ss"."""
+
+    def __init__(self, total: int, unit: str = "step", start: int = 0, every: float = 10.0,
+                 write: Callable[[str], None] | None = None):
+        self.total, self.unit, self.start, self.every = int(total), unit, int(start), every
+        self.write = write or (lambda line: print(line, flush=True))
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, done: int, **values: float) -> None:
+        now = time.monotonic()
+        if done < self.total and now - self.last < self.every:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        pct = 100.0 * done / max(self.total, 1)
+        shown = "".join(f"  {k} {v:.4g}" for k, v in values.items())
+        minutes, seconds = divmod(int(round(eta)), 60)
+        eta_text = f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+        self.write(f"{self.unit} {done}/{self.total} ({pct:.0f}%){shown}  "
+                   f"{rate:.3g} {self.unit}/s  ETA {eta_text}")
 
 
 def start(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                            ("finetune.checkpoint", cfg.finetune.checkpoint),
                            ("pretrain.checkpoint", cfg.pretrain.checkpoint)):
             fileio.check_url(path, what)
-        verbose = 0 if args.quiet else 1
+        verbose = cli.progress_style(args.quiet)  # a bar on a terminal, plain lines in a pipe
         if cfg.mode == "pretrain":
             from tfmicle.train.pretrain import pretrain
             result = pretrain(cfg, verbose=verbose)
