@@ -50,7 +50,7 @@ def progress_style(quiet: bool = False, stream=None) -> int:
 
 class ProgressLines:
     """Progress for logs: one plain line at most every `every` seconds (and at the end),
-    "<unit> N/T (P%)  name value ...  R <unit>s/s  ETA h:mm:ss"."""
+    "<unit> N/T (P%)  name value ...  R <unit>/s  ETA h:mm:ss"."""
 
     def __init__(self, total: int, unit: str = "step", start: int = 0, every: float = 10.0,
                  write: Callable[[str], None] | None = None):

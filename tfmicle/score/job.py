@@ -41,9 +41,10 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
             files[stem] = write_table(fileio.join(out_dir, stem), header, rows, "csv")
         else:
             files[stem] = write_table(fileio.join(out_dir, stem), header, rows, fmt)
-    if not len(pred.rows):
+    if not len(pred.rows):  # an exit 0 would pass for a scored dataset
         raise ScoreError(f"{source.spec}: none of its {len(pred.skipped)} images could be "
-                         f"read or decoded (reasons: {files['skipped']})")
+                         f"read or decoded (reasons: {files['skipped']})" if pred.skipped
+                         else f"{source.spec} has no images to score")
     labels = np.asarray(source.labels)[pred.rows] if len(pred.rows) else None
     result = None
     if labels is not None and M.has_labels(model.task, labels):
