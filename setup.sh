@@ -9,6 +9,8 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
+# PYTHON: any CPython 3.10-3.13 (tensorflow-cpu 2.21 has no cp314 wheel); apache-beam ships
+# cp313 wheels too (2.78: 3.11-3.14), so .venv-beam uses the same interpreter.
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip

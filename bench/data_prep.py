@@ -73,6 +73,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow  # noqa: F401  (imported before timing: both sides pay nothing for it)
+    from machine import machine_line
+    print(machine_line(), flush=True)
 
     tmp = tempfile.mkdtemp(prefix="bench_data_prep_")
     try:

@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--jpegs", type=int, default=600)
     ap.add_argument("--batches", type=int, default=20)
     a = ap.parse_args()
+    from machine import machine_line
+    print(machine_line(), flush=True)
     if a.pipeline_only:
         pipeline_only(a)
         return

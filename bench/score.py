@@ -86,6 +86,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed passes of each (best kept)")
     args = p.parse_args()
+    from machine import machine_line
+    print(machine_line(), flush=True)
 
     import numpy as np
     import tensorflow as tf

@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from machine import machine_line
+    print(machine_line(), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         if args.model_base_path:

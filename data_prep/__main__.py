@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-import time
 
 from data_prep import FORMATS
 from tfmicle import cli, fileio
@@ -68,7 +66,7 @@ def convert_parser() -> argparse.ArgumentParser:
                     help=f"source layout: {', '.join(FORMATS)}")
     io.add_argument("--input", required=True, metavar="PATH",
                     help="the source folder (csv: the manifest file); a path or a URL "
-                         "(gs://..., s3://...)")
+                         "(gs://...)")
     io.add_argument("--out", required=True, metavar="DIR",
                     help="output folder (or URL; dataset.json is written last)")
     io.add_argument("--overwrite", action="store_true",
@@ -154,7 +152,7 @@ def inspect_parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.quiet_tensorflow()
     logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
                         format="data_prep: %(levelname)s %(message)s")
     if level != "DEBUG":
@@ -162,20 +160,17 @@ def _setup_logging(level: str) -> None:
 
 
 class _ProgressLog:
-    """Progress without a terminal: a log line every 10 % (and at most every 2 s)."""
+    """Progress without a terminal: plain log lines with the rate and ETA
+    (tfmicle.cli.ProgressLines: at most one every 10 s, and the last)."""
 
     def __init__(self):
-        self.next_pct, self.t0, self.last = 10, time.time(), 0.0
+        self.lines: cli.ProgressLines | None = None
 
     def __call__(self, done: int, total: int) -> None:
-        pct = 100 * done / max(total, 1)
-        if pct >= self.next_pct and (time.time() - self.last > 2 or done >= total):
-            el = time.time() - self.t0
-            logging.getLogger("data_prep").info("%3.0f%%  %d/%d images  %.0f img/s", pct, done,
-                                                total, done / max(el, 1e-9))
-            self.last = time.time()
-            while self.next_pct <= pct:
-                self.next_pct += 10
+        if self.lines is None:
+            self.lines = cli.ProgressLines(total, "img",
+                                           write=logging.getLogger("data_prep").info)
+        self.lines.update(done)
 
 
 def _run_convert(argv: list[str]) -> int:
@@ -195,6 +190,8 @@ def _run_convert(argv: list[str]) -> int:
         raise cli.UsageError("--shard-mb must be > 0")
     if args.workers < 0:
         raise cli.UsageError("--workers must be >= 0")
+    for flag, path in (("--input", args.input), ("--images", args.images), ("--out", args.out)):
+        fileio.check_url(path, flag)
     cfg = ConvertConfig(
         format=args.format, input=args.input, out=args.out,
         format_options=FormatOptions(
@@ -245,6 +242,7 @@ def _run_inspect(argv: list[str]) -> int:
     args = inspect_parser().parse_args(argv)
     _setup_logging(args.log_level)
     from data_prep.inspect_dataset import inspect_dataset
+    fileio.check_url(args.out, "inspect")
     r = inspect_dataset(args.out, decode_images=args.decode_images)
     print("\n".join(r.lines))
     for p in r.problems:

@@ -11,7 +11,7 @@ Paths: the shards and the JSON lines are written through Beam's FileSystems (its
 ``WriteToTFRecord`` / ``WriteToText``; ``gs://`` needs ``apache-beam[gcp]``) and the
 driver reads the lines back through them; the workers read the images through
 tf.io.gfile (tfmicle.fileio, the local runner's reader: TensorFlow is on every worker
-for ``encode_case`` and knows ``gs://`` and ``s3://``). So with ``--input`` / ``--images``
+for ``encode_case`` and knows ``gs://``). So with ``--input`` / ``--images``
 / ``--out`` in a bucket, Dataflow workers read and write the bucket; with local paths the
 workers must share the filesystem. ``ram://`` (one process) is refused.
 
@@ -91,10 +91,7 @@ def _read_lines(prefix: str) -> list[str]:
 
 def run_beam(plan: Plan, staging: str, options: ImageOptions,
              beam_args: Sequence[str] = ()) -> RunResult:
-    if fileio.is_process_local(staging):
-        raise UserError(f"--runner beam: {staging} is on ram://, TensorFlow's in-memory "
-                        "filesystem of one process, which Beam's workers cannot see; use "
-                        "--runner local")
+    fileio.check_shared(staging, "--runner beam")
     try:
         import apache_beam as beam
         from apache_beam import pvalue

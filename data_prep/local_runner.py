@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 from data_prep.cases import CaseResult, CaseSpec, Skip, process_case, process_chunk
 from data_prep.errors import StrictError
 from data_prep.plan import Plan, WorkItem
-from tfmicle import fileio
+from tfmicle import cli, fileio
 from tfmicle.imagefiles import ImageOptions
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,13 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
+def _start_worker(parent: int) -> None:
+    """Worker initializer: TensorFlow's import chatter kept off the console as in the
+    parent (tfmicle.cli.quiet_tensorflow), and _watch_parent."""
+    cli.quiet_tensorflow()
+    _watch_parent(parent)
+
+
 def _results(work: list[WorkItem], options: ImageOptions, workers: int,
              chunk: int = 8) -> Iterator[CaseResult]:
     """CaseResults in work order; at most a bounded number of chunks in flight."""
@@ -88,7 +95,7 @@ def _results(work: list[WorkItem], options: ImageOptions, workers: int,
     chunks = [[(i, work[i].case) for i in range(s, min(s + chunk, len(work)))]
               for s in range(0, len(work), chunk)]
     ctx = multiprocessing.get_context("spawn")      # never fork a process that runs TF
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_watch_parent,
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_start_worker,
                              initargs=(os.getpid(),)) as pool:
         pending: collections.deque[Future] = collections.deque()
         it = iter(chunks)

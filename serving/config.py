@@ -76,9 +76,13 @@ class ServingConfig:
 
 
 def setup_logging(level: str) -> None:
-    """The server's log format, for the CLI and for each --workers process."""
+    """The server's log format, for the CLI and for each --workers process; TensorFlow's
+    import noise (the oneDNN notice) kept out of the log (tfmicle.cli.quiet_tensorflow)."""
     import logging
 
+    from tfmicle.cli import quiet_tensorflow
+
+    quiet_tensorflow()
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -27,12 +27,12 @@ def _once(key, make):
 
 
 def multiclass_records(root) -> str:
-    """train: 24 cases of 1-3 images; valid: 6 cases of 2; test: 9 cases of 1-2; a
+    """train: 24 cases of 1-3 images; validation: 6 cases of 2; test: 9 cases of 1-2; a
     50 % label subset of train."""
     def make():
         d = os.path.join(str(root), "records_mc")
         write_records(d, "train", synthetic_cases(24, lambda c: 1 + c % 3), CLASSES)
-        write_records(d, "valid", synthetic_cases(6, 2, seed=1), CLASSES)
+        write_records(d, "validation", synthetic_cases(6, 2, seed=1), CLASSES)
         write_records(d, "test", synthetic_cases(9, lambda c: 1 + c % 2, seed=2), CLASSES)
         path = records.subset_path(d, "train", 0.5)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -66,7 +66,7 @@ def multilabel_records(root) -> str:
     def make():
         d = os.path.join(str(root), "records_ml")
         write_records(d, "train", multilabel_cases(24, 0), ML_CLASSES, task="multilabel")
-        write_records(d, "valid", multilabel_cases(10, 1), ML_CLASSES, task="multilabel")
+        write_records(d, "validation", multilabel_cases(10, 1), ML_CLASSES, task="multilabel")
         write_records(d, "test", multilabel_cases(12, 2), ML_CLASSES, task="multilabel")
         path = records.subset_path(d, "train", 0.5)
         os.makedirs(os.path.dirname(path), exist_ok=True)

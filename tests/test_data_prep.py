@@ -131,11 +131,11 @@ def check_no_patient_leak(got):
 
 # ----------------------------------------------------------------------------- fixtures
 
-def make_ham10000(root, broken=True):
+def make_ham10000(root, broken=True, lesions=14):
     """HAM10000_metadata.csv + HAM10000_images_part_1/2; lesions with 1-3 images."""
     rng = np.random.default_rng(1)
     rows, files, n = [], {}, 0
-    for lesion in range(14):
+    for lesion in range(lesions):
         dx = HAM_CLASSES[lesion % 7]
         for _ in range(1 + lesion % 3):
             image_id = f"ISIC_{24300 + n:07d}"

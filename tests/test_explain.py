@@ -1,7 +1,7 @@
 """Calibrated export and Grad-CAM explanations end to end, on a synthetic dataset where
 only a small planted patch decides the class (red patch: class "red", blue patch:
 class "blue", on grey noise). A tiny ResNet is fine-tuned through tfmicle.train, exported
-with --calibrate valid, then:
+with --calibrate validation, then:
 - the SavedModel's probabilities equal softmax(logits / T) of the Keras model (numpy);
 - the Grad-CAM heatmap peaks inside the patch for most test images;
 - serving's /classify?explain=1 returns overlays and peaks (counted in /metrics), and a
@@ -67,7 +67,7 @@ def trained(tmp_root) -> dict:
         c["label_class"] = 1 - c["label_class"]  # NLL-optimal temperature is finite
     test, corners = patch_cases(40, 2, "x")
     write_records(data, "train", train, CLASSES)
-    write_records(data, "valid", valid, CLASSES)
+    write_records(data, "validation", valid, CLASSES)
     write_records(data, "test", test, CLASSES)
     cfg = load_config(os.path.join(os.path.dirname(__file__), "..", "configs",
                                    "finetune_tiny.yaml"),
@@ -77,7 +77,7 @@ def trained(tmp_root) -> dict:
                        "train.checkpoint_steps=120", "train.log_steps=40"])
     finetune(cfg, verbose=0)
     out = export(cfg.model_dir, os.path.join(str(tmp_root), "models", "patch"),
-                 calibrate="valid")
+                 calibrate="validation")
     _cache["run"] = {"data": data, "model_dir": cfg.model_dir, "export": out,
                      "test": test, "corners": corners}
     return _cache["run"]
@@ -98,7 +98,7 @@ def test_export_bakes_in_the_fitted_temperature(run):
     meta = json.load(open(os.path.join(run["export"]["path"], "assets", "metadata.json")))
     cal = meta["calibration"]
     t = cal["temperature"]
-    assert cal["split"] == "valid" and cal["num_images"] == 48 and t != 1.0
+    assert cal["split"] == "validation" and cal["num_images"] == 48 and t != 1.0
     assert not cal["at_bound"]
     assert cal["after"]["nll"] <= cal["before"]["nll"] + 1e-12
     images = [c["images"][0] for c in run["test"][:8]]
@@ -115,7 +115,7 @@ def test_export_bakes_in_the_fitted_temperature(run):
     # validation NLL / ECE before and after, recomputed from the split's logits
     from tfmicle import calibration as C
     from tfmicle.export import split_logits
-    zv, yv = split_logits(model, "multiclass", run["data"], "valid", 2, SIZE)
+    zv, yv = split_logits(model, "multiclass", run["data"], "validation", 2, SIZE)
     for when, temp in (("before", 1.0), ("after", t)):
         pv = scaled_probabilities("multiclass", zv, temp)
         assert cal[when]["nll"] == pytest.approx(-np.mean(np.log(pv[np.arange(len(yv)), yv])))
@@ -136,7 +136,7 @@ def test_over_confident_copy_gets_five_times_the_temperature(run, tmp_path):
     for v in model.head.weights:
         v.assign(5.0 * v)
     write_best(model, copy)
-    cal5 = export(copy, str(tmp_path / "models" / "x5"), calibrate="valid")["metadata"][
+    cal5 = export(copy, str(tmp_path / "models" / "x5"), calibrate="validation")["metadata"][
         "calibration"]
     cal1 = run["export"]["metadata"]["calibration"]
     assert cal5["temperature"] == pytest.approx(5 * cal1["temperature"], rel=1e-3)

@@ -258,6 +258,59 @@ def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
     assert json.load(open(out / "metrics.json"))["num_images"] == 4
 
 
+def test_scoring_nothing_exits_2_with_the_cause(tmp_path, capsys, caplog):
+    """A labelled CSV whose images are not under its folder, and a folder of images none
+    of which decodes: one line naming the cause (and --images), exit 2, never 'no labels'."""
+    from serving.toy import save_mean_colour_model
+    rng = np.random.default_rng(0)
+    save_mean_colour_model(tmp_path / "toy" / "1", rng.normal(0, 3, (3, 2)), np.zeros(2),
+                           ["r", "g"], size=8)
+    (tmp_path / "pics").mkdir()
+    for i in range(3):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (8, 8, 3))))
+    (tmp_path / "lists").mkdir()
+    manifest = tmp_path / "lists" / "manifest.csv"
+    manifest.write_text("image,label\npics/0.png,r\npics/1.png,g\npics/2.png,r\n")
+    model, out = str(tmp_path / "toy"), str(tmp_path / "out")
+    assert sc.main(["--model", model, "--data", str(manifest), "--out", out, "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of its 3 images found under" in err[0], err
+    assert "--images ROOT" in err[0] and "pics/0.png" in err[0]
+    assert "no labels" not in caplog.text and "has a label" not in caplog.text
+    assert sc.main(["--model", model, "--data", str(manifest), "--images", str(tmp_path),
+                    "--out", out, "-q", "--bootstrap", "0"]) == 0
+    assert "3 images scored, 0 skipped" in capsys.readouterr().out
+    (tmp_path / "junk").mkdir()
+    for i in range(2):
+        (tmp_path / "junk" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert sc.main(["--model", model, "--data", str(tmp_path / "junk"), "--out", out,
+                    "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of its 2 images could be read or decoded" in err[0], err
+
+
+def test_cli_progress_in_a_pipe_is_plain_lines(tmp_path):
+    """stderr to a pipe: no tqdm bar (\r, ANSI codes), plain lines with the rate and ETA."""
+    import subprocess
+    import sys
+    from serving.toy import save_mean_colour_model
+    rng = np.random.default_rng(0)
+    save_mean_colour_model(tmp_path / "toy" / "1", rng.normal(0, 3, (3, 2)), np.zeros(2),
+                           ["r", "g"], size=8)
+    (tmp_path / "pics").mkdir()
+    for i in range(5):
+        (tmp_path / "pics" / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (8, 8, 3))))
+    r = subprocess.run([sys.executable, "-m", "tfmicle.score", "--model", str(tmp_path / "toy"),
+                        "--data", str(tmp_path / "pics"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr
+    for out in (r.stdout, r.stderr):
+        assert "\r" not in out and "\x1b[" not in out
+        assert all(len(line) <= 300 for line in out.splitlines())
+    assert "primary: img 5/5 (100%)" in r.stderr and "img/s  ETA" in r.stderr, r.stderr
+
+
 def test_parquet_needs_pyarrow_or_writes_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(score_cli, "parquet_available", lambda: False)
     rc = sc.main(["--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path),

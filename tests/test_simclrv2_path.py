@@ -54,7 +54,7 @@ def test_import_continue_finetune_export_serve(simclr_r50_checkpoint, tmp_path, 
     assert import_main(["--simclr-tf1", simclr_r50_checkpoint, "--out", imported]) == 0
     data = str(tmp_path / "records")
     write_records(data, "train", synthetic_cases(8, 2, size=72), ["a", "b", "c"])
-    write_records(data, "valid", synthetic_cases(3, 1, size=72, seed=1), ["a", "b", "c"])
+    write_records(data, "validation", synthetic_cases(3, 1, size=72, seed=1), ["a", "b", "c"])
 
     small = ["data.image_size=64", "train.batch_size=4", "train.train_steps=2",
              "train.log_steps=2", "train.checkpoint_steps=2", "train.precision=float32",

@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from tfmicle.config import ConfigError
+        fileio.check_url(args.model_dir, "--model-dir")
+        fileio.check_url(args.out, "--out")
         try:
             result = export(args.model_dir, args.out, args.checkpoint, not args.no_verify,
                             args.calibrate)

@@ -1,5 +1,7 @@
 """Paths a user gives: a local path, or a URL that TensorFlow's filesystems understand
-(``gs://``, ``s3://`` through tensorflow-io's plugin, ``hdfs://``, ``ram://`` in tests).
+(TensorFlow 2.21 has ``gs://`` and ``ram://``, the in-memory one of the tests; ``s3://`` or
+``hdfs://`` only where an imported plugin registers them). ``check_url`` turns any other
+scheme into one line naming those that work (every CLI calls it on its paths).
 
 One function per file operation, used by every tool that reads or writes user paths
 (data_prep, export, score, serving, the records and model formats). A local path goes
@@ -25,6 +27,8 @@ import posixpath
 import re
 import shutil
 from typing import IO, Iterator
+
+from tfmicle.cli import UsageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 PROCESS_LOCAL_SCHEMES = ("ram",)   # TensorFlow's RamFileSystem: one per process
@@ -58,6 +62,40 @@ def is_process_local(path: str | os.PathLike) -> bool:
 def _gfile():
     import tensorflow as tf
     return tf.io.gfile
+
+
+class UnsupportedPath(UsageError):
+    """A path this process cannot use: a URL scheme TensorFlow has no filesystem for, or
+    ram:// where other processes must see the files. One line, exit 2 (tfmicle.cli)."""
+
+
+def url_schemes() -> list[str]:
+    """The URL schemes tf.io.gfile opens in this process (TensorFlow 2.21: gs, ram; more
+    once a filesystem plugin is imported)."""
+    return sorted(s for s in _gfile().get_registered_schemes() if s not in ("", "file"))
+
+
+def check_url(path: str | os.PathLike | None, what: str) -> None:
+    """Raises UnsupportedPath when path is a URL of a scheme no filesystem here opens
+    (``s3://`` without a plugin, a typo such as ``gcs://``); local paths pass without
+    importing TensorFlow. what: the flag or key that gave it (``--out``)."""
+    s = scheme(path) if path else ""
+    if not s:
+        return
+    works = url_schemes()
+    if s not in works:
+        raise UnsupportedPath(f"{what} {os.fspath(path)}: no filesystem for {s}:// in this "
+                              f"TensorFlow; use a local path or "
+                              f"{' or '.join(w + '://' for w in works)}")
+
+
+def check_shared(path: str | os.PathLike, who: str) -> None:
+    """Raises UnsupportedPath when other processes (Beam's workers) cannot see path:
+    ``ram://`` lives in this process only. who: the flag that needs them (--runner beam)."""
+    if is_process_local(path):
+        raise UnsupportedPath(f"{who}: {os.fspath(path)} is on {scheme(path)}://, "
+                              "TensorFlow's in-memory filesystem of one process, which "
+                              "Beam's workers cannot see; use --runner local")
 
 
 # --------------------------------------------------------------------------- names

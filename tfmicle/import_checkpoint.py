@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from tfmicle.config import ConfigError
         from tfmicle.models.simclr_tf1 import CheckpointMismatch
+        fileio.check_url(args.simclr_tf1, "--simclr-tf1")
+        fileio.check_url(args.out, "--out")
         try:
             info = import_simclr_tf1(args.simclr_tf1, args.out, args.depth, args.width,
                                      args.sk, args.ema)

@@ -16,7 +16,7 @@ A fine-tuning run (tfmicle.train.finetune) adds:
   its metrics (what ``tfmicle.export`` exports by default).
 
 A model_dir may be a local folder or a URL TensorFlow's filesystems understand (gs://,
-s3://, ram:// in tests): every file here goes through tfmicle.fileio, and checkpoints and
+ram:// in tests; fileio.check_url): every file here goes through tfmicle.fileio, and checkpoints and
 TensorBoard logs through TensorFlow, which takes URLs. Object stores have no atomic
 rename, so the JSON files are written in place there (see write_json).
 

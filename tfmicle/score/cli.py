@@ -27,7 +27,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--data", required=True, help="records folder, tfds:NAME[/CONFIG] (a "
                                                  "prepared TFDS dataset), image folder or "
                                                  "CSV manifest")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder, local or a URL such as "
+                                                "gs://bucket/reports (not ram:// with "
+                                                "--runner beam)")
     p.add_argument("--split", help="records or TFDS split to score (default: test)")
     p.add_argument("--compare", metavar="SRC2", help="a second dataset, reported side by side")
     p.add_argument("--compare-split", help="split of --compare records (default: --split)")
@@ -83,9 +85,20 @@ def main(argv: list[str] | None = None) -> int:
                          "(pip install pyarrow); or use --format csv\n")
         return cli.USAGE_EXIT
 
+    style = cli.progress_style(args.quiet, sys.stderr)
+
     def progress_factory(total: int, name: str):
+        if style == 2:  # a pipe or a log file: plain lines, no \r
+            lines = cli.ProgressLines(total, "img", write=lambda line: print(
+                f"{name}: {line}", file=sys.stderr, flush=True))
+            done = [0]
+
+            def plain(n):
+                done[0] += n
+                lines.update(done[0])
+            return plain
         from tqdm import tqdm
-        bar = tqdm(total=total, unit="img", desc=name, disable=args.quiet, file=sys.stderr,
+        bar = tqdm(total=total, unit="img", desc=name, disable=style == 0, file=sys.stderr,
                    dynamic_ncols=True)
 
         class Bar:

@@ -41,6 +41,10 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
             files[stem] = write_table(fileio.join(out_dir, stem), header, rows, "csv")
         else:
             files[stem] = write_table(fileio.join(out_dir, stem), header, rows, fmt)
+    if not len(pred.rows):  # an exit 0 would pass for a scored dataset
+        raise ScoreError(f"{source.spec}: none of its {len(pred.skipped)} images could be "
+                         f"read or decoded (reasons: {files['skipped']})" if pred.skipped
+                         else f"{source.spec} has no images to score")
     labels = np.asarray(source.labels)[pred.rows] if len(pred.rows) else None
     result = None
     if labels is not None and M.has_labels(model.task, labels):
@@ -62,7 +66,8 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
         files["metrics"] = fileio.join(out_dir, "metrics.json")
         fileio.write_text(files["metrics"], json.dumps(M.to_json_safe(result), indent=2))
     else:
-        log.info("%s has no labels: predictions only (no metrics.json)", source.spec)
+        log.info("%s: none of the %d scored images has a label: predictions only (no "
+                 "metrics.json)", source.spec, len(pred.rows))
     return Scored(name or source.spec, pred, result, out_dir, files)
 
 
@@ -84,6 +89,11 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     case_key, data_dir, manual_dir).
     runner: "local" (this process) or "beam" (an Apache Beam pipeline with beam_args as
     its options, tfmicle.score.beam); tables, metrics and report are the same code."""
+    for flag, path in (("--model", model_path), ("--data", data), ("--compare", compare),
+                       ("--images", images_root), ("--out", out_dir)):
+        fileio.check_url(path, flag)
+    if runner == "beam":
+        fileio.check_shared(out_dir, "--runner beam")
     predictor = _predictor(runner, beam_args)
     if fmt not in FORMATS:
         raise ScoreError(f"unknown format {fmt!r} (csv | parquet)")
@@ -109,6 +119,8 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         sources.append(("compare", open_source(compare, model, compare_split or split,
                                                images_root, tfds_options),
                         fileio.join(out_dir, "compare")))
+    for _, src, _ in sources:
+        _check_files_found(src, images_root)
     if subgroups and subgroups.names:
         primary = sources[0][1]
         for n in subgroups.names:
@@ -168,6 +180,17 @@ def _predictor(runner: str, beam_args: Sequence[str]) -> Callable[[str], Callabl
         raise ScoreError("--runner beam needs Apache Beam: pip install 'tfmicle[beam]'") \
             from None
     return lambda out_dir: beam.predictor(beam_args, out_dir)
+
+
+def _check_files_found(source: Source, images_root: str | None) -> None:
+    """A CSV manifest none of whose images exist: its paths are relative to another
+    folder (data_prep refuses the same mistake the same way)."""
+    if source.kind != "csv" or len(source) or not source.skipped:
+        return
+    root = images_root or fileio.dirname(fileio.abspath(source.spec))
+    raise ScoreError(f"{source.spec}: none of its {len(source.skipped)} images found under "
+                     f"{root} (e.g. {source.skipped[0][0]}); pass --images ROOT, the folder "
+                     "its paths are relative to")
 
 
 def _shift(model: ScoringModel, runs: list[Scored], classes: Sequence[str], replicates: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from tfmicle import cli
+from tfmicle import cli, fileio
 from tfmicle.config import CHOICES
 
 
@@ -39,10 +39,15 @@ def main(argv: list[str] | None = None) -> int:
                                   ("num_cpu_devices", args.num_cpu_devices)) if v is not None}
         if dist:
             extra["distribute"] = dist
+        fileio.check_url(args.config, "--config")
         cfg = load_config(args.config, args.overrides, extra)
         if not cfg.model_dir:
             raise cli.UsageError("no model dir: pass --model-dir or set model_dir")
-        verbose = 0 if args.quiet else 1
+        for what, path in (("model_dir", cfg.model_dir), ("data.dir", cfg.data.dir),
+                           ("finetune.checkpoint", cfg.finetune.checkpoint),
+                           ("pretrain.checkpoint", cfg.pretrain.checkpoint)):
+            fileio.check_url(path, what)
+        verbose = cli.progress_style(args.quiet)  # a bar on a terminal, plain lines in a pipe
         if cfg.mode == "pretrain":
             from tfmicle.train.pretrain import pretrain
             result = pretrain(cfg, verbose=verbose)

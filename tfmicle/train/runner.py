@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from tfmicle import fileio
+from tfmicle import cli, fileio
 from tfmicle.config import Config
 from tfmicle.distribute import (StrategyError, gather_from_workers, is_chief, is_multi_worker,
                                 shard_by_data, worker_name)
@@ -66,6 +66,30 @@ class StepCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class PlainProgress(keras.callbacks.Callback):
+    """verbose=2 of fit_steps: instead of Keras's bar, one plain line per log_steps on
+    stdout (step, loss and metrics, steps/s, ETA; tfmicle.cli.ProgressLines), readable
+    in a pipe or a log file."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = int(total_steps)
+        self.lines: cli.ProgressLines | None = None
+
+    def on_train_begin(self, logs=None):
+        self.lines = cli.ProgressLines(self.total_steps, "step", every=0,
+                                       start=int(self.model.optimizer.iterations.numpy()))
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {}
+        for k, v in (logs or {}).items():
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError):  # a non-scalar log entry: not for one line
+                pass
+        self.lines.update(int(self.model.optimizer.iterations.numpy()), **values)
+
+
 def run_strategy(cfg: Config) -> tf.distribute.Strategy:
     """The run's tf.distribute strategy (distribute.make_strategy), checking that the
     global batch splits evenly over its replicas. Call it before any other TensorFlow
@@ -91,6 +115,9 @@ def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, mo
     Multi-worker: every worker calls this with the same arguments (model_dir shared);
     only the chief writes there (see the module doc). out_dir: where this process writes
     (an output_dir the caller holds open); None opens one for the call.
+
+    verbose: 0 silent, 1 Keras's progress bar, 2 one plain line per log_steps
+    (PlainProgress: for pipes and log files).
 
     Returns {"start_step", "end_step", "history"}; raises NaNLossError on a NaN loss.
     """
@@ -168,6 +195,9 @@ def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_
     cbs = [saver, keras.callbacks.TensorBoard(fileio.join(out_dir, LOGS_DIR),
                                               update_freq="epoch", write_graph=False)]
     cbs += list(callbacks or [])
+    if verbose == 2:  # plain lines instead of Keras's bar (and its \r and colours)
+        cbs.append(PlainProgress(total_steps))
+        verbose = 0
     if validation_data is not None:
         validation_data = shard_by_data(validation_data)
     if is_multi_worker(strategy):
@@ -184,7 +214,7 @@ def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_
     return {"start_step": start, "end_step": end, "history": hist.history}
 
 
-__all__ = ["NaNLossError", "StepCheckpoint", "run_strategy", "fit_steps", "is_chief",
-           "output_dir",
+__all__ = ["NaNLossError", "StepCheckpoint", "PlainProgress", "run_strategy", "fit_steps",
+           "is_chief", "output_dir",
            # the run folder's, used through the runner by both trainers
            "prepare_model_dir", "latest_checkpoint", "checkpoint_manager", "checkpoint_step"]
