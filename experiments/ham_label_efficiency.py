@@ -164,7 +164,6 @@ def main(argv=None) -> int:
     else:
         data_dir = os.path.join(work, "records")
         ham10000.prepare_records(a.data, data_dir, a.split_seed, a.workers)
-    from data_prep.convert import ConvertConfig  # noqa: F401  (data_prep importable)
     from tfmicle.data.records import load_dataset_info, read_subset
     from tfmicle.train.finetune import count_labeled
     info = load_dataset_info(data_dir)

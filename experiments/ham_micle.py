@@ -20,15 +20,13 @@ import logging
 import os
 import shutil
 import sys
-import time
 
-import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from experiments import common, ham10000  # noqa: E402
-from experiments.ham10000 import HAM10000_CLASSES_N, Split  # noqa: E402
+from experiments.ham10000 import HAM10000_CLASSES_N  # noqa: E402
 
 NAME = "micle_vs_simclr_ham10000"
 SEARCH_NAME = "choose_derm_settings_ham10000"

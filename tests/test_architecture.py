@@ -25,7 +25,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the library: data pipelines, models, losses, optimizers, metrics
     "library": (("tfmicle.data.augment", "tfmicle.data.pipeline", "tfmicle.data.ph2",
                  "tfmicle.data.tfds_source",
-                 "tfmicle.retrieval", "tfmicle.calibration", "tfmicle.models",
+                 "tfmicle.retrieval", "tfmicle.probe", "tfmicle.calibration", "tfmicle.models",
                  "tfmicle.losses", "tfmicle.optim", "tfmicle.metrics", "tfmicle.distribute"),
                 ("foundation",)),
     # configs to objects, and the run folders both trainers write and the tools read
@@ -38,7 +38,7 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "serving": (("serving",), ("foundation",)),
     # the whole recipe end to end
     # (it drives the tools as a user does, through `python -m`, and imports none of them)
-    "recipes": (("tfmicle.demo",), ("runs", "library", "foundation")),
+    "recipes": (("tfmicle.demo", "tfmicle.demo_ham10000", "tfmicle.demo_steps"), ("runs", "library", "foundation")),
 }
 PACKAGE_NAMES = {"tfmicle", "tfmicle.data"}  # these hold only their own __init__
 

@@ -16,9 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 from tfmicle import cli
+from tfmicle.demo_steps import last_logged, pick, stage, write_yaml
 
 DEFAULT_OUT = "demo_out"
 
@@ -37,45 +37,11 @@ def lesion_labels(patches) -> dict[str, str]:
     return {c: "dark" if m < median else "light" for c, m in means.items()}
 
 
-def _yaml(path: str, data: dict) -> str:
-    import yaml
-    with open(path, "w") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    return path
-
-
-def _stage(title: str, module: str, args: list[str]) -> None:
-    """Runs `python -m module args` as a user would, in its own process (so the demo
-    imports none of the tools it drives)."""
-    print(f"\n=== {title} ===", flush=True)
-    t = time.time()
-    code = subprocess.call([sys.executable, "-m", module, *args])
-    if code:
-        raise SystemExit(f"demo: stage '{title}' failed (exit {code})")
-    print(f"--- {title}: {time.time() - t:.0f} s", flush=True)
-
-
 # MICLe pretraining of the demo: Experiment 1's encoder and recipe, with the augmentation
 # and learning rate chosen on validation lesions (experiments/choose_derm_settings.py).
 PRETRAIN_BATCH = 64
 PRETRAIN_LR = 0.0375         # LARS, square-root batch scaling
 TEMPERATURE = 0.2
-
-
-def last_logged(model_dir: str, tag: str) -> float | None:
-    """The last value of a Keras TensorBoard scalar (e.g. "epoch_contrast_loss") in a run's
-    logs/train, as a user reads it in TensorBoard; None when it was never logged."""
-    import glob
-
-    import tensorflow as tf
-    last = None
-    for path in sorted(glob.glob(os.path.join(model_dir, "logs", "train", "events.*"))):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.tag == tag:
-                    last = (event.step, float(tf.make_ndarray(v.tensor)) if v.HasField("tensor")
-                            else float(v.simple_value))
-    return None if last is None else last[1]
 
 
 def heldout_retrieval(records: str, split: str, pre_cfg_path: str, patches, seed: int) -> dict:
@@ -128,7 +94,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     ph2.write_manifest(manifest, patches, label=lambda p: labels[p.case_id])
     print(f"PH2 manifest: {len(patches)} patches of {len(labels)} lesions -> {manifest}")
     q = ["--no-progress"] if quiet else []
-    _stage("data_prep", "data_prep", [
+    stage("data_prep", "data_prep", [
         "--format", "csv", "--input", manifest, "--images", patch_dir, "--out", records,
         "--split-fractions", "train=0.7,validation=0.15,test=0.15",
         "--label-fractions", "0.1,0.5,1", "--overwrite", *q])
@@ -137,7 +103,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     from tfmicle.data.pipeline import count_examples
     warmup_epochs = 0.1 * pretrain_steps * PRETRAIN_BATCH / count_examples(records, "train",
                                                                             "case")
-    pre_cfg = _yaml(os.path.join(out, "pretrain.yaml"), {
+    pre_cfg = write_yaml(os.path.join(out, "pretrain.yaml"), {
         "mode": "pretrain", "method": "micle", "model_dir": pre_dir,
         "data": {"dir": records, "train_split": "train", "image_size": 32,
                  "augment": "derm", "shuffle_buffer": 1000, "cache": True},
@@ -149,12 +115,12 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
                   "checkpoint_steps": max(pretrain_steps // 2, 1),
                   "log_steps": max(pretrain_steps // 8, 1)}})
     qa = ["-q"] if quiet else []
-    _stage("MICLe pretraining", "tfmicle.train", ["--config", pre_cfg, *qa])
+    stage("MICLe pretraining", "tfmicle.train", ["--config", pre_cfg, *qa])
     final_loss = last_logged(pre_dir, "epoch_contrast_loss")
     print("\n=== held-out lesion retrieval (test split) ===", flush=True)
     retrieval = heldout_retrieval(records, "test", pre_cfg, patches, seed=0)
     print(retrieval_lines(retrieval))
-    ft_cfg = _yaml(os.path.join(out, "finetune.yaml"), {
+    ft_cfg = write_yaml(os.path.join(out, "finetune.yaml"), {
         "mode": "finetune", "model_dir": ft_dir,
         "data": {"dir": records, "train_split": "train", "eval_split": "validation",
                  "image_size": 32, "augment": "finetune", "shuffle_buffer": 1000,
@@ -169,12 +135,12 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
                      "zero_init_head": True,
                      "best_metric": "val_accuracy",
                      "eval_every_steps": max(finetune_steps // 3, 1)}})
-    _stage("fine-tuning", "tfmicle.train", ["--config", ft_cfg, *qa])
+    stage("fine-tuning", "tfmicle.train", ["--config", ft_cfg, *qa])
     # Temperature scaling fitted on the validation split; the report then shows
     # calibration and Grad-CAM overlays of the 2 most confident errors and correct cases.
-    _stage("export (calibrated on the validation split)", "tfmicle.export",
+    stage("export (calibrated on the validation split)", "tfmicle.export",
            ["--model-dir", ft_dir, "--out", models, "--calibrate", "validation"])
-    _stage("batch scoring (test split)", "tfmicle.score", [
+    stage("batch scoring (test split)", "tfmicle.score", [
         "--model", models, "--data", records, "--split", "test", "--out", report,
         "--bootstrap", "200", "--explain", "2", *qa])
     metrics_path = os.path.join(report, "metrics.json")
@@ -196,22 +162,11 @@ def retrieval_lines(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _pick(metrics: dict, *keys):
-    """First of the given (possibly nested, dotted) keys present in metrics."""
-    for key in keys:
-        node = metrics
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, (int, float)):
-            return float(node)
-    return None
-
-
 def summary(res: dict) -> str:
     m = res["metrics"]
-    acc = _pick(m, "image.top1_accuracy", "image.accuracy", "top1_accuracy", "accuracy")
-    auc = _pick(m, "image.mean_auc", "mean_auc", "image.auc")
-    case_acc = _pick(m, "case.top1_accuracy", "case.accuracy")
+    acc = pick(m, "image.top1_accuracy", "image.accuracy", "top1_accuracy", "accuracy")
+    auc = pick(m, "image.mean_auc", "mean_auc", "image.auc")
+    case_acc = pick(m, "case.top1_accuracy", "case.accuracy")
     lines = ["", "tfmicle demo done. Where everything is:",
              f"  manifest        {res['manifest']}",
              f"  records         {res['records']}  (python -m data_prep inspect ...)",
@@ -228,7 +183,7 @@ def summary(res: dict) -> str:
                      f"{pt['uniform_guess_loss']:.2f})")
     lines += [retrieval_lines(res["retrieval"]), "",
               "Held-out test lesions, fine-tuned classifier (task: dark vs light lesion):"]
-    ece = _pick(m, "calibration.case.ece")
+    ece = pick(m, "calibration.case.ece")
     for name, v in (("image top-1 accuracy", acc), ("image mean AUC", auc),
                     ("case top-1 accuracy", case_acc), ("case ECE (calibrated)", ece)):
         if v is not None:

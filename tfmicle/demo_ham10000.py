@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 
-from tfmicle.demo import _stage, _yaml, last_logged
+from tfmicle.demo_steps import last_logged, pick, stage, write_yaml
 
 SPLITS = "train=0.7,validation=0.1,test=0.2"
 SUBGROUPS = "sex,age_band,localization"
@@ -81,7 +81,7 @@ def bought_lines(r: dict) -> str:
     lines = [f"What pretraining bought, on {r['test_lesions']} held-out test lesions:",
              f"  retrieval of distinct photos ({r['queries']} photos of "
              f"{r['multi_photo_lesions']} multi-photo lesions; near-identical pairs left out)",
-             f"  linear probe of the diagnoses (frozen features, 95 % CI over lesions)",
+             "  linear probe of the diagnoses (frozen features, 95 % CI over lesions)",
              f"  {'encoder':18s} {'top-1':>6s} {'mAP':>6s}   {'probe bal. acc':>22s}"
              f"   {'probe macro AUC':>22s}"]
     for name, label in (("micle", "MICLe-pretrained"), ("random_init", "random-init")):
@@ -107,13 +107,13 @@ def run(data: str, out: str, pretrain_steps: int, finetune_steps: int, width: fl
         shutil.rmtree(d, ignore_errors=True)
     q = ["--no-progress"] if quiet else []
     qa = ["-q"] if quiet else []
-    _stage("data_prep (HAM10000, split by lesion)", "data_prep", [
+    stage("data_prep (HAM10000, split by lesion)", "data_prep", [
         "--format", "ham10000", "--input", data, "--out", records, "--split-fractions", SPLITS,
         "--label-fractions", "0.1,1", "--overwrite", *q])
     from tfmicle.data.pipeline import count_examples
     model = {"depth": 18, "width_multiplier": width, "num_proj_layers": 2, "proj_out_dim": 64,
              "global_bn": False}
-    pre_cfg = _yaml(os.path.join(out, "pretrain.yaml"), {
+    pre_cfg = write_yaml(os.path.join(out, "pretrain.yaml"), {
         "mode": "pretrain", "method": "micle", "model_dir": pre_dir,
         "data": {"dir": records, "train_split": "train", "image_size": IMAGE_SIZE,
                  "augment": "derm", "shuffle_buffer": 10_000, "cache": True},
@@ -123,12 +123,12 @@ def run(data: str, out: str, pretrain_steps: int, finetune_steps: int, width: fl
                   / count_examples(records, "train", "case"), **PRETRAIN,
                   "checkpoint_steps": max(pretrain_steps // 2, 1),
                   "log_steps": max(pretrain_steps // 8, 1)}})
-    _stage("MICLe pretraining (train lesions, labels unused)", "tfmicle.train",
+    stage("MICLe pretraining (train lesions, labels unused)", "tfmicle.train",
            ["--config", pre_cfg, *qa])
     print("\n=== what pretraining bought (test lesions) ===", flush=True)
     bought = pretraining_bought(records, pre_cfg)
     print(bought_lines(bought), flush=True)
-    ft_cfg = _yaml(os.path.join(out, "finetune.yaml"), {
+    ft_cfg = write_yaml(os.path.join(out, "finetune.yaml"), {
         "mode": "finetune", "model_dir": ft_dir,
         "data": {"dir": records, "train_split": "train", "eval_split": "validation",
                  "image_size": IMAGE_SIZE, "augment": "derm", "crop_min_area": 0.5,
@@ -142,11 +142,11 @@ def run(data: str, out: str, pretrain_steps: int, finetune_steps: int, width: fl
                      "zero_init_head": True, "class_weight": "balanced",
                      "best_metric": "val_auc",
                      "eval_every_steps": max(finetune_steps // 3, 1)}})
-    _stage("7-class fine-tuning (balanced class weights)", "tfmicle.train",
+    stage("7-class fine-tuning (balanced class weights)", "tfmicle.train",
            ["--config", ft_cfg, *qa])
-    _stage("export (calibrated on the validation lesions)", "tfmicle.export",
+    stage("export (calibrated on the validation lesions)", "tfmicle.export",
            ["--model-dir", ft_dir, "--out", models, "--calibrate", "validation"])
-    _stage("batch scoring (test lesions, subgroups, explanations)", "tfmicle.score", [
+    stage("batch scoring (test lesions, subgroups, explanations)", "tfmicle.score", [
         "--model", models, "--data", records, "--split", "test", "--out", report,
         "--bootstrap", "200", "--explain", "2", "--subgroups", SUBGROUPS, *qa])
     sample = write_sample(records, out)
@@ -171,7 +171,6 @@ def write_sample(records: str, out: str) -> str:
 
 
 def summary(res: dict, port: int) -> str:
-    from tfmicle.demo import _pick
     m = res["metrics"]
     lines = ["", "tfmicle demo on HAM10000 done. Where everything is:",
              f"  records         {res['records']}",
@@ -191,7 +190,7 @@ def summary(res: dict, port: int) -> str:
                        ("image balanced accuracy", ("image.balanced_accuracy",)),
                        ("image top-1 accuracy", ("image.top1_accuracy",)),
                        ("case top-1 accuracy", ("case.top1_accuracy",))):
-        v = _pick(m, *keys)
+        v = pick(m, *keys)
         if v is not None:
             lines.append(f"  {name:24s} {v:.3f}")
     lines += ["", "Serve it (then send the sample photo):",

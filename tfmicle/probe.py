@@ -38,6 +38,9 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     """Multinomial logistic regression (class-balanced) on standardised frozen features:
     C chosen on validation balanced accuracy, then test metrics with bootstrap CIs over
     test lesions. Each arg is (features [N, D], labels [N])."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from tfmicle.metrics import bootstrap_ci
     mu, sd = train[0].mean(0), train[0].std(0) + 1e-6
@@ -46,7 +49,11 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     best = None
     for c in PROBE_C:
         clf = LogisticRegression(C=c, class_weight="balanced", max_iter=300)
-        clf.fit(z[0], train[1])
+        with warnings.catch_warnings():
+            # lbfgs may stop at max_iter on weakly regularised, separable features; the
+            # validation choice of C sees the result either way
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(z[0], train[1])
         probs = _full_probs(clf, z[1], num_classes)
         grid[c] = probe_metrics(val[1], probs, num_classes)["balanced_accuracy"]
         if best is None or grid[c] > grid[best[0]]:
