@@ -33,7 +33,7 @@ from tfmicle.data import records  # noqa: E402
 from tfmicle.data.augment import preset  # noqa: E402
 from tfmicle.data.pipeline import PipelineConfig, pretrain_dataset  # noqa: E402
 from tfmicle.optim import LARS  # noqa: E402
-from tfmicle.train.pretrain import build_contrastive_model  # noqa: E402
+from tfmicle.build import contrastive_model as build_contrastive_model  # noqa: E402
 
 
 def make_records(out: str, n_cases: int, size: int) -> None:

@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serving.harness import ServerProcess, encode, random_pixels, smooth_pixels  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the serving test harness
+from serving_harness import ServerProcess, encode, random_pixels, smooth_pixels  # noqa: E402
 
 
 class Connection:

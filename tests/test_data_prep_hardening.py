@@ -1,4 +1,4 @@
-"""data_prep against a careless data engineer (issue 10): duplicate images across
+"""data_prep against a careless data engineer: duplicate images across
 patients, files the folders format used to drop silently, images that Pillow reads but
 TensorFlow does not, EXIF rotation, byte-identical output across processes, mistakes
 that used to exit 0, and the smaller items (numeric class order, orphaned workers, the

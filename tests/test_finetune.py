@@ -17,7 +17,7 @@ from tfmicle.rundir import load_classifier
 from tfmicle.models.classifier import build_classifier
 from tfmicle.tasks import multiclass_loss, multilabel_loss, task_loss
 from tfmicle.models.resnet import ResNetSpec, stage_of
-from tfmicle.train.pretrain import build_contrastive_model
+from tfmicle.build import contrastive_model as build_contrastive_model
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ class _Start(keras.callbacks.Callback):
 
 def _pretrained_head(pretrain_dir: str) -> dict[str, np.ndarray]:
     """The pretraining run's projection-head layer 0, read the standard way."""
-    from tfmicle.train.pretrain import build_contrastive_model
+    from tfmicle.build import contrastive_model as build_contrastive_model
     cfg = load_config(os.path.join(pretrain_dir, "config.yaml"))
     model = build_contrastive_model(cfg, 0)
     tf.train.Checkpoint(model=model).restore(

@@ -1,4 +1,4 @@
-"""Object-store paths (issue 13): every path a user gives may be a URL of TensorFlow's
+"""Object-store paths: every path a user gives may be a URL of TensorFlow's
 filesystems. Tested on ``ram://``, TensorFlow's in-memory filesystem of this process:
 it has the object-store properties that matter (no shared view with other processes,
 paths with a scheme that os and pathlib mangle, a zero mtime) without a network.

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.harness import ServerProcess, encode, random_pixels
+from serving_harness import ServerProcess, encode, random_pixels
 
 httpx = pytest.importorskip("httpx")
 

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.harness import ServerProcess, encode, random_pixels
+from serving_harness import ServerProcess, encode, random_pixels
 from serving.toy import expected_mean_colour, save_mean_colour_model
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.harness import REPO_ROOT, ServerProcess, encode, random_pixels
+from serving_harness import REPO_ROOT, ServerProcess, encode, random_pixels
 from serving.toy import expected_mean_colour, save_cnn_model, save_mean_colour_model
 from tfmicle.model_format import PUBLISHED_FILE, publish
 

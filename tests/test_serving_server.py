@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import pytest
 
-from serving.harness import ServerProcess, encode, random_pixels
+from serving_harness import ServerProcess, encode, random_pixels
 from serving.toy import expected_mean_colour, save_mean_colour_model
 
 from test_serving_units import jpeg_with_header, png_with_header

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from serving.errors import ApiError
-from serving.harness import encode, random_pixels
+from serving_harness import encode, random_pixels
 from serving.images import decode_base64, validate_image
 
 

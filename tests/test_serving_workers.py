@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.harness import ServerProcess, encode, random_pixels
+from serving_harness import ServerProcess, encode, random_pixels
 from serving.toy import save_mean_colour_model
 
 httpx = pytest.importorskip("httpx")

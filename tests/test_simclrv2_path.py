@@ -43,7 +43,7 @@ class _Before(keras.callbacks.Callback):
 
 def test_import_continue_finetune_export_serve(simclr_r50_checkpoint, tmp_path, capsys):
     httpx = pytest.importorskip("httpx")
-    from serving.harness import ServerProcess, encode, random_pixels
+    from serving_harness import ServerProcess, encode, random_pixels
     from tfmicle.config import load_config
     from tfmicle.export import main as export_main
     from tfmicle.import_checkpoint import main as import_main

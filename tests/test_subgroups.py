@@ -1,4 +1,4 @@
-"""Subgroup metrics and the distribution-shift summary (issue 11): records schema v2
+"""Subgroup metrics and the distribution-shift summary: records schema v2
 carries each dataset's patient metadata; the score report's subgroup tables, largest
 gap and shift section equal what a plain numpy reference computes from the written
 prediction files (filtered by their meta_ columns). v1 records stay readable.

@@ -240,7 +240,7 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     from tfmicle.score import shift as S
     from tfmicle.score import subgroups as G
     lines = ["# Scoring report", ""]
-    for r in runs:   # the largest subgroup gap first, as issue 11 asks
+    for r in runs:   # the largest subgroup gap first: what a reviewer reads first
         found = G.largest_gap_overall((r.metrics or {}).get("subgroups") or {})
         if found:
             name, gap = found

@@ -77,11 +77,6 @@ def labeled_counts(data_dir: str, split: str, task: str, case_ids: tuple[str, ..
     return int(cases), int(images), [int(v) for v in per_class.numpy()]
 
 
-def check_encoder_compatible(cfg: Config, pre: Config, checkpoint: str) -> None:
-    """ConfigError naming the first encoder setting that differs from pretraining."""
-    check_architecture(cfg, pre, checkpoint)
-
-
 def validate_config(cfg: Config, task: str) -> None:
     f = cfg.finetune
     if not 0 < cfg.data.label_fraction <= 1:
@@ -289,4 +284,4 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
 
 
 __all__ = ["finetune", "build_model", "count_labeled", "labeled_counts", "resolve_auc_classes",
-           "validate_config", "check_encoder_compatible"]
+           "validate_config"]

@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 
 # Kept under its old name: bench/ and the tests build the pretraining model through it.
-build_contrastive_model = build.contrastive_model
 
 
 def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
@@ -60,7 +59,7 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
                                                 1)
     keras.utils.set_random_seed(cfg.train.seed)
     with strategy.scope():
-        model = build_contrastive_model(cfg, num_classes)
+        model = build.contrastive_model(cfg, num_classes)
         if p.init == "checkpoint" and not resuming:
             # Continued pretraining: weights from the run, a fresh optimizer and step 0
             # (a resumed run restores its own checkpoint in fit_steps instead).
@@ -87,4 +86,4 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     return result
 
 
-__all__ = ["pretrain", "build_contrastive_model"]
+__all__ = ["pretrain"]
