@@ -44,7 +44,7 @@ QUICK = dict(seeds=[0], steps=4, width=0.125, depth=18, image_size=32, batch_siz
 # The settings Experiment 1 runs with on HAM10000: chosen by the search below on
 # validation lesions (experiments/README.md has its table). The rest is the PH2
 # experiment's (micle_vs_simclr.pretrain_config).
-CHOSEN: dict[str, str] = {}
+CHOSEN: dict[str, str] = {"data.color_p": "0.8", "data.color_strength": "0.2"}
 
 # Candidates of the search: changes from the PH2-chosen derm settings (no colour jitter,
 # no grayscale, LARS 0.0375, temperature 0.2, crop area >= 0.08).

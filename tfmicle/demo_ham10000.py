@@ -26,6 +26,7 @@ BATCH = 64
 # Experiment 1's encoder and pretraining recipe on HAM10000 (experiments/README.md).
 PRETRAIN = {"optimizer": "lars", "learning_rate": 0.0375, "lr_scaling": "sqrt",
             "weight_decay": 1e-6, "temperature": 0.2}
+PRETRAIN_COLOUR = {"color_p": 0.8, "color_strength": 0.2}   # chosen on HAM validation lesions
 
 
 def pretraining_bought(records: str, pre_cfg_path: str, seed: int = 0) -> dict:
@@ -116,7 +117,8 @@ def run(data: str, out: str, pretrain_steps: int, finetune_steps: int, width: fl
     pre_cfg = write_yaml(os.path.join(out, "pretrain.yaml"), {
         "mode": "pretrain", "method": "micle", "model_dir": pre_dir,
         "data": {"dir": records, "train_split": "train", "image_size": IMAGE_SIZE,
-                 "augment": "derm", "shuffle_buffer": 10_000, "cache": True},
+                 "augment": "derm", **PRETRAIN_COLOUR, "shuffle_buffer": 10_000,
+                 "cache": True},
         "model": {**model, "online_probe": False},
         "train": {"batch_size": BATCH, "train_steps": pretrain_steps,
                   "warmup_epochs": 0.1 * pretrain_steps * BATCH

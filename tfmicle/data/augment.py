@@ -42,7 +42,9 @@ PRESETS = {
     # jitter or grayscale: colour is a same-lesion cue that they erase. Chosen on
     # validation lesions carved from PH2's pretraining lesions at 32 px, where SimCLR also
     # drops blur (experiments/choose_derm_settings.py; the search is in
-    # experiments/README.md). At 224 px set blur_p 0.5 (SimCLR), as configs/derm_*.yaml do.
+    # experiments/README.md). At 224 px set blur_p 0.5 (SimCLR), as configs/derm_*.yaml do;
+    # on real photos (HAM10000 at 64 px) weak colour jitter (p 0.8, strength 0.2) scored
+    # better on validation lesions, and configs/derm_*.yaml add it.
     "derm": AugmentConfig(color_p=0.0, grayscale_p=0.0, blur_p=0.0),
 }
 
