@@ -278,7 +278,7 @@ def _ham(tmp_path):
 def test_ham10000_subgroups_gap_and_shift_from_prediction_files(tmp_path, capsys):
     root, rows = _ham(tmp_path)
     info = run("ham10000", root, tmp_path / "rec", split_fractions={"test": 1.0})
-    assert info["schema_version"] == 2 and info["metadata_columns"] == ["sex", "age",
+    assert info["schema_version"] == 3 and info["metadata_columns"] == ["sex", "age",
                                                                          "localization"]
     model = toy_model(tmp_path / "models" / "ham", HAM_CLASSES)
     # compare: a CSV manifest of 16 of the images, its extra columns are metadata too
