@@ -30,6 +30,37 @@ def test_ph2_manifest_groups_patches_by_lesion(tmp_path):
     assert abs(n_dark - len(labels) / 2) <= 1                   # split at the median lesion
 
 
+def test_sample_image_is_a_png_ph2_patch(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tfmicle.data import ph2
+    from tfmicle.demo import SAMPLE_PATCH, write_sample
+    path = write_sample(str(tmp_path))
+    assert path == str(tmp_path / "sample.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"      # a type /classify takes as it is
+    got = np.asarray(Image.open(path))
+    want = np.asarray(Image.open(os.path.join(ph2.patches_root(), *SAMPLE_PATCH)).convert("RGB"))
+    assert got.shape == (32, 32, 3) and (got == want).all()
+
+
+def test_summary_ends_with_the_serve_command_and_a_sample_request():
+    from tfmicle.demo import summary
+    res = {"manifest": "o/m.csv", "records": "o/records", "pretrain_dir": "o/runs/micle",
+           "finetune_dir": "o/runs/finetune", "models": "/x/demo_out/models/ph2",
+           "report": "o/score", "sample": "/x/demo_out/sample.png",
+           "metrics": {"image": {"top1_accuracy": 0.75}},
+           "pretraining": {"final_contrast_loss": None},
+           "retrieval": {"lesions": 5, "queries": 9, **{k: {"top1": 0.5, "map": 0.4} for k in
+                                                         ("micle", "random_init", "chance")}}}
+    text = summary(res)
+    assert text.splitlines()[-2:] == [
+        "  .venv/bin/python -m serving --model-base-path /x/demo_out/models/ph2 --port 8000",
+        "  curl -F files=@/x/demo_out/sample.png http://127.0.0.1:8000/classify"]
+    assert summary(res, 9000).endswith("http://127.0.0.1:9000/classify")
+
+
 @pytest.mark.slow
 def test_demo_quick_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
@@ -37,6 +68,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tfmicle demo done" in r.stdout
+    assert f"-m serving --model-base-path {out / 'models' / 'ph2'} --port 8000" in r.stdout
+    assert f"curl -F files=@{out / 'sample.png'} " in r.stdout and (out / "sample.png").is_file()
     summary = json.load(open(out / "summary.json"))
     assert os.path.exists(os.path.join(summary["models"], "1", "saved_model.pb"))
     assert os.path.exists(os.path.join(summary["records"], "dataset.json"))

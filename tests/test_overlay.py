@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tfmicle.overlay import colormap, overlay, overlay_png, peak
+from tfmicle.overlay import (CONTOUR_RGB, PANEL_GAP, colormap, overlay, overlay_png, peak,
+                             side_by_side, side_by_side_png)
 from tfmicle.score.explain import select
 
 
@@ -29,6 +30,31 @@ def test_overlay_blend_peak_and_png_round_trip():
     assert (arr[20:24, 8:12] == out[5, 2]).all()
     with pytest.raises(ValueError):
         overlay(pixels, np.zeros((4, 4)))
+
+
+def test_side_by_side_keeps_the_input_and_outlines_the_hot_region():
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8)
+    heat = np.zeros((8, 8))
+    heat[2:5, 3:6] = 1.0                       # a 3 x 3 hot block, its centre (3, 4)
+    got = side_by_side(pixels, heat, alpha=0.3, min_side=16)   # upscaled by 2
+    assert got.shape == (16, 2 * 16 + PANEL_GAP, 3)
+    # left: the input itself, untouched by the heatmap
+    assert (got[:, :16] == np.repeat(np.repeat(pixels, 2, 0), 2, 1)).all()
+    assert (got[:, 16:16 + PANEL_GAP] == 255).all()
+    right = got[:, 16 + PANEL_GAP:]
+    blend = np.repeat(np.repeat(overlay(pixels, heat, 0.3), 2, 0), 2, 1)
+    outline = np.zeros((16, 16), bool)
+    outline[4:10, 6:12] = True
+    outline[5:9, 7:11] = False                 # the block's one-pixel inner boundary
+    assert (right[outline] == CONTOUR_RGB).all()
+    assert (right[~outline] == blend[~outline]).all()
+    png = Image.open(io.BytesIO(side_by_side_png(pixels, heat, min_side=16)))
+    assert png.format == "PNG" and png.size == (2 * 16 + PANEL_GAP, 16)
+    # an all-zero map: nothing outlined
+    flat = side_by_side(pixels, np.zeros((8, 8)), alpha=0.3, min_side=16)[:, 16 + PANEL_GAP:]
+    assert (flat == np.repeat(np.repeat(overlay(pixels, np.zeros((8, 8)), 0.3), 2, 0), 2,
+                              1)).all()
 
 
 def test_select_most_confident_errors_and_correct_multiclass():

@@ -18,9 +18,11 @@ import subprocess
 import sys
 
 from tfmicle import cli
-from tfmicle.demo_steps import last_logged, pick, stage, write_yaml
+from tfmicle.demo_steps import last_logged, pick, serve_lines, stage, write_yaml
 
 DEFAULT_OUT = "demo_out"
+DEFAULT_PORT = 8000
+SAMPLE_PATCH = ("Similar", "patch0a.bmp")   # PH2 patch 0 (lesion 0), sent by the sample request
 
 
 def lesion_labels(patches) -> dict[str, str]:
@@ -70,6 +72,17 @@ def heldout_retrieval(records: str, split: str, pre_cfg_path: str, patches, seed
     res = evaluate_features(feats, lesions, queries, leak)
     return {name: res[name]["filtered"] for name in ("micle", "random_init", "chance")} | {
         "lesions": int(len(set(lesions.tolist()))), "queries": len(queries)}
+
+
+def write_sample(out: str) -> str:
+    """A PH2 patch as <out>/sample.png, the image of the sample request (PNG: every
+    serving surface takes it as it is)."""
+    from PIL import Image
+
+    from tfmicle.data import ph2
+    path = os.path.join(out, "sample.png")
+    Image.open(os.path.join(ph2.patches_root(), *SAMPLE_PATCH)).convert("RGB").save(path)
+    return path
 
 
 def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
@@ -147,6 +160,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
     return {"out": out, "manifest": manifest, "records": records, "pretrain_dir": pre_dir,
             "finetune_dir": ft_dir, "models": models, "report": report, "metrics": metrics,
+            "sample": write_sample(out),
             "pretraining": {"final_contrast_loss": final_loss, "batch_size": PRETRAIN_BATCH,
                             "uniform_guess_loss": 2 * math.log(2 * PRETRAIN_BATCH - 1)},
             "retrieval": retrieval}
@@ -162,7 +176,9 @@ def retrieval_lines(r: dict) -> str:
     return "\n".join(lines)
 
 
-def summary(res: dict) -> str:
+def summary(res: dict, port: int = DEFAULT_PORT) -> str:
+    """Where everything is, the headline numbers, and what to do next (serve the model,
+    send it the sample image)."""
     m = res["metrics"]
     acc = pick(m, "image.top1_accuracy", "image.accuracy", "top1_accuracy", "accuracy")
     auc = pick(m, "image.mean_auc", "mean_auc", "image.auc")
@@ -188,6 +204,8 @@ def summary(res: dict) -> str:
                     ("case top-1 accuracy", case_acc), ("case ECE (calibrated)", ece)):
         if v is not None:
             lines.append(f"  {name:22s} {v:.3f}")
+    if res.get("sample"):
+        lines += serve_lines(res["models"], res["sample"], port)
     return "\n".join(lines)
 
 
@@ -205,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="ResNet-18 width multiplier (default 0.25 PH2, 0.5 HAM10000)")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke run)")
     p.add_argument("--serve", action="store_true", help="then serve the exported model")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     cli.quiet_tensorflow()
@@ -238,14 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                        args.quiet)
         with open(os.path.join(res["out"], "summary.json"), "w") as f:
             json.dump({k: v for k, v in res.items()}, f, indent=2)
-        print(summary(res))
+        print(summary(res, args.port))
         if args.serve:
-            from PIL import Image
-            sample = os.path.join(res["out"], "sample.png")
-            from tfmicle.data import ph2
-            Image.open(os.path.join(ph2.patches_root(), "Similar", "patch0a.bmp")).save(sample)
-            print(f"\nServing {res['models']} on http://127.0.0.1:{args.port} (Ctrl-C stops)."
-                  f"\nTry:\n  curl -F files=@{sample} http://127.0.0.1:{args.port}/classify")
+            print(f"\nServing {res['models']} on http://127.0.0.1:{args.port} (Ctrl-C stops).")
             return subprocess.call([sys.executable, "-m", "serving", "--model-base-path",
                                     res["models"], "--port", str(args.port)])
         return 0

@@ -1,6 +1,7 @@
 """What both demos share (tfmicle.demo on PH2 patches, tfmicle.demo_ham10000 on a
 HAM10000 download): running a stage as a user would, writing its config, reading a
-logged scalar back, and picking a number out of score's metrics.json."""
+logged scalar back, picking a number out of score's metrics.json, and the closing
+commands that serve the model."""
 from __future__ import annotations
 
 import os
@@ -52,3 +53,11 @@ def pick(metrics: dict, *keys):
         if isinstance(node, (int, float)):
             return float(node)
     return None
+
+
+def serve_lines(models: str, sample: str, port: int) -> list[str]:
+    """What to do next: the command that serves the exported models and a request that
+    classifies the sample image (multipart upload to /classify)."""
+    return ["", "Next: serve the model, then classify the sample image (another shell):",
+            f"  .venv/bin/python -m serving --model-base-path {models} --port {port}",
+            f"  curl -F files=@{sample} http://127.0.0.1:{port}/classify"]

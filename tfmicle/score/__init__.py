@@ -18,7 +18,8 @@ DIR gets predictions_images.csv (one row per image: ids, label, predicted class,
 prob_<class>...), predictions_cases.csv (the mean of the image probabilities of each
 case), skipped.csv (images that could not be read or decoded: listed, never fatal),
 metrics.json when labels exist (tfmicle.metrics.evaluate: image and case level, bootstrap
-95 % CIs resampling cases), and report.md with roc.png, pr.png and confusion.png.
+95 % CIs resampling cases), and report.md with roc.png, pr.png (case and image level)
+and confusion.png (counts and rows normalised).
 --compare SRC2 scores a second dataset (e.g. an external test set) into DIR/compare/
 and puts it beside the first in report.md and the figures, with a distribution-shift
 section (shift.py: prevalence, metric drops with bootstrap CIs, ECE) and shift.json.
@@ -37,7 +38,7 @@ contract) is called through ``serving_default`` with the encoded images.
 optional ``tfmicle[beam]`` extra) and writes the same files from the same code.
 
 Modules: model (the exported model as the scorer sees it), sources, predict, report,
-subgroups, shift, calib (the calibration section), explain (--explain), beam and
+figures, subgroups, shift, calib (the calibration section), explain (--explain), beam and
 beam_rows (--runner beam), job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
 """
 from __future__ import annotations

@@ -67,7 +67,7 @@ def explain(model: ScoringModel, scored, n: int) -> dict:
     png)."""
     import numpy as np
     import tensorflow as tf
-    from tfmicle.overlay import overlay_png, peak
+    from tfmicle.overlay import peak, side_by_side_png
 
     fn = model.explain_fn
     if fn is None:
@@ -91,7 +91,7 @@ def explain(model: ScoringModel, scored, n: int) -> dict:
     for j, (p, r) in enumerate(zip(picks, rows)):
         rank[p["kind"]] += 1
         path = fileio.join(out_dir, f"{p['kind']}_{rank[p['kind']]}.png")
-        fileio.write_bytes(path, overlay_png(pixels[j], heat[j]))
+        fileio.write_bytes(path, side_by_side_png(pixels[j], heat[j]))
         lab = labels[p["row"]]
         if model.task == MULTICLASS:
             label = names[int(lab)]
@@ -111,17 +111,36 @@ def explain(model: ScoringModel, scored, n: int) -> dict:
         [repr(it[c]) if c == "confidence" else
          fileio.relpath(it[c], scored.out_dir) if c == "png" else it[c] for c in cols]
         for it in items)))
-    return {"items": items, "csv": csv_path}
+    return {"items": items, "csv": csv_path, "input_size": int(heat.shape[1])}
+
+
+def cam_grid(size: int) -> int:
+    """The side of Grad-CAM's grid for tfmicle's ResNet at this input size: the last
+    block's stride is 8 with the small-image stem (<= 32 px: 32 px -> 4 x 4) and 32
+    above (stem stride 2, max-pool, three stride-2 groups: 224 px -> 7 x 7)."""
+    from tfmicle.models.resnet import small_stem
+    return -(-size // (8 if small_stem(size) else 32))
+
+
+def _sizes_line(size: int) -> str:
+    from tfmicle.overlay import CONTOUR_LEVEL, MIN_SIDE, PANEL_ALPHA
+    panel = size * max(1, -(-MIN_SIDE // size))
+    g = cam_grid(size)
+    return (f"Left: the image the model saw (the centre crop, resized to {size} px); right: "
+            f"the heatmap of the explained class's evidence blended over it at alpha "
+            f"{PANEL_ALPHA} (red = strongest) with a white outline where it reaches "
+            f"{CONTOUR_LEVEL:g} of its maximum. Grad-CAM on the encoder's last convolutional "
+            f"block gives a {g} x {g} grid (tfmicle's ResNet: input/8 up to 32 px, input/32 "
+            f"above), interpolated to {size} x {size}; each panel is shown at {panel} x "
+            f"{panel} px (nearest). Peak: (row, col) in the {size} px image.")
 
 
 def section(runs: list, explained: dict, report_dir: str) -> list[str]:
     """The report's "Explanations" section: per source, a table with each overlay."""
     if not any(explained.get(r.name, {}).get("items") for r in runs):
         return []
-    lines = ["## Explanations (Grad-CAM)", "",
-             "Heatmap of the explained class's evidence (Grad-CAM on the encoder's last "
-             "convolutional block) over the image the model saw (the centre crop, resized); "
-             "red = strongest. Peak: (row, col) in that image.", ""]
+    size = next(e["input_size"] for e in explained.values() if e.get("items"))
+    lines = ["## Explanations (Grad-CAM)", "", _sizes_line(size), ""]
     for r in runs:
         items = explained.get(r.name, {}).get("items")
         if not items:
@@ -137,4 +156,4 @@ def section(runs: list, explained: dict, report_dir: str) -> list[str]:
     return lines
 
 
-__all__ = ["EXPLAIN_DIR", "select", "explain", "section"]
+__all__ = ["EXPLAIN_DIR", "select", "explain", "cam_grid", "section"]

@@ -11,9 +11,9 @@ from tfmicle import fileio
 from tfmicle.score import calib, explain as explain_mod
 from tfmicle.score.model import ScoreError, ScoringModel, load_model
 from tfmicle.score.predict import Predictions, predict
-from tfmicle.score.report import (Scored, parquet_available, tables, write_figures, write_report,
-                                  write_table)
-from tfmicle.score.sources import Source, open_source
+from tfmicle.score.figures import write_figures, write_reliability
+from tfmicle.score.report import Scored, parquet_available, tables, write_report, write_table
+from tfmicle.score.sources import Source, declared_meta_columns, open_source
 from tfmicle.score.subgroups import Subgroups, resolve_column, subgroup_metrics
 
 log = logging.getLogger("tfmicle.score")
@@ -104,6 +104,10 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
         raise ScoreError("--batch-size must be >= 1")
     if explain < 0:
         raise ScoreError("--explain must be >= 0")
+    if subgroups and subgroups.names:   # before the model loads: a typo costs no wait
+        declared = declared_meta_columns(data)
+        if declared is not None:
+            _check_subgroup_columns(subgroups, declared, data)
     model = load_model(model_path)
     if explain and model.explain_fn is None:
         raise ScoreError(f"--explain: {model.path} was exported without the "
@@ -122,11 +126,7 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     for _, src, _ in sources:
         _check_files_found(src, images_root)
     if subgroups and subgroups.names:
-        primary = sources[0][1]
-        for n in subgroups.names:
-            if resolve_column(n, primary.meta_columns) is None:
-                raise ScoreError(f"--subgroups {n}: no such metadata column in {primary.spec} "
-                                 f"(has: {', '.join(primary.meta_columns) or 'none'})")
+        _check_subgroup_columns(subgroups, sources[0][1].meta_columns, sources[0][1].spec)
     runs = []
     for name, src, d in sources:
         bar = progress_factory(len(src), name) if progress_factory else None
@@ -152,7 +152,7 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     if report:
         figures = write_figures(model, [r for r in runs if r.metrics], out_dir, classes) \
             if any(r.metrics for r in runs) else {}
-        reliability = calib.write_reliability(model, runs, out_dir)
+        reliability = write_reliability(model, runs, out_dir)
         if reliability:
             figures["reliability"] = reliability
         sections = calib.section(model, runs, reliability) + \
@@ -180,6 +180,14 @@ def _predictor(runner: str, beam_args: Sequence[str]) -> Callable[[str], Callabl
         raise ScoreError("--runner beam needs Apache Beam: pip install 'tfmicle[beam]'") \
             from None
     return lambda out_dir: beam.predictor(beam_args, out_dir)
+
+
+def _check_subgroup_columns(subgroups: Subgroups, columns: Sequence[str], where: str) -> None:
+    """Every --subgroups name resolves to one of the source's metadata columns."""
+    for n in subgroups.names:
+        if resolve_column(n, columns) is None:
+            raise ScoreError(f"--subgroups {n}: no such metadata column in {where} "
+                             f"(has: {', '.join(columns) or 'none'})")
 
 
 def _check_files_found(source: Source, images_root: str | None) -> None:

@@ -101,14 +101,6 @@ def csv_text(header: Sequence[str], rows) -> str:
     return buf.getvalue()
 
 
-def save_png(fig, path: str, dpi: int = 110) -> str:
-    """A matplotlib figure as PNG at ``path`` (a local path or a URL)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    fileio.write_bytes(path, buf.getvalue())
-    return path
-
-
 def parquet_available() -> bool:
     try:
         import pyarrow  # noqa: F401
@@ -127,8 +119,9 @@ class Scored:
     files: dict
 
 
-def _curves(model: ScoringModel, scored: Scored, level: str = "case"):
-    """{class index: (labels y, scores)} at case level, for the figures."""
+def level_arrays(model: ScoringModel, scored: Scored, level: str):
+    """(labels, probabilities float64) of one scored source at "image" level (the rows
+    written) or "case" level (the mean of a case's images, as metrics.json has it)."""
     import numpy as np
     from tfmicle import metrics as M
     src, pred = scored.pred.source, scored.pred
@@ -137,87 +130,64 @@ def _curves(model: ScoringModel, scored: Scored, level: str = "case"):
     if level == "case":
         _, probs, labels, _ = M.aggregate_cases([src.case_ids[r] for r in pred.rows],
                                                 probs, labels)
-    y, valid = M.binary_targets(model.task, labels, model.num_classes)
-    return {c: (y[valid[:, c], c], probs[valid[:, c], c]) for c in range(model.num_classes)}, \
-        labels, probs
+    return labels, probs
 
 
-def write_figures(model: ScoringModel, runs: list[Scored], out_dir: str,
-                  classes: Sequence[str]) -> dict[str, str]:
-    """roc.png, pr.png (one panel per class, runs overlaid) and confusion.png
-    (multi-class; one panel per run), at case level. {} without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: report.md without figures "
-                    "(pip install matplotlib)")
-        return {}
-    import numpy as np
+TOP_K = (1, 3)   # the top-k accuracies metrics.json holds (tfmicle.metrics)
+
+
+def shown_top_k(model: ScoringModel) -> list[int]:
+    """The k of the top-k rows the report shows: multi-class, k < K only (top-k of
+    k >= K classes is 1 whatever the model does)."""
+    return [k for k in TOP_K if k < model.num_classes] if model.task == MULTICLASS else []
+
+
+def auc_scope(model: ScoringModel, scored: Scored, level: str, kind: str,
+              auc_classes: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the classes of auc_classes whose kind ("roc_auc" | "pr_auc") is defined at this
+    level, {class: why not} for the others: "no positive", "no negative", "no label")."""
     from tfmicle import metrics as M
-    idx = [model.class_names.index(c) for c in classes]
-    data = [(_curves(model, r)) for r in runs]
-    files = {}
-    ncol = min(len(idx), 4)
-    nrow = int(math.ceil(len(idx) / ncol))
-    styles = ["-", "--", ":", "-."]
-    for kind in ("roc", "pr"):
-        fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.4 * nrow), squeeze=False)
-        for ax, c in zip(axes.ravel(), idx):
-            for (curves, _, _), run, ls in zip(data, runs, styles):
-                y, s = curves[c]
-                if y.size == 0 or y.min() == y.max():
-                    continue
-                if kind == "roc":
-                    x, yy, _ = M.roc_curve(y, s)
-                    v = M.roc_auc(y, s)
-                else:
-                    yy, x, _ = M.precision_recall_curve(y, s)
-                    v = M.average_precision(y, s)
-                ax.plot(x, yy, ls, drawstyle="steps-post" if kind == "pr" else "default",
-                        label=f"{run.name} ({v:.3f})")
-            if kind == "roc":
-                ax.plot([0, 1], [0, 1], color="0.8", lw=0.8)
-            ax.set_title(model.class_names[c], fontsize=9)
-            ax.set_xlabel("false positive rate" if kind == "roc" else "recall", fontsize=8)
-            ax.set_ylabel("true positive rate" if kind == "roc" else "precision", fontsize=8)
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1.02)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="lower right" if kind == "roc" else "lower left")
-            else:
-                ax.text(0.5, 0.5, "one outcome only", ha="center", va="center", fontsize=8,
-                        color="0.5")
-        for ax in axes.ravel()[len(idx):]:
-            ax.axis("off")
-        fig.suptitle(("ROC" if kind == "roc" else "Precision-recall") + " curves (case level)")
-        fig.tight_layout()
-        files[kind] = save_png(fig, fileio.join(out_dir, f"{kind}.png"))
-        plt.close(fig)
-    if model.task == MULTICLASS:
-        k = model.num_classes
-        fig, axes = plt.subplots(1, len(runs), figsize=(1.0 + 0.45 * k * len(runs) + 3 * len(runs),
-                                                        1.0 + 0.45 * k + 2), squeeze=False)
-        for ax, (curves, labels, probs), run in zip(axes.ravel(), data, runs):
-            cm = M.confusion_matrix(labels, np.argmax(probs, axis=1), k)
-            norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-            ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-            if k <= 15:
-                for i in range(k):
-                    for j in range(k):
-                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                                color="white" if norm[i, j] > 0.5 else "black")
-            ax.set_xticks(range(k), model.class_names, rotation=90, fontsize=7)
-            ax.set_yticks(range(k), model.class_names, fontsize=7)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
-            ax.set_title(run.name, fontsize=9)
-        fig.suptitle("Confusion matrix (case level, rows normalised)")
-        fig.tight_layout()
-        files["confusion"] = save_png(fig, fileio.join(out_dir, "confusion.png"))
-        plt.close(fig)
-    return files
+    values = ((scored.metrics or {}).get(level) or {}).get(kind) or {}
+    labels, _ = level_arrays(model, scored, level)
+    y, valid = M.binary_targets(model.task, labels, model.num_classes)
+    pos, neg = (y * valid).sum(axis=0), (valid & (y == 0)).sum(axis=0)
+    defined, why = [], {}
+    for c in auc_classes:
+        v = values.get(c)
+        if v is not None and math.isfinite(v):
+            defined.append(c)
+            continue
+        i = model.class_names.index(c)
+        why[c] = ("no label" if pos[i] + neg[i] == 0 else "no positive" if pos[i] == 0
+                  else "no negative" if neg[i] == 0 else "undefined")
+    return defined, why
+
+
+def scope_text(name: str, defined: Sequence[str], why: dict[str, str], total: int) -> str:
+    """'mean ROC AUC (7 classes)', or with classes left out 'mean ROC AUC over 5 of 7
+    classes (akiec, bcc, bkl, mel, nv; df, vasc have no positive)'."""
+    if not why:
+        return f"{name} ({total} classes)"
+    by_reason: dict[str, list[str]] = {}
+    for c, reason in why.items():
+        by_reason.setdefault(reason, []).append(c)
+    left_out = "; ".join(f"{', '.join(cs)} {'has' if len(cs) == 1 else 'have'} {reason}"
+                         for reason, cs in by_reason.items())
+    named = ", ".join(defined) + "; " if defined else ""
+    return f"{name} over {len(defined)} of {total} classes ({named}{left_out})"
+
+
+def _mean_label(model: ScoringModel, runs: list[Scored], level: str, kind: str, name: str,
+                auc_classes: Sequence[str]) -> tuple[str, list[str]]:
+    """The row label of a mean AUC at one level and notes: when the sources disagree on
+    which classes have an AUC, a note per source names them."""
+    scopes = [(r, auc_scope(model, r, level, kind, auc_classes)) for r in runs if r.metrics]
+    texts = {r.name: scope_text(name, d, w, len(auc_classes)) for r, (d, w) in scopes}
+    if len(set(texts.values())) <= 1:
+        return (next(iter(texts.values())) if texts else
+                f"{name} ({len(auc_classes)} classes)"), []
+    return (f"{name} over the classes where it is defined (below)",
+            [f"- {level.capitalize()} level, {n}: {t}." for n, t in texts.items()])
 
 
 def _cell(m: dict | None, level: str, key: str) -> str:
@@ -241,13 +211,7 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     from tfmicle.score import subgroups as G
     lines = ["# Scoring report", ""]
     for r in runs:   # the largest subgroup gap first: what a reviewer reads first
-        found = G.largest_gap_overall((r.metrics or {}).get("subgroups") or {})
-        if found:
-            name, gap = found
-            lines += [f"**Largest subgroup gap ({r.name}):** {G.METRIC_LABELS[gap['metric']]} "
-                      f"(case level) by {name}: {gap['best']} {gap['best_value']:.3f} vs "
-                      f"{gap['worst']} {gap['worst_value']:.3f}, difference "
-                      f"{G.fmt_ci(gap['difference'], gap['ci95'])}.", ""]
+        lines += G.flag_lines((r.metrics or {}).get("subgroups") or {}, r.name)
     meta = model.metadata
     lines += [f"- Model: `{model.path}`" + (f" (version {model.version})" if model.version else ""),
               f"- Task: {model.task}, {model.num_classes} classes"
@@ -265,15 +229,20 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
                  + " |")
     lines.append("| cases | " + " | ".join(str(r.metrics["num_cases"]) if r.metrics else "–"
                                            for r in runs) + " |")
-    keys = ([("top1_accuracy", "top-1 accuracy"), ("top3_accuracy", "top-3 accuracy")]
-            if model.task == MULTICLASS else [])
-    keys += [("mean_auc", f"mean ROC AUC ({len(auc_classes)} classes)"),
-             ("mean_pr_auc", f"mean PR AUC ({len(auc_classes)} classes)")]
+    keys = [(f"top{k}_accuracy", f"top-{k} accuracy") for k in shown_top_k(model)]
+    notes = []
     for level in ("case", "image"):
         for key, label in keys:
             lines.append(f"| {label}, {level} level | "
                          + " | ".join(_cell(r.metrics, level, key) for r in runs) + " |")
-    lines += ["", "Values in brackets: bootstrap 95 % confidence interval (cases resampled).",
+        for key, kind, name in (("mean_auc", "roc_auc", "mean ROC AUC"),
+                                ("mean_pr_auc", "pr_auc", "mean PR AUC")):
+            label, extra = _mean_label(model, runs, level, kind, name, auc_classes)
+            notes += extra
+            lines.append(f"| {label}, {level} level | "
+                         + " | ".join(_cell(r.metrics, level, key) for r in runs) + " |")
+    lines += [""] + notes + ([""] if notes else [])
+    lines += ["Values in brackets: bootstrap 95 % confidence interval (cases resampled).",
               "Case level: the mean of the image probabilities of a case.", ""]
     if any(r.metrics for r in runs):
         lines += ["## Per class (case level)", "",
@@ -288,7 +257,7 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         lines.append("")
     if shift:
-        lines += S.report_lines(shift, model.class_names)
+        lines += S.report_lines(shift, model.class_names, model.task)
     for r in runs:
         if (r.metrics or {}).get("subgroups"):
             lines += G.report_lines(r.metrics["subgroups"], model.task, r.name)
@@ -319,5 +288,5 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     return path
 
 
-__all__ = ["tables", "write_table", "parquet_available", "Scored", "write_figures",
-           "write_report"]
+__all__ = ["tables", "write_table", "csv_text", "parquet_available", "Scored", "level_arrays",
+           "shown_top_k", "auc_scope", "scope_text", "write_report"]

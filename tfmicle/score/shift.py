@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from tfmicle.tasks import MULTICLASS
+
 ECE_BINS = 15
 SHIFT_METRICS = ("top1_accuracy", "mean_auc", "mean_pr_auc")
 
@@ -120,7 +122,11 @@ def sentence(label: str, m: dict) -> str:
     return head + f" ({ci}): within the bootstrap uncertainty (the CI includes 0)."
 
 
-def report_lines(summary: dict, class_names: Sequence[str]) -> list[str]:
+def report_lines(summary: dict, class_names: Sequence[str], task: str = MULTICLASS
+                 ) -> list[str]:
+    """The report's shift section; its ECE carries the calibration section's label (case
+    level, as every number here)."""
+    from tfmicle.score.calib import ece_label
     from tfmicle.score.subgroups import METRIC_LABELS, fmt_ci
     p, c = summary["prevalence"]["primary"], summary["prevalence"]["compare"]
     lines = ["## Distribution shift (primary vs compare, case level)", "",
@@ -134,7 +140,8 @@ def report_lines(summary: dict, class_names: Sequence[str]) -> list[str]:
     for key, m in summary["metrics"].items():
         lines.append(f"| {METRIC_LABELS[key]} | {fmt_ci(m['primary'], None)} | "
                      f"{fmt_ci(m['compare'], None)} | {fmt_ci(m['drop'], m['ci95'])} |")
-    lines.append(f"| ECE ({summary['ece_bins']} bins) | {fmt_ci(e['primary']['ece'], None)} | "
+    lines.append(f"| {ece_label(task, summary['ece_bins'], summary['level'])} | "
+                 f"{fmt_ci(e['primary']['ece'], None)} | "
                  f"{fmt_ci(e['compare']['ece'], None)} | |")
     lines.append("")
     for key, m in summary["metrics"].items():

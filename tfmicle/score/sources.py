@@ -285,6 +285,28 @@ def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -
                   paths=paths, skipped=skipped, meta_columns=meta_cols, meta=meta)
 
 
+def declared_meta_columns(spec: str) -> list[str] | None:
+    """The metadata columns a source declares before anything is loaded: a records
+    folder's dataset.json ``metadata_columns`` (v1: none), a CSV manifest's header less
+    its image / case_id / label columns (a multi-label class column counts too: only the
+    model knows the classes), none for an image folder; None where only opening the
+    source tells (TFDS) or it cannot be read (open_source says why)."""
+    from tfmicle.data import records
+    if spec.startswith("tfds:"):
+        return None
+    if fileio.isdir(spec):
+        if fileio.isfile(fileio.join(spec, records.DATASET_JSON)):
+            return list(records.load_dataset_info(spec).get("metadata_columns") or [])
+        return []
+    if fileio.isfile(spec) and spec.lower().endswith((".csv", ".tsv", ".txt")):
+        try:
+            cols, _ = read_csv(spec)
+        except CsvError:
+            return None
+        return [c for c in cols if c not in ("image", "path", "case_id", "label")]
+    return None
+
+
 def open_source(spec: str, model: ScoringModel, split: str | None = None,
                 images_root: str | None = None, tfds_options: dict | None = None) -> Source:
     """records folder | tfds:NAME[/CONFIG] | image folder | CSV manifest, by what spec
@@ -305,4 +327,5 @@ def open_source(spec: str, model: ScoringModel, split: str | None = None,
 
 
 __all__ = ["Source", "records_source", "tfds_source", "folder_source", "csv_source", "open_source",
+           "declared_meta_columns",
            "is_image_file", "needs_conversion", "converted_bytes"]

@@ -237,6 +237,46 @@ def largest_gap_overall(result: dict) -> tuple[str, dict] | None:
     return None
 
 
+def beyond_noise(gap: dict) -> bool | None:
+    """Whether a gap is a finding: its bootstrap 95 % CI excludes 0 (None: no CI)."""
+    ci = gap.get("ci95")
+    if not ci or not all(_finite(c) for c in ci):
+        return None
+    return bool(ci[0] > 0 or ci[1] < 0)
+
+
+def _gap_text(name: str, gap: dict) -> str:
+    return (f"{METRIC_LABELS[gap['metric']]} (case level) by {name}: {gap['best']} "
+            f"{gap['best_value']:.3f} vs {gap['worst']} {gap['worst_value']:.3f}, difference "
+            f"{fmt_ci(gap['difference'], gap['ci95'])}")
+
+
+def _verdict(gap: dict) -> str:
+    found = beyond_noise(gap)
+    if found is None:
+        return "no CI (bootstrap off), so not judged"
+    return ("a gap beyond noise (the 95 % CI excludes 0)" if found else
+            "no gap beyond noise (the 95 % CI includes 0)")
+
+
+def flag_lines(result: dict, run_name: str) -> list[str]:
+    """The report's first lines on subgroups: the largest gap over the attributes and
+    whether it is a finding (its CI excludes 0) or "no gap beyond noise"; when it is
+    noise, the largest gap of another attribute that is beyond noise, if any."""
+    found = largest_gap_overall(result)
+    if not found:
+        return []
+    name, gap = found
+    text = f"**Largest subgroup gap ({run_name}):** {_gap_text(name, gap)}: {_verdict(gap)}."
+    if not beyond_noise(gap):
+        other = [(n, r["largest_gap"]) for n, r in result.items()
+                 if r.get("largest_gap") and beyond_noise(r["largest_gap"])]
+        if other:
+            n, g = max(other, key=lambda ng: ng[1]["difference"])
+            text += f" Beyond noise: {_gap_text(n, g)}."
+    return [text, ""]
+
+
 def report_lines(result: dict, task: str, run_name: str) -> list[str]:
     """Markdown: one table per attribute (groups, cases, images, metrics with CIs)."""
     from tfmicle.tasks import MULTICLASS
@@ -263,7 +303,8 @@ def report_lines(result: dict, task: str, run_name: str) -> list[str]:
         if gap:
             lines += ["", f"Largest gap: {METRIC_LABELS[gap['metric']]} {gap['best']} "
                           f"{gap['best_value']:.3f} vs {gap['worst']} {gap['worst_value']:.3f}, "
-                          f"difference {fmt_ci(gap['difference'], gap['ci95'])}."]
+                          f"difference {fmt_ci(gap['difference'], gap['ci95'])}: "
+                          f"{_verdict(gap)}."]
         lines.append("")
     return lines
 
@@ -278,5 +319,6 @@ def fmt_ci(v, ci) -> str:
 
 
 __all__ = ["Subgroups", "parse_subgroups", "parse_age_bands", "resolve_column", "age_band",
-           "group_values", "subgroup_metrics", "largest_gap_overall", "report_lines",
+           "group_values", "subgroup_metrics", "largest_gap_overall", "beyond_noise",
+           "flag_lines", "report_lines",
            "headline_metric", "fmt_ci", "FRIENDLY", "UNKNOWN"]
