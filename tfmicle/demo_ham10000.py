@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 
-from tfmicle.demo_steps import last_logged, pick, stage, write_yaml
+from tfmicle.demo_steps import last_logged, pick, serve_lines, stage, write_yaml
 
 SPLITS = "train=0.7,validation=0.1,test=0.2"
 SUBGROUPS = "sex,age_band,localization"
@@ -195,7 +195,5 @@ def summary(res: dict, port: int) -> str:
         v = pick(m, *keys)
         if v is not None:
             lines.append(f"  {name:24s} {v:.3f}")
-    lines += ["", "Serve it (then send the sample photo):",
-              f"  .venv/bin/python -m serving --model-base-path {res['models']} --port {port}",
-              f"  curl -F files=@{res['sample']} http://127.0.0.1:{port}/classify"]
+    lines += serve_lines(res["models"], res["sample"], port)
     return "\n".join(lines)
