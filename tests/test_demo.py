@@ -96,3 +96,35 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     pt = summary["pretraining"]
     assert 0 < pt["final_contrast_loss"] < pt["uniform_guess_loss"] - 0.5
     assert ret["micle"]["map"] > ret["random_init"]["map"]
+
+
+@pytest.mark.slow
+def test_demo_on_a_ham10000_folder(ham_slice, tmp_path):
+    """`python -m tfmicle.demo --ham10000 DIR --quick`, piped to a file as a user would:
+    every stage runs on the real layout, the summary says what pretraining bought and
+    how to serve the model, the sample photo is a JPEG the server takes, and no log line
+    is a progress-bar dump."""
+    import pathlib
+    import tempfile
+    # a short folder: the 300-character rule is about progress bars, not tmp path depth
+    out = pathlib.Path(tempfile.mkdtemp(prefix="hamdemo")) / "demo"
+    log = tmp_path / "demo.log"
+    with open(log, "w") as f:
+        code = subprocess.call([sys.executable, "-m", "tfmicle.demo", "--ham10000", ham_slice,
+                                "--quick", "--out", str(out)], cwd=ROOT, stdout=f,
+                               stderr=subprocess.STDOUT, timeout=1200)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "What pretraining bought" in text and "linear probe" in text
+    assert f"--model-base-path {out / 'models' / 'ham10000'}" in text
+    assert (out / "sample.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    report = (out / "score" / "report.md").read_text()
+    for column in ("sex", "age_band", "localization"):
+        assert column in report
+    long_lines = [line for line in text.splitlines() if len(line) > 300]
+    assert not long_lines, long_lines[0][:200]
+    assert "\r" not in text and "\x1b[" not in text
+    summary = json.load(open(out / "summary.json"))
+    assert summary["bought"]["micle"]["queries"] == summary["bought"]["queries"] > 0
+    import shutil
+    shutil.rmtree(out.parent, ignore_errors=True)
