@@ -23,7 +23,10 @@ writes the marker under a temporary name and renames it), then rename the folder
 place where the filesystem can. Readers (``serving``'s repository, ``tfmicle.score``)
 ignore a folder until ``unpublished_reason()`` is None, so a copy made file by file, in
 any order, is never read half-way. A SavedModel made elsewhere is published with
-``python -m tfmicle.model_format publish MODELS/<name>/<version>``.
+``python -m tfmicle.model_format publish MODELS/<name>/<version>``, a whole TF Serving
+repository with ``... publish MODELS/<name>`` (every version ``incomplete_reason()``
+passes). The server also serves a folder with no marker once its files have settled
+(serving/readiness.py): weaker, since a stalled copy looks finished.
 
 Paths may be URLs (``gs://``, ``ram://``...): every file operation goes through
 ``tfmicle.fileio``. Where the destination has no atomic rename (an object store),
