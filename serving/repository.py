@@ -160,6 +160,7 @@ class ModelRepository:
                 versions = list_versions(self.base_path)
                 if not versions:
                     raise NoModelError(f"no integer version folders (e.g. {self._folder(1)}) in {self.base_path}")
+                self._forget_gone(versions)  # a folder deleted while we wait is waited for no more
                 for v in versions:
                     look = self._look(v, at_start=True)
                     failed = self._failed.get(v)
@@ -172,7 +173,7 @@ class ModelRepository:
                         self._report()
                         return model
                 settle_s = self._readiness.settle_s
-                # a copy still making progress may become loadable: wait, as TF Serving would
+                # a copy still making progress may become loadable: wait for it rather than exit
                 if not any(look.kind in (SETTLING, INCOMPLETE) and look.quiet_s < settle_s
                            for look in self._waiting.values()):
                     raise NoModelError(f"no loadable version in {self.base_path}: {self._why_none(versions)}")

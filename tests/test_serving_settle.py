@@ -133,6 +133,28 @@ def test_the_marker_decides_when_there_is_one(tmp_path):
     assert look.kind == STRICT and look.reason.startswith(f"no {PUBLISHED_FILE}") and "--require-published" in look.reason
 
 
+def test_start_up_waits_for_a_copy_in_progress_then_gives_up_on_an_incomplete_folder(tmp_path):
+    """With nothing loadable yet, start-up waits while a folder without a marker is young
+    (a copy may finish), rather than exit; an incomplete folder that stays still is refused."""
+    from serving.repository import ModelRepository, NoModelError
+    from test_serving_units import FakeModel
+
+    write_files(tmp_path / "1", SAVED_MODEL_FILES)
+    repository = ModelRepository(tmp_path, "m", loader=lambda folder, name, version: FakeModel(version),
+                                 settle_seconds=0.5)
+    t0 = time.monotonic()
+    assert repository.load_initial().version == 1 and time.monotonic() - t0 >= 0.4
+
+    other = tmp_path / "other"
+    write_files(other / "1", {"saved_model.pb": b"\x08"})
+    repository = ModelRepository(other, "m", loader=lambda folder, name, version: FakeModel(version),
+                                 settle_seconds=0.5)
+    with pytest.raises(NoModelError, match=f"version 1: no {PUBLISHED_FILE}, and not a whole SavedModel: "
+                                           "no variables/"):
+        repository.load_initial()
+    assert [(s.version, s.state) for s in repository.states()] == [(1, "START")]
+
+
 # -- python -m tfmicle.model_format publish BASE -----------------------------------------------------------
 def publish_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
