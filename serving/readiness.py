@@ -119,9 +119,10 @@ class Readiness:
         """How long the folder's files have not changed: as watched by this object, and at
         start-up also as their change times say (a folder already old is served at once).
         Later only what was watched counts: an object store's clock may run behind ours,
-        which would make a file uploaded a moment ago look old."""
+        which would make a file uploaded a moment ago look old. A filesystem that keeps no
+        times (ram:// says 0) gives only what was watched."""
         watched = self._clock() - self._seen[version][1]
-        newest = max((changed for *_rest, changed in fp), default=None)
-        if not at_start or newest is None:
+        changes = [changed for *_rest, changed in fp]
+        if not at_start or not changes or min(changes) <= 0:
             return watched
-        return max(watched, (self._wall_ns() - newest) / 1e9)
+        return max(watched, (self._wall_ns() - max(changes)) / 1e9)

@@ -201,3 +201,19 @@ def test_publish_mistakes_are_one_line_exit_2(tmp_path, make, words):
     r = publish_cli(str(make(tmp_path)))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
+
+
+def test_no_file_times_means_no_start_up_shortcut(tmp_path):
+    """ram:// (and any filesystem that keeps no times) says mtime 0: that is not 'old'."""
+    from tfmicle import fileio
+
+    base = "ram://settle-test/m/1"
+    for rel, data in SAVED_MODEL_FILES.items():
+        fileio.makedirs(fileio.dirname(fileio.join(base, rel)))
+        fileio.write_bytes(fileio.join(base, rel), data)
+    assert all(fileio.stat_ns(fileio.join(base, rel))[2] == 0 for rel in SAVED_MODEL_FILES)
+    clocks = Clocks()
+    r = clocks.readiness(settle_s=10)
+    assert r.look(base, 1, at_start=True).kind == SETTLING
+    clocks.t += 10
+    assert r.look(base, 1, at_start=True).kind == SETTLED  # watched for the window
