@@ -90,6 +90,8 @@ class Readiness:
             del self._seen[v]
 
     def look(self, folder: str, version: int, at_start: bool = False) -> Look:
+        """Whether the folder is ready now. ``at_start``: the server is starting, so one
+        look is enough, and the files' change times count towards the window."""
         fp = fingerprint(folder)
         now = self._clock()
         seen = self._seen.get(version)
