@@ -6,6 +6,12 @@
 #
 # Mount the repository (<name>/<version>/saved_model.pb) under /models; new version
 # folders are picked up without a restart.
+# An existing TF Serving repository (version folders without published.json) works as it
+# is: a version without the marker is served once it holds saved_model.pb and variables/
+# and none of its files has changed for --settle-seconds (10; a folder already that old
+# at start-up at once). A :ro mount cannot be published into: for the exact rule, run
+# 'python -m tfmicle.model_format publish models/cxr' on the host before mounting (it
+# writes the marker in every complete version), then add --require-published.
 #
 # Build rules (tests/test_packaging.py checks them; hadolint-clean):
 # - the base image by exact tag (the Python the constraints were made with);

@@ -25,7 +25,7 @@ def build_parser() -> cli.ArgumentParser:
     )
     p.add_argument("--model-base-path", required=True, metavar="DIR",
                    help="folder or URL (gs://...) of integer version sub-folders (TF Serving layout); the highest "
-                   "published, loadable one is served")
+                   "ready (published, or settled: --settle-seconds), loadable one is served")
     p.add_argument("--model-name", default=None, metavar="NAME", help="name in the URLs (default: the folder's name)")
     p.add_argument("--host", default=d.host, help="interface to listen on; 0.0.0.0 for all, e.g. in a container (default: %(default)s)")
     p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one and the log says which (default: %(default)s)")
@@ -43,6 +43,13 @@ def build_parser() -> cli.ArgumentParser:
                    metavar="KEY", help=f"require 'Authorization: Bearer KEY' on every route but the health checks (default: ${API_KEY_ENV}; prefer the variable, argv is visible in ps)")
     p.add_argument("--poll-seconds", type=float, default=d.poll_seconds,
                    metavar="S", help="how often to look for new versions; 0 never (default: %(default)s)")
+    p.add_argument("--settle-seconds", type=float, default=d.settle_seconds, metavar="S",
+                   help="serve a version folder without published.json (a TF Serving repository) once it holds "
+                   "saved_model.pb and variables/ and none of its files has changed for S seconds; at start-up "
+                   "a folder already that old is served at once (default: %(default)s)")
+    p.add_argument("--require-published", action="store_true",
+                   help="serve only versions published with published.json (tfmicle.export writes it; "
+                   "'python -m tfmicle.model_format publish DIR' for other tools' SavedModels)")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    metavar="N", help="threads that parse bodies and check images (default: %(default)s)")
     p.add_argument("--workers", type=int, default=d.workers,
@@ -87,6 +94,7 @@ def serve(args) -> int:
         max_batch_size=args.max_batch_size, batch_timeout_ms=args.batch_timeout_ms,
         max_body_bytes=args.max_body_bytes, max_images=args.max_images, max_pixels=args.max_pixels,
         max_queue_images=args.max_queue_images, api_key=api_key, poll_seconds=args.poll_seconds,
+        settle_seconds=args.settle_seconds, require_published=args.require_published,
         decode_threads=args.decode_threads, workers=args.workers, keep_alive_timeout_s=args.keep_alive_timeout,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         max_header_bytes=args.max_header_bytes, log_level=args.log_level,

@@ -42,12 +42,15 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
     config.validate()
     metrics = Metrics()
     if repository is None:
-        repository = ModelRepository(config.model_base_path, config.model_name)
+        repository = ModelRepository(config.model_base_path, config.model_name, settle_seconds=config.settle_seconds,
+                                     require_published=config.require_published)
     repository.on_load = metrics.on_load
+    repository.on_states = metrics.on_states
     if repository.current is None:
         repository.load_initial()
     else:
         metrics.on_load(repository.name, repository.current.version, True)
+        metrics.on_states(repository.name, repository.states())
     batcher = Batcher(
         lambda: repository.current, config.max_batch_size, config.batch_timeout_ms, config.max_queue_images, metrics
     )

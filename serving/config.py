@@ -32,6 +32,8 @@ class ServingConfig:
     max_queue_images: int = 1024  # images waiting for the model before 503
     api_key: str | None = field(default=None, repr=False)
     poll_seconds: float = 2.0  # how often to look for new versions; 0 = never
+    settle_seconds: float = 10.0  # a version without published.json is served once unchanged this long
+    require_published: bool = False  # serve only versions with published.json (no settle rule)
     decode_threads: int = field(default_factory=_default_decode_threads)
     workers: int = 1
     keep_alive_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this (uvicorn's default)
@@ -54,6 +56,7 @@ class ServingConfig:
             (self.max_pixels >= 1, "--max-pixels must be >= 1"),
             (self.max_queue_images >= 1, "--max-queue-images must be >= 1"),
             (self.poll_seconds >= 0, "--poll-seconds must be >= 0"),
+            (self.settle_seconds >= 0, "--settle-seconds must be >= 0"),
             (self.decode_threads >= 1, "--decode-threads must be >= 1"),
             (self.workers >= 1, "--workers must be >= 1"),
             (self.keep_alive_timeout_s > 0, "--keep-alive-timeout must be > 0"),

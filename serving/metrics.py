@@ -22,6 +22,7 @@ disable_created_metrics()  # the *_created series double the output and nobody g
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+VERSION_STATES = {"AVAILABLE": "served", "START": "waiting", "END": "refused"}  # TF Serving's -> the gauge's
 
 
 class Metrics:
@@ -69,11 +70,27 @@ class Metrics:
         self.model_loads = Counter(
             "serving_model_loads_total", "Model version loads by result.", ["model", "result"], registry=r,
         )
+        # Alert on waiting > 0 for long (a copy that never completes, a version never
+        # published) and refused > 0 (a broken version): the status route says why.
+        self.model_versions = Gauge(
+            "serving_model_versions", "Version folders by state: served, waiting (not ready to load), refused "
+            "(failed to load). Each worker sees the same folder: the highest over the workers.",
+            ["model", "state"], registry=r, multiprocess_mode="livemax",
+        )
 
     def on_load(self, model: str, version: int, success: bool) -> None:
         self.model_loads.labels(model, "success" if success else "failure").inc()
         if success:
             self.model_version.labels(model).set(version)
+
+    def on_states(self, model: str, states: list) -> None:
+        """After each look at the repository: its versions (serving.repository.VersionState)
+        counted by state."""
+        counts = {name: 0 for name in VERSION_STATES.values()}
+        for s in states:
+            counts[VERSION_STATES[s.state]] += 1
+        for name, n in counts.items():
+            self.model_versions.labels(model, name).set(n)
 
     def render(self) -> bytes:
         if not self.multiprocess:

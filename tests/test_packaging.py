@@ -113,3 +113,18 @@ def test_docker_requirements_are_serving_only_and_pinned():
     for training_only in ("matplotlib", "tensorboard", "pydicom", "tqdm", "scikit-learn",
                           "apache-beam", "tensorflow-datasets", "pytest"):
         assert training_only not in pinned, training_only
+
+
+def test_the_docker_docs_say_what_to_do_with_an_existing_repository():
+    """A :ro mount of a TF Serving repository cannot be published into: the Dockerfile's
+    comment and the README's docker run example say that the settle rule serves it, or
+    how to publish it before mounting."""
+    comment = " ".join(line.lstrip("# ").strip() for line in open(os.path.join(ROOT, "Dockerfile"))
+                       if line.startswith("#"))
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    docker = readme[readme.index("docker run --rm"):]
+    docker = docker[:docker.index("\n## ")]
+    for text in (comment, " ".join(docker.split())):
+        assert "TF Serving repository" in text and "published.json" in text
+        assert ":ro" in text and "--settle-seconds" in text and "--require-published" in text
+        assert re.search(r"python -m tfmicle\.model_format publish models/\w+\b", text), text

@@ -178,7 +178,7 @@ def test_cli_help():
     r = run_cli("--help")
     assert r.returncode == 0
     for flag in ("--model-base-path", "--max-batch-size", "--batch-timeout-ms", "--max-body-bytes", "--max-images",
-                 "--max-pixels", "--api-key", "--workers", "--poll-seconds"):
+                 "--max-pixels", "--api-key", "--workers", "--poll-seconds", "--settle-seconds", "--require-published"):
         assert flag in r.stdout
 
 

@@ -184,24 +184,27 @@ def listdir(path: str | os.PathLike) -> list[str]:
 
 
 def getsize(path: str | os.PathLike) -> int:
-    return _stat(path)[0]
+    return stat_ns(path)[0]
 
 
 def getmtime_ns(path: str | os.PathLike) -> int:
-    return _stat(path)[1]
+    return stat_ns(path)[1]
 
 
-def _stat(path: str | os.PathLike) -> tuple[int, int]:
-    """(size, mtime in ns); OSError when missing."""
+def stat_ns(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(size, mtime, last change) in bytes and ns; OSError when missing. The last change
+    is max(mtime, ctime) locally: a copy that keeps the source's mtime (cp -p, rsync -t)
+    cannot keep the ctime, so a file copied a moment ago never looks old. An object
+    store has no ctime: its mtime is the upload's."""
     if not is_url(path):
         st = os.stat(_local(path))
-        return st.st_size, st.st_mtime_ns
+        return st.st_size, st.st_mtime_ns, max(st.st_mtime_ns, st.st_ctime_ns)
     import tensorflow as tf
     try:
         st = _gfile().stat(path)
     except tf.errors.OpError as e:
         raise FileNotFoundError(f"{path}: {e.message}") from None
-    return int(st.length), int(st.mtime_nsec)
+    return int(st.length), int(st.mtime_nsec), int(st.mtime_nsec)
 
 
 def walk(top: str | os.PathLike, followlinks: bool = False
@@ -346,6 +349,6 @@ def copy(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = True)
 
 __all__ = ["scheme", "is_url", "has_atomic_rename", "is_process_local", "join", "normpath",
            "basename", "dirname", "abspath", "realpath", "relpath", "isabs", "exists", "isdir",
-           "isfile", "listdir", "getsize", "getmtime_ns", "walk", "glob", "open", "read_bytes",
+           "isfile", "listdir", "getsize", "getmtime_ns", "stat_ns", "walk", "glob", "open", "read_bytes",
            "read_text", "write_bytes", "write_text", "text_stream", "makedirs", "remove",
            "rmtree", "rmdir_if_empty", "replace", "copy"]

@@ -23,7 +23,10 @@ writes the marker under a temporary name and renames it), then rename the folder
 place where the filesystem can. Readers (``serving``'s repository, ``tfmicle.score``)
 ignore a folder until ``unpublished_reason()`` is None, so a copy made file by file, in
 any order, is never read half-way. A SavedModel made elsewhere is published with
-``python -m tfmicle.model_format publish MODELS/<name>/<version>``.
+``python -m tfmicle.model_format publish MODELS/<name>/<version>``, a whole TF Serving
+repository with ``... publish MODELS/<name>`` (every version ``incomplete_reason()``
+passes). The server also serves a folder with no marker once its files have settled
+(serving/readiness.py): weaker, since a stalled copy looks finished.
 
 Paths may be URLs (``gs://``, ``ram://``...): every file operation goes through
 ``tfmicle.fileio``. Where the destination has no atomic rename (an object store),
@@ -38,6 +41,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
@@ -49,6 +53,9 @@ ASSETS_DIR = "assets"
 LABELS_FILE = ASSETS_DIR + "/labels.txt"
 METADATA_FILE = ASSETS_DIR + "/metadata.json"
 PUBLISHED_FILE = "published.json"  # the publish marker, written last
+VARIABLES_DIR = "variables"
+VARIABLES_INDEX = "variables.index"
+_SHARD = re.compile(r"variables\.data-(\d{5})-of-(\d{5})")  # TensorFlow's checkpoint shard names
 FORMAT = "tfmicle-classifier"
 FORMAT_VERSION = 1
 
@@ -105,6 +112,29 @@ def has_saved_model(version_dir: str | os.PathLike) -> bool:
                for f in (SAVED_MODEL_FILE, SAVED_MODEL_TEXT_FILE))
 
 
+def incomplete_reason(version_dir: str | os.PathLike) -> str | None:
+    """Why a version folder cannot hold a whole SavedModel yet (no saved_model.pb, no
+    variables index, a variables shard missing), else None. What a folder without the
+    marker must pass before serving's settle rule or ``publish_all`` take it; a file
+    still being written passes it (the marker's sizes or the settle window catch that)."""
+    if not has_saved_model(version_dir):
+        return f"no {SAVED_MODEL_FILE}"
+    try:
+        names = fileio.listdir(fileio.join(version_dir, VARIABLES_DIR))
+    except OSError:
+        return f"no {VARIABLES_DIR}/"
+    if VARIABLES_INDEX not in names:
+        return f"no {VARIABLES_DIR}/{VARIABLES_INDEX}"
+    shards = [(int(m[1]), int(m[2])) for n in names if (m := _SHARD.fullmatch(n))]
+    if not shards:
+        return f"no {VARIABLES_DIR}/variables.data-* shard"
+    total = max(of for _i, of in shards)  # the name says how many shards there are
+    missing = sorted(set(range(total)) - {i for i, of in shards if of == total})
+    if missing:
+        return f"{VARIABLES_DIR}/variables.data-{missing[0]:05d}-of-{total:05d} is missing"
+    return None
+
+
 def resolve_version(path: str) -> tuple[str, int | None]:
     """(version folder, version) of a published version folder, or of a model folder (its
     highest published integer version). FileNotFoundError, saying why, when there is none."""
@@ -158,6 +188,27 @@ def publish(version_dir: str | os.PathLike) -> str:
     fileio.write_text(tmp, text)
     fileio.replace(tmp, path)  # the marker itself is never seen half-written
     return path
+
+
+def publish_all(base: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Publishes every version folder under a model base path that is complete
+    (``incomplete_reason``) and has no marker: a TF Serving repository made by other
+    tools. Returns (one line per version published or already published, one line per
+    version refused, with the reason); a refused folder is left as it is."""
+    done, refused = [], []
+    for v in sorted(list_versions(base)):
+        vdir = fileio.join(base, str(v))
+        if fileio.isfile(fileio.join(vdir, PUBLISHED_FILE)):
+            reason = unpublished_reason(vdir)  # never overwrite a marker: it may be right
+            (done if reason is None else refused).append(
+                f"{vdir}: already published" if reason is None else f"{vdir}: not published: {reason}")
+            continue
+        reason = incomplete_reason(vdir)
+        if reason is None:
+            done.append(publish(vdir))
+        else:
+            refused.append(f"{vdir}: not published: {reason} (publish it once the copy is complete)")
+    return done, refused
 
 
 def staging_for(final: str) -> str | None:
@@ -256,29 +307,44 @@ __all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT
            "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_uint",
            "EXPLAIN_SIGNATURE", "CLASSES_INPUT", "HEATMAP_OUTPUT", "EXPLAINED_CLASS_OUTPUT",
            "PIXELS_OUTPUT",
-           "list_versions", "next_version", "has_saved_model", "resolve_version", "publish",
-           "staging_for",
+           "list_versions", "next_version", "has_saved_model", "incomplete_reason",
+           "resolve_version", "publish", "publish_all", "staging_for",
            "unpublished_reason", "write_labels", "read_labels", "write_metadata",
            "read_metadata", "probe_images"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m tfmicle.model_format publish DIR``: publish a finished version folder
-    that another tool wrote (a SavedModel of the serving contract)."""
+    that another tool wrote (a SavedModel of the serving contract), or every complete
+    version of a model base path (a TF Serving repository). Exit 1 when a version of a
+    base path was refused, 2 on a mistake (one line each)."""
     from tfmicle import cli
 
-    p = cli.ArgumentParser(prog="python -m tfmicle.model_format",
-                           description="Publish a finished model version folder: write "
+    prog = "python -m tfmicle.model_format"
+    p = cli.ArgumentParser(prog=prog,
+                           description="Publish finished model version folders: write "
                                        f"{PUBLISHED_FILE}, the marker servers and scoring wait for.")
     p.add_argument("command", choices=["publish"])
-    p.add_argument("version_dir", help="MODELS/<name>/<version>, complete (SavedModel, assets)")
+    p.add_argument("path", metavar="DIR",
+                   help="MODELS/<name>/<version>, complete (SavedModel, assets), or MODELS/<name>: "
+                        "every version there with saved_model.pb and variables/ but no marker")
     args = p.parse_args(argv)
 
     def body() -> int:
-        print(publish(args.version_dir))
-        return 0
+        fileio.check_url(args.path, "DIR")
+        if not fileio.isdir(args.path):
+            raise cli.UsageError(f"{args.path} is not a folder")
+        if has_saved_model(args.path) or not list_versions(args.path):
+            print(publish(args.path))  # a version folder ("nothing to publish" when it is not)
+            return 0
+        done, refused = publish_all(args.path)
+        for line in done:
+            print(line)
+        for line in refused:
+            sys.stderr.write(f"{prog}: {line}\n")
+        return 1 if refused else 0
 
-    return cli.run("python -m tfmicle.model_format", body)
+    return cli.run(prog, body)
 
 
 if __name__ == "__main__":
