@@ -111,12 +111,13 @@ def finetune_config(a, init: str, fraction: float, lr: float, class_weight: str,
 
 
 def evaluate(model_dir: str, data_dir: str, split: str, image_size: int) -> dict:
-    """Macro AUC, balanced accuracy, per-class recall of the run's best checkpoint on a
+    """Macro AUC, balanced accuracy, per-class recall of the run's kept checkpoint (the best
+    by validation; the latest when no validation defined the metric) on a
     split, plus its probabilities, labels and case ids (for the bootstrap)."""
     import tensorflow as tf
     from tfmicle.rundir import load_classifier
     from tfmicle.train.validation import eval_batches
-    model, _, info, _ = load_classifier(model_dir, "best")
+    model, _, info, _ = load_classifier(model_dir, "auto")   # best, else latest
     predict = tf.function(lambda x: tf.nn.softmax(model(x, training=False)),
                           reduce_retracing=True)
     probs, labels, cases = [], [], []
@@ -146,7 +147,7 @@ def run(a, init, fraction, lr, cw, seed, data_dir, checkpoint, mdir, n_labeled) 
            "val_balanced_accuracy": val["balanced_accuracy"],
            "score": (val["macro_auc"] + val["balanced_accuracy"]) / 2,
            "seconds": time.time() - t}
-    log.info("seed %d %s %g LR %g cw %s: best val_auc %.4f at step %s of %d; val bal.acc "
+    log.info("seed %d %s %g LR %g cw %s: best val_auc %s at step %s of %d; val bal.acc "
              "%.3f; score %.4f (%.0f s)", seed, init, fraction, lr, cw, res["best"]["value"],
              res["best"]["step"], res["end_step"], val["balanced_accuracy"], row["score"],
              row["seconds"])

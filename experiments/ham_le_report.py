@@ -28,8 +28,8 @@ def verdict(s: dict) -> list[str]:
             d = s["diff"].get(f"{ssl}/0.1-scratch/1")
             if d:
                 lo, hi = d[m]["ci"]
-                word = ("reaches (CI of the difference includes 0)" if lo <= 0 <= hi else
-                        "exceeds" if lo > 0 else "does not reach")
+                word = ("is level with (the CI of the difference includes 0)"
+                        if lo <= 0 <= hi else "exceeds" if lo > 0 else "does not reach")
                 out.append(f"{ARM_LABELS[ssl]} + 10 % {word} supervised + 100 % on {name}: "
                            f"{d[m]['mean']:+.3f} {_ci(d[m]['ci'])}.")
         for f in ("0.1", "1"):
