@@ -26,6 +26,15 @@ def _cost(result: dict) -> str:
             f"CPU cores; whole command {result['wall_seconds'] / 60:.1f} min.")
 
 
+def _settings_changes(result: dict) -> list[str]:
+    """The chosen HAM settings and the command's --set overrides (which win)."""
+    changes = dict(result.get("chosen_settings") or {})
+    for o in result["settings"].get("overrides") or []:
+        k, _, v = o.partition("=")
+        changes[k] = v
+    return [f"{k}={v}" for k, v in changes.items()]
+
+
 def markdown(result: dict) -> str:
     st, r, p = result["settings"], result["retrieval"], result["probe"]
     rec = result["records"]
@@ -36,7 +45,8 @@ def markdown(result: dict) -> str:
         f"seeds {st['seeds']}; lesion split seed {st['split_seed']} (train "
         f"{rec['train']['cases']} lesions / {rec['train']['images']} photos, validation "
         f"{rec['validation']['cases']}, test {rec['test']['cases']} lesions / "
-        f"{rec['test']['images']} photos). Settings: {result['chosen_settings'] or 'derm'}.\n",
+        f"{rec['test']['images']} photos). Settings: the derm preset with "
+        f"{', '.join(_settings_changes(result)) or 'no change'}.\n",
         f"**Retrieval of distinct photos on test lesions**: {r['queries']} queries "
         f"(photos of {r['lesions']} test lesions with 2+ photos; {r['skipped_queries']} "
         f"queries whose other photos are all listed near-identical are skipped); listed "

@@ -246,7 +246,7 @@ def test_ham_layout_end_to_end_with_subgroups(ham_slice, tmp_path):
              "--split", "test", "--out", report, "--subgroups", "sex,age,localization")
     assert r.returncode == 0, r.stderr[-2000:]
     test_images = records.load_dataset_info(rec)["splits"]["test"]["images"]
-    with open(os.path.join(report, "predictions.csv"), newline="") as f:
+    with open(os.path.join(report, "predictions_images.csv"), newline="") as f:
         assert len(list(csv.DictReader(f))) == test_images
     text = open(os.path.join(report, "report.md")).read()
     for col in ("sex", "localization"):
