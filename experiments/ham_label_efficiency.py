@@ -154,6 +154,12 @@ def run(a, init, fraction, lr, cw, seed, data_dir, checkpoint, mdir, n_labeled) 
     return row
 
 
+def _score(row: dict) -> float:
+    """The selection score; an undefined one (a validation split missing classes) loses."""
+    v = row["score"]
+    return v if v == v else -float("inf")
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
     common.setup_logging()
@@ -199,11 +205,11 @@ def main(argv=None) -> int:
                 rows.append(run(a, init, f, lr, "balanced", seed0, data_dir,
                                 checkpoints.get((seed0, init), ""),
                                 mdir(init, f, lr, "balanced", seed0), n_labeled[f]))
-            best = max(rows, key=lambda r: r["score"])
+            best = max(rows, key=_score)
             rows.append(run(a, init, f, best["learning_rate"], "none", seed0, data_dir,
                             checkpoints.get((seed0, init), ""),
                             mdir(init, f, best["learning_rate"], "none", seed0), n_labeled[f]))
-            best = max(rows, key=lambda r: r["score"])
+            best = max(rows, key=_score)
             chosen[f"{init}/{f:g}"] = {"learning_rate": best["learning_rate"],
                                        "class_weight": best["class_weight"]}
             grid += rows
