@@ -195,8 +195,7 @@ def test_supervised_order_is_per_epoch_and_resumes(tiny_records):
 
 
 def test_balanced_class_weights_and_weighted_loss():
-    from tfmicle.data.pipeline import balanced_class_weights
-    from tfmicle.tasks import multiclass_loss
+    from tfmicle.tasks import balanced_class_weights, multiclass_loss
     np.testing.assert_allclose(balanced_class_weights([6, 2, 0, 4]), [12 / 18, 2.0, 0.0, 1.0])
     labels = np.array([0, 1, -1, 2])
     logits = np.array([[2.0, 0.5, 0.1], [0.2, 0.3, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])

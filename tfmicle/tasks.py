@@ -79,6 +79,15 @@ def task_loss(task: str, labels, logits, policy: str = "ignore", sample_weight=N
     check_task(task)
 
 
+def balanced_class_weights(counts: list[int]) -> list[float]:
+    """Per-class weights n / (K * n_k) over the K classes that have examples (sklearn's
+    and Keras' "balanced"): every class then carries the same total weight and the
+    weights average 1 over the examples. A class without examples gets 0."""
+    total = sum(counts)
+    present = sum(1 for c in counts if c > 0)
+    return [total / (present * c) if c > 0 else 0.0 for c in counts]
+
+
 def probabilities(task: str, logits):
     """Softmax (multiclass) or per-class sigmoid (multilabel) in float32."""
     import tensorflow as tf
@@ -87,5 +96,6 @@ def probabilities(task: str, logits):
 
 
 __all__ = ["MULTICLASS", "MULTILABEL", "TASKS", "POLICIES", "check_task",
+           "balanced_class_weights",
            "uncertainty_targets", "multilabel_loss", "multiclass_loss", "task_loss",
            "probabilities"]

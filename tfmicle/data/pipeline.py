@@ -298,7 +298,7 @@ def _is_labeled(task: str):
 
 def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
                num_items: int | None = None, start_step: int = 0,
-               class_weights: "list[float] | None" = None) -> tf.data.Dataset:
+               class_weights: list[float] | None = None) -> tf.data.Dataset:
     """Infinite batches (image [B, S, S, 3], label) for fine-tuning, or (image, label,
     weight [B] float32) with class_weights (K floats, multiclass). multiclass: label
     [B] int32, unlabeled (-1) images dropped; multilabel: label [B, K] float32 as stored
@@ -327,15 +327,6 @@ def supervised(cfg: PipelineConfig, aug: AugmentConfig, task: str = MULTICLASS,
     ds = epoch_stream(cfg, "image", num_items, start_step, keep=keep)
     return _batches_by_step(ds.map(example, num_parallel_calls=AUTOTUNE), cfg, start_step,
                             lambda b, seed: (augment_batch(b[0], seed, aug),) + tuple(b[1:]))
-
-
-def balanced_class_weights(counts: "list[int]") -> list[float]:
-    """Per-class weights n / (K * n_k) over the K classes that have examples (sklearn's
-    and Keras' "balanced"): every class then carries the same total weight and the
-    weights average 1 over the examples. A class without examples gets 0."""
-    total = sum(counts)
-    present = sum(1 for c in counts if c > 0)
-    return [total / (present * c) if c > 0 else 0.0 for c in counts]
 
 
 def image_examples(cfg: PipelineConfig, num_labels: int = 0) -> tf.data.Dataset:

@@ -22,14 +22,13 @@ from tfmicle import build, fileio
 from tfmicle.train import runner
 from tfmicle.config import Config, ConfigError
 from tfmicle.data import records
-from tfmicle.data.pipeline import (PipelineConfig, balanced_class_weights, read_cases,
-                                   supervised)
+from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
 from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
                             check_architecture, config_of, read_json, restore_encoder,
                             restore_projection_layers, write_json)
-from tfmicle.tasks import MULTICLASS
+from tfmicle.tasks import MULTICLASS, balanced_class_weights
 from tfmicle.train.validation import Validation, eval_batches
 
 log = logging.getLogger(__name__)
