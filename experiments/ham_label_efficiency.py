@@ -39,7 +39,7 @@ log = logging.getLogger(NAME)
 INITS = ("micle", "simclr", "scratch")
 FRACTIONS = (0.1, 1.0)
 DEFAULTS = dict(seeds=[0, 1, 2], width=0.5, depth=18, image_size=64, batch_size=64,
-                split_seed=0, steps=1000, finetune_steps=[400, 1000], lr_grid=[0.03, 0.1])
+                split_seed=0, steps=800, finetune_steps=[300, 500], lr_grid=[0.03, 0.1])
 QUICK = dict(seeds=[0], width=0.125, depth=18, image_size=32, batch_size=16, split_seed=0,
              steps=4, finetune_steps=[4, 6], lr_grid=[0.05])
 VALIDATIONS = 5
@@ -58,10 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Experiment 1's work folder (records/ and seedN/{micle,simclr}); "
                         "default: pretrain here with Experiment 1's settings")
     p.add_argument("--steps", type=int, default=None,
-                   help="pretraining steps when pretraining here (default 1000)")
+                   help="pretraining steps when pretraining here (default 800)")
     p.add_argument("--split-seed", type=int, default=None, help="lesion split seed (0)")
     p.add_argument("--finetune-steps", type=_ints, default=None, metavar="S10,S100",
-                   help="fine-tuning budget at 10 %% and 100 %% (default 400,1000)")
+                   help="fine-tuning budget at 10 %% and 100 %% (default 300,500)")
     p.add_argument("--lr-grid", type=common.float_list, default=None, metavar="LR,...",
                    help="learning rates tried on validation (default 0.03,0.1)")
     p.add_argument("--keep-work", action="store_true", help="keep OUT/work")
