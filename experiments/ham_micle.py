@@ -116,8 +116,10 @@ def colour_features(datasets: dict) -> dict:
             for s, ds in datasets.items()}
 
 
-def run_seed(a, seed: int, data_dir: str, work: str, splits: dict, datasets: dict,
-             overrides: list[str], eval_split: str) -> dict:
+def run_seed(a, seed: int, data_dir: str, work: str, datasets: dict,
+             overrides: list[str]) -> dict:
+    """Pretrains MICLe and SimCLR for one seed; features of datasets' splits from both
+    encoders and from a random-init one."""
     runs = {}
     for method in ("micle", "simclr"):
         log.info("seed %d: pretraining %s for %d steps", seed, method, a.steps)
@@ -142,14 +144,13 @@ def main(argv=None, search: bool = False) -> int:
     pairs = ham10000.near_duplicate_pairs(a.data)
     from tfmicle.config import load_config
     probe_cfg = load_config(None, [], {"data": {"image_size": a.image_size}})
-    eval_split = "validation" if search else "test"
     splits, datasets = {}, {}
     for s in ("train", "validation", "test") if not search else ("validation",):
         splits[s], datasets[s] = ham10000.split_images(probe_cfg, data_dir, s)
     if search:
         result = run_search(a, data_dir, work, splits, datasets, pairs)
     else:
-        result = run_experiment(a, data_dir, work, splits, datasets, pairs, eval_split)
+        result = run_experiment(a, data_dir, work, splits, datasets, pairs)
     result.update({"command": common.command_line(), "wall_seconds": clock(),
                    "environment": common.environment(),
                    "records": {s: {"cases": v["cases"], "images": v["images"]}
@@ -173,8 +174,8 @@ def run_search(a, data_dir, work, splits, datasets, pairs) -> dict:
         over = [f"{k}={v}" for k, v in CANDIDATES[name].items()]
         feats, runs = {}, {}
         for seed in a.seeds:
-            r = run_seed(a, seed, data_dir, os.path.join(work, name), splits,
-                         {"validation": datasets["validation"]}, over, "validation")
+            r = run_seed(a, seed, data_dir, os.path.join(work, name),
+                         {"validation": datasets["validation"]}, over)
             for m in ("micle", "simclr", "random_init"):
                 feats.setdefault(m, []).append(r["features"][m]["validation"])
             runs[seed] = {m: _run_row(r["runs"][m]) for m in ("micle", "simclr")}
@@ -201,15 +202,15 @@ def _settings(a) -> dict:
                                        "batch_size", "split_seed", "quick", "overrides")}
 
 
-def run_experiment(a, data_dir, work, splits, datasets, pairs, eval_split) -> dict:
+def run_experiment(a, data_dir, work, splits, datasets, pairs) -> dict:
     colour = colour_features(datasets)
     feats: dict[str, list] = {}
     per_seed = []
     cfg = None
     for seed in a.seeds:
         log.info("=== seed %d ===", seed)
-        r = run_seed(a, seed, data_dir, work, splits, datasets,
-                     [f"{k}={v}" for k, v in CHOSEN.items()], eval_split)
+        r = run_seed(a, seed, data_dir, work, datasets,
+                     [f"{k}={v}" for k, v in CHOSEN.items()])
         r["features"]["colour_stats"] = colour
         cfg = r["runs"]["simclr"]["cfg"]
         for m in METHODS:
