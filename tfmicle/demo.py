@@ -136,7 +136,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
     ft_cfg = write_yaml(os.path.join(out, "finetune.yaml"), {
         "mode": "finetune", "model_dir": ft_dir,
         "data": {"dir": records, "train_split": "train", "eval_split": "validation",
-                 "image_size": 32, "augment": "finetune", "shuffle_buffer": 1000,
+                 "image_size": 32, "augment": "finetune", "shuffle_buffer": 10_000,
                  "cache": True, "label_fraction": 1.0},
         "model": {**model, "global_bn": False},
         "train": {"batch_size": 64, "train_steps": finetune_steps, "warmup_epochs": 0,

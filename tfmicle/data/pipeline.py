@@ -163,10 +163,10 @@ def epoch_stream(cfg: PipelineConfig, per: str, num_items: int, start_step: int 
         raise ValueError(f"no examples in split '{cfg.split}' of {cfg.where}")
     start_epoch, skip = divmod(start_step * b, per_epoch)
     if num_items > cfg.shuffle_buffer:
-        log.warning("shuffle buffer %d < the %d %ss of split '%s': each epoch is permuted "
-                    "within windows of %d in record order (data_prep writes cases in a "
-                    "seeded random order; records in a source order, e.g. sorted by label, "
-                    "give label-blocked batches): raise data.shuffle_buffer",
+        # data_prep writes cases in a seeded order; records kept in a source order
+        # (e.g. sorted by label) would give label-blocked batches
+        log.warning("shuffle buffer %d < the %d %ss of split '%s': each epoch is shuffled "
+                    "only within windows of %d; raise data.shuffle_buffer",
                     cfg.shuffle_buffer, num_items, per, cfg.split, cfg.shuffle_buffer)
     base = tf.constant([cfg.seed, 104_729], tf.int64)
     # A TFDS split permutes its parts per epoch (tfds_source.epoch_reader) when TFDS can
