@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run_inspect(argv[1:])
         return _run_convert(argv[1:] if argv and argv[0] == "convert" else argv)
 
-    from data_prep.errors import UserError
-    return cli.run(PROG, body, (UserError,))
+    return cli.run(PROG, body)
 
 
 if __name__ == "__main__":

@@ -201,9 +201,3 @@ def finish(cfg: ConvertConfig, manifest: Manifest, plan: Plan, result: RunResult
     writer.write_text_atomic(fileio.join(staging, DATASET_JSON),
                              json.dumps(info, indent=2, sort_keys=False) + "\n")
     return info
-
-
-def _labeled(c) -> bool:
-    if c.label_multi is not None:
-        return any(v == v for v in c.label_multi)        # any non-NaN value
-    return c.label_class >= 0

@@ -1,8 +1,10 @@
-"""Errors the CLI turns into one readable line and exit status 2."""
+"""data_prep's user errors: tfmicle.cli.UsageError's kind (one readable line, exit 2)."""
 from __future__ import annotations
 
+from tfmicle.cli import UsageError
 
-class UserError(Exception):
+
+class UserError(UsageError):
     """A mistake in the command or its input (missing file, bad column, bad flag value)."""
 
 

@@ -82,9 +82,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .repository import NoModelError
-
-    return cli.run("serving", lambda: serve(args), (NoModelError,))
+    return cli.run("serving", lambda: serve(args))
 
 
 def serve(args) -> int:

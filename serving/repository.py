@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tfmicle import fileio
+from tfmicle.cli import UsageError
 from tfmicle.model_format import PUBLISHED_FILE, list_versions
 
 from .model import ModelLoadError, ServedModel, load_version
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 MAX_REASON_CHARS = 500  # a reason in the model status stays readable (a TF error can be pages long)
 
 
-class NoModelError(Exception):
-    """No version folder in the base path could be loaded."""
+class NoModelError(UsageError):
+    """No version folder in the base path could be loaded (one line, exit 2)."""
 
 
 @dataclass(frozen=True)

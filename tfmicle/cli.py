@@ -156,18 +156,18 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
-def run(prog: str, body: Callable[[], int | None],
-        user_errors: Sequence[type[BaseException]] = ()) -> int:
-    """Runs a CLI body; expected mistakes (UsageError, FileNotFoundError and the given
-    types) print one line `prog: error: ...` and return 2, without a traceback. A
-    parser run inside the body exits through here too: --help returns 0, a bad flag 2."""
+def run(prog: str, body: Callable[[], int | None]) -> int:
+    """Runs a CLI body; expected mistakes (UsageError and every subclass: each tool's
+    user error is one, see docs/architecture.md; FileNotFoundError) print one line
+    `prog: error: ...` and return 2, without a traceback. A parser run inside the body
+    exits through here too: --help returns 0, a bad flag 2."""
     try:
         return int(body() or 0)
     except SystemExit as e:
         if e.code is None or isinstance(e.code, int):
             return int(e.code or 0)
         raise
-    except (UsageError, FileNotFoundError, *user_errors) as e:
+    except (UsageError, FileNotFoundError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         sys.stderr.write(f"{prog}: error: {msg}\n")
         return USAGE_EXIT

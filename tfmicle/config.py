@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import yaml
 
 from tfmicle import fileio
+from tfmicle.cli import UsageError
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A config file or override is wrong (user-facing, one line)."""
 
 

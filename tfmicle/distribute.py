@@ -9,6 +9,7 @@ import os
 
 import tensorflow as tf
 
+from tfmicle.cli import UsageError
 from tfmicle.config import CHOICES
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 STRATEGIES = CHOICES["distribute.strategy"]  # the config owns the names
 
 
-class StrategyError(RuntimeError):
+class StrategyError(UsageError, RuntimeError):
     """A strategy cannot be created on this machine (user-facing, one line)."""
 
 

@@ -329,14 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.start(build_parser(), argv)
 
     def body() -> int:
-        from tfmicle.config import ConfigError
         fileio.check_url(args.model_dir, "--model-dir")
         fileio.check_url(args.out, "--out")
         try:
             result = export(args.model_dir, args.out, args.checkpoint, not args.no_verify,
                             args.calibrate)
-        except ConfigError as e:
-            raise cli.UsageError(str(e)) from None
         except RuntimeError as e:  # the exported graph disagrees with the Keras model
             log.error("%s", e)
             return 1

@@ -135,15 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import tensorflow as tf
 
-        from tfmicle.config import ConfigError
-        from tfmicle.models.simclr_tf1 import CheckpointMismatch
         fileio.check_url(args.simclr_tf1, "--simclr-tf1")
         fileio.check_url(args.out, "--out")
         try:
             info = import_simclr_tf1(args.simclr_tf1, args.out, args.depth, args.width,
                                      args.sk, args.ema)
-        except (ConfigError, CheckpointMismatch) as e:
-            raise cli.UsageError(str(e)) from None
         except tf.errors.OpError as e:  # an unreadable or truncated checkpoint
             raise cli.UsageError(f"cannot read {args.simclr_tf1}: {e.message}") from None
         a = info["architecture"]

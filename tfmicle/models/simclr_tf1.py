@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from tfmicle.cli import UsageError
+
 ENCODER_SCOPE = "base_model/"
 EMA_SCOPE = "ema_model/"
 SKIPPED = (re.compile(r"/Momentum$"), re.compile(r"^global_step$"))
@@ -28,7 +30,7 @@ SK_RATIO = 0.0625  # SimCLRv2's only published selective-kernel ratio (--sk_rati
 _DEPTH_OF_BLOCKS = {16: 50, 33: 101, 50: 152, 66: 200}
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UsageError, ValueError):
     """The checkpoint and the model do not correspond (one readable line)."""
 
 

@@ -142,5 +142,5 @@ def main(argv: list[str] | None = None) -> int:
         print(result.get("report", args.out))
         return 0
 
-    return cli.run("tfmicle.score", body, (ScoreError,))
+    return cli.run("tfmicle.score", body)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tfmicle import model_format as mf
+from tfmicle.cli import UsageError
 from tfmicle.tasks import MULTICLASS
 
 
-class ScoreError(ValueError):
+class ScoreError(UsageError, ValueError):
     """A user mistake in the scoring input (one line, exit 2)."""
 
 

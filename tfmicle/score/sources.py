@@ -171,8 +171,6 @@ def tfds_source(spec: str, split: str, model: ScoringModel, options: dict | None
         T.check_split(src, split)
         n = T.count(src, split, "image")
         info = T.dataset_info(src)
-    except T.TfdsError as e:
-        raise ScoreError(str(e)) from None
     except TypeError as e:  # an unknown option
         raise ScoreError(f"{spec}: {e}") from None
     out = _dataset_source(f"{src.spec} ({split})", "tfds", "", split, info["task"],
@@ -240,10 +238,7 @@ def folder_source(root: str, model: ScoringModel) -> Source:
 def csv_source(path: str, model: ScoringModel, images_root: str | None = None) -> Source:
     import numpy as np
     root = images_root or fileio.dirname(fileio.abspath(path))
-    try:
-        cols, rows = read_csv(path)  # as data_prep reads it: , or tab or ; and stripped cells
-    except CsvError as e:
-        raise ScoreError(str(e)) from None
+    cols, rows = read_csv(path)  # as data_prep reads it: , or tab or ; and stripped cells
     col = "image" if "image" in cols else "path" if "path" in cols else None
     if col is None:
         raise ScoreError(f"{path}: no 'image' column (columns: {', '.join(cols) or 'none'})")

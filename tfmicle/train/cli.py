@@ -28,8 +28,7 @@ def build_parser() -> cli.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.start(build_parser(), argv)
-    from tfmicle.config import ConfigError, load_config
-    from tfmicle.distribute import StrategyError
+    from tfmicle.config import load_config
 
     def body() -> int:
         extra: dict = {}
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfmicle.train.runner import NaNLossError
     try:
-        return cli.run("tfmicle.train", body, (ConfigError, StrategyError))
+        return cli.run("tfmicle.train", body)
     except NaNLossError as e:
         logging.getLogger("tfmicle.train").error("%s", e)
         return 1
