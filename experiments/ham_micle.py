@@ -43,7 +43,7 @@ QUICK = dict(seeds=[0], steps=4, width=0.125, depth=18, image_size=32, batch_siz
 
 # The settings Experiment 1 runs with on HAM10000: chosen by the search below on
 # validation lesions (experiments/README.md has its table). The rest is the PH2
-# experiment's (micle_vs_simclr.pretrain_config).
+# experiment's (pretraining.pretrain_config).
 CHOSEN: dict[str, str] = {"data.color_p": "0.8", "data.color_strength": "0.2"}
 
 # Candidates of the search: changes from the PH2-chosen derm settings (no colour jitter,
@@ -94,12 +94,12 @@ def parse_args(argv=None, search: bool = False) -> argparse.Namespace:
 
 def pretrain(method: str, a, data_dir: str, model_dir: str, seed: int,
              overrides: list[str]) -> dict:
-    """One pretraining run with Experiment 1's settings (micle_vs_simclr.pretrain_config)
+    """One pretraining run with Experiment 1's settings (pretraining.pretrain_config)
     plus overrides; the PH2 experiment's function, so both share one definition."""
-    from experiments import micle_vs_simclr as m
+    from experiments.pretraining import run_pretraining
     b = argparse.Namespace(**vars(a))
     b.overrides = ["data.shuffle_buffer=10000"] + list(overrides) + list(a.overrides)
-    return m.run_pretraining(method, b, data_dir, model_dir, seed)
+    return run_pretraining(method, b, data_dir, model_dir, seed)
 
 
 def features(cfg, checkpoint: str | None, seed: int, datasets: dict) -> dict:

@@ -110,7 +110,7 @@ def markdown(result: dict) -> str:
         for f in fr])
     lines.append(common.markdown_table(header, rows))
     lines.append(
-        f"\n## Model selection (validation split only)\n\n"
+        "\n## Model selection (validation split only)\n\n"
         f"Both initialisations get the same care. Training length: each run trains for a "
         f"fixed budget per fraction ("
         + ", ".join(f"{f:.0%}: {n} steps = {s['scratch'][f'{f:g}']['epochs']:.1f} epochs"

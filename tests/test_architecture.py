@@ -12,6 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("tfmicle", "data_prep", "serving")
+STUDIES = ("experiments", "bench")   # scripts over the packages, read by the same rule
+TOOL_UNITS = ("train", "export", "import", "score", "serving", "data_prep", "recipes")
 
 # unit: (modules it holds, by exact name or as a package prefix; units it may import)
 FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
@@ -39,6 +41,10 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the whole recipe end to end
     # (it drives the tools as a user does, through `python -m`, and imports none of them)
     "recipes": (("tfmicle.demo", "tfmicle.demo_ham10000", "tfmicle.demo_steps"), ("runs", "library", "foundation")),
+    # studies and benchmarks may use any package, as a user's script would; nothing in
+    # the packages imports them, and neither imports the other
+    "experiments": (("experiments",), TOOL_UNITS + ("runs", "library", "foundation")),
+    "bench": (("bench",), TOOL_UNITS + ("runs", "library", "foundation")),
 }
 PACKAGE_NAMES = {"tfmicle", "tfmicle.data"}  # these hold only their own __init__
 
@@ -55,9 +61,9 @@ def unit_of(module: str) -> str | None:
 
 
 def read_modules(root: str = ROOT) -> dict[str, str]:
-    """{dotted module name: source} of the three packages."""
+    """{dotted module name: source} of the three packages, experiments/ and bench/."""
     out = {}
-    for pkg in PACKAGES:
+    for pkg in PACKAGES + STUDIES:
         for d, _, files in os.walk(os.path.join(root, pkg)):
             for f in files:
                 if f.endswith(".py"):
@@ -142,6 +148,7 @@ def violations(modules: dict[str, str]) -> list[str]:
 def test_every_module_imports_only_downward_and_without_cycles():
     modules = read_modules()
     assert "tfmicle.rundir" in modules and "serving.app" in modules  # it read the tree
+    assert "experiments.ham_micle" in modules and "bench.pipeline" in modules
     assert violations(modules) == []
 
 
@@ -165,7 +172,8 @@ def test_only_data_prep_imports_data_prep():
     modules = read_modules()
     graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
     reach = {n: sorted(d for d in deps if d == "data_prep" or d.startswith("data_prep."))
-             for n, deps in graph.items() if not (n == "data_prep" or n.startswith("data_prep."))}
+             for n, deps in graph.items()
+             if unit_of(n) not in ("data_prep", "experiments", "bench")}
     assert {n: d for n, d in reach.items() if d} == {}
     for unit in ("foundation", "library", "runs", "train", "export", "import", "score", "serving",
                  "recipes"):
@@ -183,6 +191,8 @@ TOY = {
     "tfmicle.score": "", "tfmicle.score.sources": "from tfmicle.imagefiles import load_image\n",
     "tfmicle.imagefiles": "", "serving.images": "from tfmicle.imagefiles import sniff\n",
     "data_prep": "", "data_prep.images": "", "data_prep.manifest": "",
+    "experiments": "", "experiments.study": "from tfmicle import model_format\n",
+    "bench.pipeline": "from data_prep import images\n",
 }
 
 
@@ -203,6 +213,12 @@ def test_the_toy_tree_is_clean():
     ("serving.images", "import data_prep.manifest\n",
      "serving.images (serving) imports data_prep.manifest (data_prep)"),
     ("tfmicle.newthing", "", "tfmicle.newthing: in no unit"),
+    ("tfmicle.rundir", "from experiments import study\n",
+     "tfmicle.rundir (runs) imports experiments.study (experiments)"),
+    ("serving.app", "import bench.pipeline\n",
+     "serving.app (serving) imports bench.pipeline (bench)"),
+    ("bench.pipeline", "from experiments.study import x\n",
+     "bench.pipeline (bench) imports experiments.study (experiments)"),
 ])
 def test_one_planted_bad_import_is_caught(module, source, words):
     tree = dict(TOY)
