@@ -71,7 +71,7 @@ def test_labels_and_metadata(root):
     labels = Path(out["path"], "assets", "labels.txt").read_text().splitlines()
     assert labels == info["class_names"]
     meta = json.load(open(os.path.join(out["path"], "assets", "metadata.json")))
-    best = json.load(open(os.path.join(run["model_dir"], "best.json")))
+    best = json.load(open(os.path.join(run["model_dir"], "best", "state.json")))
     cfg = load_config(os.path.join(run["model_dir"], "config.yaml"))
     assert meta["task"] == "multiclass" and meta["image_size"] == 32
     assert meta["class_names"] == info["class_names"]

@@ -171,7 +171,7 @@ def test_finetune_starts_from_pretrained_encoder_and_trains(root):
     # Validation every 2 steps, best checkpoint by val_auc kept with its metrics.
     lines = [json.loads(x) for x in open(os.path.join(run["model_dir"], "validation.jsonl"))]
     assert [x["step"] for x in lines] == [2, 4]
-    best = json.load(open(os.path.join(run["model_dir"], "best.json")))
+    best = json.load(open(os.path.join(run["model_dir"], "best", "state.json")))
     vals = [x["val_auc"] for x in lines]
     assert best["metric"] == "val_auc" and best["value"] == pytest.approx(max(vals))
     assert best["step"] == lines[int(np.argmax(vals))]["step"]

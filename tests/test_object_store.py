@@ -363,7 +363,7 @@ def test_end_to_end_on_ram(ram, tmp_path, monkeypatch):
               .splitlines()]
     assert [r["step"] for r in rows_v] == [2, 4]       # appended on a store with no append
     best_row = min(rows_v, key=lambda r: r["val_loss"])
-    best = json.loads(fileio.read_text(fileio.join(ft, "best.json")))
+    best = json.loads(fileio.read_text(fileio.join(ft, "best", "state.json")))
     assert best["step"] == best_row["step"] and best["value"] == pytest.approx(
         best_row["val_loss"])
     assert fileio.exists(fileio.join(ft, "best", "ckpt.index"))
@@ -429,3 +429,31 @@ def test_end_to_end_on_ram(ram, tmp_path, monkeypatch):
                     fileio.join(v2, mf.PUBLISHED_FILE))
         wait_for(lambda: version() == 2, what="version 2 on ram://")
         np.testing.assert_allclose(predict()["predictions"][0], want.numpy()[0], atol=1e-5)
+
+    # the fine-tuning run folder copies out with TensorFlow's own walk, as any tool
+    # would copy it (a file beside a folder of the same prefix once listed a phantom)
+    local = tmp_path / "ft_copy"
+    copied = []
+    for d, _dirs, names in tf.io.gfile.walk(ft):
+        for n in names:
+            src = d.rstrip("/") + "/" + n
+            dst = local / src[len(ft) + 1:]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tf.io.gfile.copy(src, str(dst))
+            copied.append(src[len(ft) + 1:])
+    assert {"config.yaml", "finetune.json", "validation.jsonl", "best/state.json",
+            "best/ckpt.index"} <= set(copied), copied
+    from tfmicle.rundir import read_best
+    assert read_best(str(local)) == best
+    reader = tf.train.load_checkpoint(str(local / "best" / "ckpt"))
+    assert reader.get_variable_to_shape_map()
+
+
+def test_read_best_reads_this_release_and_earlier_run_folders(tmp_path):
+    from tfmicle.rundir import read_best
+    assert read_best(str(tmp_path)) == {}
+    (tmp_path / "best.json").write_text('{"step": 4, "value": 0.5}')    # an earlier release
+    assert read_best(str(tmp_path)) == {"step": 4, "value": 0.5}
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "state.json").write_text('{"step": 8, "value": 0.25}')
+    assert read_best(str(tmp_path)) == {"step": 8, "value": 0.25}

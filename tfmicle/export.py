@@ -197,7 +197,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     import tfmicle
     from tfmicle.config import config_hash, to_dict
     from tfmicle.data.augment import CROP_PROPORTION, preprocess_eval
-    from tfmicle.rundir import (BEST_JSON, load_classifier, read_json, resolve_checkpoint,
+    from tfmicle.rundir import (load_classifier, read_best, resolve_checkpoint,
                                 validation_for_step)
     from tfmicle.tasks import probabilities
 
@@ -210,7 +210,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     size = cfg.data.image_size
     m = re.search(r"ckpt-(\d+)$", prefix)
     step = int(m.group(1)) if m else None
-    best = read_json(fileio.join(model_dir, BEST_JSON)) or {}
+    best = read_best(model_dir)
     if kind == "best":
         step = best.get("step")
         validation = best.get("metrics")

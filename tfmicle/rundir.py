@@ -12,8 +12,11 @@ by the source's global step, plus ``import.json`` (source, architecture, variabl
 A fine-tuning run (tfmicle.train.finetune) adds:
 - ``finetune.json``: task, class names and the data the run was trained on;
 - ``validation.jsonl``: one line per validation ({"step", metric: value, ...});
-- ``best/ckpt.*`` and ``best.json``: the best checkpoint by finetune.best_metric and
-  its metrics (what ``tfmicle.export`` exports by default).
+- ``best/ckpt.*`` and ``best/state.json``: the best checkpoint by finetune.best_metric
+  and its metrics (what ``tfmicle.export`` exports by default). Runs of earlier
+  releases have ``best.json`` beside ``best/``; read_best reads either. No file name
+  begins with a sibling folder's name: TensorFlow's ram:// filesystem lists "best.json"
+  inside "best/" as a phantom ".json", which broke copying a run folder out.
 
 A model_dir may be a local folder or a URL TensorFlow's filesystems understand (gs://,
 ram:// in tests; fileio.check_url): every file here goes through tfmicle.fileio, and checkpoints and
@@ -38,7 +41,8 @@ CHECKPOINT_DIR = "checkpoints"
 LOGS_DIR = "logs"
 FINETUNE_JSON = "finetune.json"
 VALIDATION_LOG = "validation.jsonl"
-BEST_JSON = "best.json"
+BEST_JSON = "best/state.json"
+LEGACY_BEST_JSON = "best.json"   # earlier releases; read, never written
 BEST_PREFIX = "best/ckpt"  # relative to the model dir; fileio.join takes it on any path
 IMPORT_JSON = "import.json"  # a run folder written by tfmicle.import_checkpoint: its source
 
@@ -62,6 +66,13 @@ def read_json(path: str) -> dict | None:
     if not fileio.isfile(path):
         return None
     return json.loads(fileio.read_text(path))
+
+
+def read_best(model_dir: str) -> dict:
+    """The best-checkpoint state of a fine-tuning run ({"metric", "value", "step",
+    "metrics", ...}; {} when it kept none), from this release's file or an earlier one."""
+    return (read_json(fileio.join(model_dir, BEST_JSON))
+            or read_json(fileio.join(model_dir, LEGACY_BEST_JSON)) or {})
 
 
 def prepare_model_dir(cfg: Config) -> str:
@@ -301,7 +312,7 @@ def load_classifier(model_dir: str, checkpoint: str = "auto"):
 
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "LOGS_DIR", "FINETUNE_JSON", "VALIDATION_LOG",
-           "BEST_JSON", "BEST_PREFIX", "write_json", "read_json", "prepare_model_dir",
+           "BEST_JSON", "BEST_PREFIX", "write_json", "read_json", "read_best", "prepare_model_dir",
            "config_of", "append_validation", "validation_for_step", "checkpoint_manager",
            "latest_checkpoint", "best_checkpoint", "write_best", "restore_encoder",
            "check_architecture", "restore_pretraining", "restore_projection_layers", "IMPORT_JSON",

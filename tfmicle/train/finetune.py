@@ -25,8 +25,8 @@ from tfmicle.data import records
 from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
-from tfmicle.rundir import (BEST_JSON, CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
-                            check_architecture, config_of, read_json, restore_encoder,
+from tfmicle.rundir import (CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
+                            check_architecture, config_of, read_best, restore_encoder,
                             restore_projection_layers, write_json)
 from tfmicle.tasks import MULTICLASS, balanced_class_weights
 from tfmicle.train.validation import Validation, eval_batches
@@ -175,7 +175,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         if previous.get("mode", "pretrain") != "finetune":
             raise ConfigError(f"{cfg.model_dir} holds a pretraining run; fine-tune into "
                               "a new model dir (finetune.checkpoint points at it)")
-    best_state = read_json(fileio.join(cfg.model_dir, BEST_JSON)) or {}
+    best_state = read_best(cfg.model_dir)
     case_ids = None
     if cfg.data.label_fraction < 1:
         case_ids = tuple(records.read_subset(cfg.data.dir, cfg.data.train_split,

@@ -16,7 +16,7 @@ from tfmicle import metrics as M
 from tfmicle.data.pipeline import PipelineConfig, evaluation
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.distribute import chief_decides
-from tfmicle.rundir import (BEST_JSON, BEST_PREFIX, LOGS_DIR, append_validation, read_json, write_best,
+from tfmicle.rundir import (BEST_JSON, BEST_PREFIX, LOGS_DIR, append_validation, read_best, write_best,
                             write_json)
 from tfmicle.tasks import MULTICLASS, probabilities, task_loss
 
@@ -55,8 +55,8 @@ def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
 
 class Validation(keras.callbacks.Callback):
     """Validates every `every` steps and at the last step; keeps the best checkpoint
-    (best/ckpt + best.json) by `best_metric`; stops after `patience` validations
-    without improvement (0 = never). State survives a resume (best.json).
+    (best/ckpt + best/state.json) by `best_metric`; stops after `patience` validations
+    without improvement (0 = never). State survives a resume (best/state.json).
 
     The state is read from model_dir and everything is written to out_dir (model_dir
     when empty): a multi-worker run's other workers validate too (they must agree on
@@ -78,7 +78,7 @@ class Validation(keras.callbacks.Callback):
         self.model_dir = model_dir
         self.out_dir = out_dir or model_dir
         self.image_size = image_size
-        self.state = read_json(fileio.join(model_dir, BEST_JSON)) or {}
+        self.state = read_best(model_dir)
         self.last: dict | None = None
         self.last_step = -1
         self.writer = tf.summary.create_file_writer(
