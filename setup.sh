@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Fresh-machine setup: system packages (Fashion-MNIST for the label-efficiency experiment),
-# a virtualenv in .venv with tfmicle and its serve/demo/dev extras, and .venv-beam with the
+# Fresh-machine setup: system packages (Fashion-MNIST for the label-efficiency experiment;
+# Chromium, run headless by the test that renders the server's /docs and /redoc), a
+# virtualenv in .venv with tfmicle and its serve/demo/dev extras, and .venv-beam with the
 # beam extra (kept apart: apache-beam pins protobuf < 7).
 # Usage: bash setup.sh            (then: .venv/bin/python -m tfmicle.demo)
 set -euo pipefail
 cd "$(dirname "$0")"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+APT=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || APT+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || APT+=(chromium)
+if [ ${#APT[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${APT[@]}" >/dev/null
 fi
 # PYTHON: any CPython 3.10-3.13 (tensorflow-cpu 2.21 has no cp314 wheel); apache-beam ships
 # cp313 wheels too (2.78: 3.11-3.14), so .venv-beam uses the same interpreter.

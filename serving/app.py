@@ -1,6 +1,7 @@
 """The FastAPI app: the routers of serving.routes (/classify, TF Serving REST, Open
 Inference Protocol v2, /metrics) over one State (serving.state), JSON errors, the
-OpenAPI document and the gateway middleware.
+OpenAPI document, /docs and /redoc with self-hosted files (serving.docs) and the gateway
+middleware.
 
 Every route that runs the model goes through the one ``Batcher``; bodies are
 read by the routes under the body limit and parsed, base64-decoded and image-
@@ -25,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from . import __version__
 from .batcher import Batcher
 from .config import CONFIG_ENV, ServingConfig, setup_logging
+from .docs import add_docs
 from .errors import ApiError, bounded
 from .metrics import Metrics
 from .middleware import GatewayMiddleware
@@ -77,6 +79,8 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
             "Open Inference Protocol v2 (`/v2`), Prometheus `/metrics`. Errors are JSON `{\"error\": ...}`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # serving.docs adds both pages with self-hosted files
+        redoc_url=None,
     )
     app.state.serving = state
 
@@ -116,6 +120,7 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
 
     for router in ROUTERS:
         app.include_router(router)
+    add_docs(app)
 
     def custom_openapi() -> dict:
         if app.openapi_schema:
