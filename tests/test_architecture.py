@@ -15,7 +15,7 @@ PACKAGES = ("tfmicle", "data_prep", "serving")
 
 # unit: (modules it holds, by exact name or as a package prefix; units it may import)
 FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
-              "tfmicle.fileio", "tfmicle.imagefiles", "tfmicle.csvfiles",
+              "tfmicle.model_load", "tfmicle.fileio", "tfmicle.imagefiles", "tfmicle.csvfiles",
               "tfmicle.overlay", "tfmicle.data", "tfmicle.data.records")
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # names and formats everyone shares; no TensorFlow at import time except records
