@@ -151,7 +151,8 @@ def test_tools_import_what_the_map_says():
     modules = read_modules()
     graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
     assert "tfmicle.rundir" in graph["tfmicle.export"]
-    assert "tfmicle.model_format" in graph["serving.model"]
+    assert "tfmicle.model_load" in graph["serving.model"]
+    assert "tfmicle.model_format" in graph["tfmicle.model_load"]
     assert "tfmicle.imagefiles" in graph["tfmicle.score.sources"]
     assert "tfmicle.csvfiles" in graph["tfmicle.score.sources"]
     assert "tfmicle.imagefiles" in graph["data_prep.cases"]
