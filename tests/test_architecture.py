@@ -152,6 +152,7 @@ def test_tools_import_what_the_map_says():
     graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
     assert "tfmicle.rundir" in graph["tfmicle.export"]
     assert "tfmicle.model_load" in graph["serving.model"]
+    assert "tfmicle.model_load" in graph["tfmicle.score.model"]
     assert "tfmicle.model_format" in graph["tfmicle.model_load"]
     assert "tfmicle.imagefiles" in graph["tfmicle.score.sources"]
     assert "tfmicle.csvfiles" in graph["tfmicle.score.sources"]
