@@ -32,7 +32,8 @@ class ScoringModel:
     @property
     def preprocessed_fn(self) -> Any:
         """predict_preprocessed (pixels [B, S, S, 3]) when the model has it."""
-        return self._loaded.preprocessed_fn
+        # None without a loaded model too: tables and sources take a view made of names
+        return self._loaded.preprocessed_fn if self._loaded is not None else None
 
     @property
     def encoded_fn(self) -> Any:
