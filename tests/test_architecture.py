@@ -17,7 +17,7 @@ TOOL_UNITS = ("train", "export", "import", "score", "serving", "data_prep", "rec
 
 # unit: (modules it holds, by exact name or as a package prefix; units it may import)
 FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
-              "tfmicle.fileio", "tfmicle.imagefiles", "tfmicle.csvfiles",
+              "tfmicle.model_load", "tfmicle.fileio", "tfmicle.imagefiles", "tfmicle.csvfiles",
               "tfmicle.overlay", "tfmicle.data", "tfmicle.data.records")
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # names and formats everyone shares; no TensorFlow at import time except records
@@ -158,7 +158,9 @@ def test_tools_import_what_the_map_says():
     modules = read_modules()
     graph = {n: imports_of(n, s, set(modules)) for n, s in modules.items()}
     assert "tfmicle.rundir" in graph["tfmicle.export"]
-    assert "tfmicle.model_format" in graph["serving.model"]
+    assert "tfmicle.model_load" in graph["serving.model"]
+    assert "tfmicle.model_load" in graph["tfmicle.score.model"]
+    assert "tfmicle.model_format" in graph["tfmicle.model_load"]
     assert "tfmicle.imagefiles" in graph["tfmicle.score.sources"]
     assert "tfmicle.csvfiles" in graph["tfmicle.score.sources"]
     assert "tfmicle.imagefiles" in graph["data_prep.cases"]

@@ -18,6 +18,8 @@ NOT_USER_ERRORS = {
     "tfmicle.imagefiles.kinds.ImageError": "one image's skip reason (data_prep, score) or a 4xx",
     "tfmicle.train.runner.NaNLossError": "training diverged: exit 1, the run folder is kept",
     "serving.model.ModelLoadError": "one version folder refused; the server keeps serving",
+    "tfmicle.model_load.ContractError": "a model that breaks the contract; each tool turns it into "
+                                        "its own (serving: ModelLoadError, score: ScoreError)",
     "serving.errors.ApiError": "an HTTP 4xx answer, not a CLI exit",
     "serving.errors.BodyTooLarge": "an HTTP 413 answer",
 }

@@ -14,7 +14,8 @@ tf.string, encoded images) and returns ``probabilities`` float32 [batch, K] (and
 ``embedding``); tfmicle's export also has ``serving_pixels``, ``serving_explain``
 (Grad-CAM, below) and the ``predict_preprocessed`` function. The probabilities are
 calibrated when the model was exported with ``--calibrate`` (metadata "calibration"). New versions must pass a smoke test on
-``probe_images()`` before they are published or served.
+``probe_images()`` before they are published or served. ``tfmicle.model_load`` is the one
+loader that checks this contract, for serving and score alike.
 
 The publish rule (one rule for local folders and object stores): a version folder is
 complete only when ``published.json`` is there and every file it lists has the size it

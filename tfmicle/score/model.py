@@ -1,12 +1,14 @@
-"""Scoring: the exported model as the scorer sees it (tfmicle.model_format's layout,
-or any SavedModel that follows the serving contract). Map: docs/architecture.md."""
+"""Scoring: the exported model as the scorer sees it, a view of the one loaded model
+(tfmicle.model_load: tfmicle.model_format's layout, or any SavedModel that follows
+the serving contract, checked as the server checks it). Map: docs/architecture.md."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tfmicle import model_format as mf
+from tfmicle import model_load
 from tfmicle.cli import UsageError
-from tfmicle.tasks import MULTICLASS
 
 
 class ScoreError(UsageError, ValueError):
@@ -21,63 +23,51 @@ class ScoringModel:
     task: str
     image_size: int | None
     metadata: dict
-    _loaded: object = field(repr=False)
+    _loaded: model_load.LoadedModel | None = field(repr=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
-    def preprocessed_fn(self):
+    def preprocessed_fn(self) -> Any:
         """predict_preprocessed (pixels [B, S, S, 3]) when the model has it."""
-        if self.image_size and hasattr(self._loaded, mf.PREPROCESSED_FUNCTION):
-            return getattr(self._loaded, mf.PREPROCESSED_FUNCTION)
-        return None
+        # None without a loaded model too: tables and sources take a view made of names
+        return self._loaded.preprocessed_fn if self._loaded is not None else None
 
     @property
-    def encoded_fn(self):
-        return self._loaded.signatures[mf.SIGNATURE]
+    def encoded_fn(self) -> Any:
+        return self._loaded.signature
 
     @property
-    def explain_fn(self):
+    def explain_fn(self) -> Any:
         """serving_explain (Grad-CAM) when the model was exported with it, else None."""
-        return self._loaded.signatures.get(mf.EXPLAIN_SIGNATURE)
+        return self._loaded.explain_fn
 
 
 def load_model(path: str) -> ScoringModel:
-    """Loads an exported model (tfmicle.export's layout, or any SavedModel following
-    the serving contract)."""
-    import tensorflow as tf
+    """Loads an exported model: a published version folder, or a model folder's highest
+    published version (FileNotFoundError, saying why, when there is none). A model that
+    breaks the contract is a ScoreError with the reason the server gives."""
     vdir, version = mf.resolve_version(path)
-    metadata = mf.read_metadata(vdir)
-    loaded = tf.saved_model.load(vdir)
-    if mf.SIGNATURE not in loaded.signatures:
-        raise ScoreError(f"{vdir} has no {mf.SIGNATURE} signature")
-    names = mf.read_labels(vdir) or metadata.get("class_names")
-    if not names:
-        out = call_encoded(loaded.signatures[mf.SIGNATURE], mf.probe_images()[:1])
-        names = [str(i) for i in range(out.shape[1])]
-    return ScoringModel(vdir, version, list(names), metadata.get("task", MULTICLASS),
-                        metadata.get("image_size"), metadata, loaded)
+    try:
+        loaded = model_load.load(vdir)
+    except model_load.ContractError as e:  # score's refusal: one line, exit 2
+        raise ScoreError(str(e)) from None
+    return ScoringModel(vdir, version, list(loaded.labels), loaded.task, loaded.image_size,
+                        loaded.metadata, loaded)
 
 
-def call_encoded(fn, images):
+def call_encoded(fn: Any, images: Any) -> Any:
     """Encoded images through a serving signature -> its probabilities (numpy)."""
     return call_encoded_outputs(fn, images)[mf.PROBABILITIES_OUTPUT]
 
 
-def call_encoded_outputs(fn, images) -> dict:
+def call_encoded_outputs(fn: Any, images: Any) -> dict:
     """Encoded images through a serving signature -> {"probabilities": [B, K], and
     "embedding": [B, D] when the model has one} (numpy). A model whose one output has
     another name gives that output as the probabilities."""
-    import tensorflow as tf
-    (name, _), = fn.structured_input_signature[1].items()
-    out = fn(**{name: tf.constant(list(images) if not tf.is_tensor(images) else images)})
-    key = mf.PROBABILITIES_OUTPUT if mf.PROBABILITIES_OUTPUT in out else next(iter(out))
-    res = {mf.PROBABILITIES_OUTPUT: out[key].numpy()}
-    if mf.EMBEDDING_OUTPUT in out:
-        res[mf.EMBEDDING_OUTPUT] = out[mf.EMBEDDING_OUTPUT].numpy()
-    return res
+    return model_load.encoded_outputs(fn, images)
 
 
 __all__ = ["ScoreError", "ScoringModel", "load_model", "call_encoded", "call_encoded_outputs"]
