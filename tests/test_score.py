@@ -42,8 +42,8 @@ def test_records_metrics_equal_sklearn_on_written_predictions(root, tmp_path):
     exp = runs.exported(root)
     data = exp["run"]["data"]
     out = tmp_path / "scored"
-    result = sc.score(str(Path(exp["path"]).parent), data, str(out), split="test",
-                      replicates=200)
+    result = sc.score(str(Path(exp["path"]).parent), data, str(out),
+                      sc.ScoreOptions(split="test", replicates=200))
     classes = ["a", "b", "c"]
     img = read_csv(out / "predictions_images.csv")
     cases = read_csv(out / "predictions_cases.csv")
@@ -164,8 +164,8 @@ def test_csv_manifest_missing_file_and_user_errors(root, tmp_path, capsys):
 def test_multilabel_records_metrics_use_definite_labels(root, tmp_path):
     exp = runs.exported_multilabel(root)
     out = tmp_path / "ml"
-    sc.score(exp["path"], exp["run"]["data"], str(out), split="test", replicates=0,
-             auc_classes=["Atelectasis", "Edema"])
+    sc.score(exp["path"], exp["run"]["data"], str(out), sc.ScoreOptions(
+        split="test", replicates=0, auc_classes=["Atelectasis", "Edema"]))
     classes = runs.ML_CLASSES
     img = read_csv(out / "predictions_images.csv")
     m = json.load(open(out / "metrics.json"))
@@ -207,7 +207,7 @@ def test_model_without_scoring_function_goes_through_serving_default(tmp_path):
         (pics / f"{i}.png").write_bytes(png_bytes(a))
     (pics / "x.png").write_bytes(b"junk")
     out = tmp_path / "out"
-    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), batch_size=2)
+    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), sc.ScoreOptions(batch_size=2))
     assert result["version"] == 1 and result["runs"][0]["skipped"] == 1
     img = read_csv(out / "predictions_images.csv")
     got = probs_of(img, ["r", "g", "b", "k"])
@@ -239,7 +239,8 @@ def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
     Image.fromarray(colour, "RGB").save(pics / "k" / "colour.tif")
     (pics / "k" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
     out = tmp_path / "out"
-    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), batch_size=2, replicates=10)
+    result = sc.score(str(tmp_path / "toy"), str(pics), str(out),
+                      sc.ScoreOptions(batch_size=2, replicates=10))
     run = result["runs"][0]
     assert run["scored"] == 4 and run["skipped"] == 1
     img = {r["image_id"]: r for r in read_csv(out / "predictions_images.csv")}
@@ -345,7 +346,7 @@ def test_corrupt_image_inside_records_is_listed_and_rows_stay_aligned(root, tmp_
     cases[2]["images"][1] = b"\xff\xd8\xff truncated jpeg"
     d = write_records(str(tmp_path / "rec"), "test", cases, ["a", "b", "c"])
     out = tmp_path / "out"
-    sc.score(exp["path"], d, str(out), split="test", replicates=0, report=False)
+    sc.score(exp["path"], d, str(out), sc.ScoreOptions(split="test", replicates=0, report=False))
     skipped = read_csv(out / "skipped.csv")
     assert [(s["image_id"], s["case_id"]) for s in skipped] == [("case0002/img1.png", "case0002")]
     img = read_csv(out / "predictions_images.csv")

@@ -196,8 +196,9 @@ def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path)
     data = _records(str(tmp_path / "rec"))
     manifest = _manifest(tmp_path / "csv")
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-    sc.score(model, data, local, "test", compare=manifest, replicates=50, seed=3,
-             subgroups=Subgroups(parse_subgroups("site"), None, 2), batch_size=8, explain=1)
+    sc.score(model, data, local, sc.ScoreOptions(
+        split="test", compare=manifest, replicates=50, seed=3,
+        subgroups=Subgroups(parse_subgroups("site"), None, 2), batch_size=8, explain=1))
     r = run_beam("--model", model, "--data", data, "--split", "test", "--compare", manifest,
                  "--out", beam, "--bootstrap", "50", "--seed", "3", "--subgroups", "site",
                  "--subgroup-min-cases", "2", "--batch-size", "5", "--explain", "1")
@@ -247,8 +248,8 @@ def test_beam_serving_default_model_matches_numpy_reference(tmp_path):
         pixels[f"{cls}/{i}.png"] = a
     (tmp_path / "pics" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-    sc.score(str(tmp_path / "toy"), str(tmp_path / "pics"), local, replicates=20,
-             report=False)
+    sc.score(str(tmp_path / "toy"), str(tmp_path / "pics"), local,
+             sc.ScoreOptions(replicates=20, report=False))
     run_beam("--model", str(tmp_path / "toy"), "--data", str(tmp_path / "pics"), "--out", beam,
              "--bootstrap", "20", "--batch-size", "3")
     rows = {r["image_id"]: r for r in read_csv(os.path.join(beam, "predictions_images.csv"))}

@@ -46,6 +46,8 @@ from __future__ import annotations
 from tfmicle.score.cli import main
 from tfmicle.score.job import score, score_one
 from tfmicle.score.model import ScoreError, load_model
+from tfmicle.score.options import ScoreOptions
 from tfmicle.score.sources import open_source
 
-__all__ = ["main", "score", "score_one", "load_model", "open_source", "ScoreError"]
+__all__ = ["main", "score", "score_one", "ScoreOptions", "load_model", "open_source",
+           "ScoreError"]

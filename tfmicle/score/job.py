@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from tfmicle import fileio
 from tfmicle.score import calib, explain as explain_mod
 from tfmicle.score.model import ScoreError, ScoringModel, load_model
+from tfmicle.score.options import FORMATS, RUNNERS, ScoreOptions
 from tfmicle.score.predict import Predictions, predict
 from tfmicle.score.figures import write_figures, write_reliability
 from tfmicle.score.report import Scored, parquet_available, tables, write_report, write_table
@@ -18,23 +20,21 @@ from tfmicle.score.subgroups import Subgroups, resolve_column, subgroup_metrics
 
 log = logging.getLogger("tfmicle.score")
 
-FORMATS = ("csv", "parquet")
-RUNNERS = ("local", "beam")   # beam: tfmicle.score.beam (the optional apache-beam extra)
 
-
-def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv",
-              batch_size: int = 64, replicates: int = 1000, seed: int = 0,
-              auc_classes: Sequence[str] | None = None,
+def score_one(model: ScoringModel, source: Source, out_dir: str,
+              options: ScoreOptions = ScoreOptions(),
               progress: Callable[[int], None] | None = None, name: str = "",
-              subgroups: Subgroups | None = None,
               predictor: Callable[..., Predictions] = predict) -> Scored:
-    """Predicts one source and writes its tables and metrics.json into out_dir;
-    with subgroups, metrics.json gets "subgroups" (tfmicle.score.subgroups).
+    """Predicts one source and writes its tables and metrics.json into out_dir (options:
+    format, batch_size, replicates, seed, auc_classes, subgroups; with subgroups,
+    metrics.json gets "subgroups", tfmicle.score.subgroups).
     predictor: predict (this process) or tfmicle.score.beam.predictor(...)."""
     import numpy as np
     from tfmicle import metrics as M
+    fmt, replicates, seed = options.format, options.replicates, options.seed
+    auc_classes, subgroups = options.auc_classes, options.subgroups
     fileio.makedirs(out_dir)
-    pred = predictor(model, source, batch_size, progress)
+    pred = predictor(model, source, options.batch_size, progress)
     files = {}
     for stem, (header, rows) in tables(model, pred).items():
         if stem == "skipped":
@@ -71,24 +71,20 @@ def score_one(model: ScoringModel, source: Source, out_dir: str, fmt: str = "csv
     return Scored(name or source.spec, pred, result, out_dir, files)
 
 
-def score(model_path: str, data: str, out_dir: str, split: str | None = None,
-          compare: str | None = None, compare_split: str | None = None, fmt: str = "csv",
-          batch_size: int = 64, replicates: int = 1000, seed: int = 0,
-          auc_classes: Sequence[str] | None = None, images_root: str | None = None,
-          report: bool = True, progress_factory: Callable[[int, str], Callable] | None = None,
-          subgroups: Subgroups | None = None, explain: int = 0,
-          tfds_options: dict | None = None, runner: str = "local",
-          beam_args: Sequence[str] = ()) -> dict:
+def score(model_path: str, data: str, out_dir: str,
+          options: ScoreOptions = ScoreOptions()) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
-    progress_factory(total, name) -> callback(n_done) (and an optional .close()).
-    subgroups: metrics per patient subgroup of each run; with compare, the shift
-    summary (tfmicle.score.shift) goes to DIR/shift.json and the report.
-    explain: Grad-CAM overlays of the N most confident errors and correct predictions
-    of each labelled source (needs the model's serving_explain).
-    tfds_options: for tfds:NAME sources, TfdsSource fields (image_key, label_key,
-    case_key, data_dir, manual_dir).
-    runner: "local" (this process) or "beam" (an Apache Beam pipeline with beam_args as
-    its options, tfmicle.score.beam); tables, metrics and report are the same code."""
+    options (ScoreOptions): with subgroups, metrics per patient subgroup of each run;
+    with compare, the shift summary (tfmicle.score.shift) goes to DIR/shift.json and the
+    report; explain N: Grad-CAM overlays of each labelled source (needs the model's
+    serving_explain); runner "beam": an Apache Beam pipeline with beam_args as its
+    options (tfmicle.score.beam); tables, metrics and report are the same code."""
+    o = options
+    split, compare, compare_split, fmt = o.split, o.compare, o.compare_split, o.format
+    batch_size, replicates, seed, auc_classes = o.batch_size, o.replicates, o.seed, o.auc_classes
+    images_root, report, progress_factory, subgroups = o.images_root, o.report, o.progress, \
+        o.subgroups
+    explain, tfds_options, runner, beam_args = o.explain, o.tfds_options, o.runner, o.beam_args
     for flag, path in (("--model", model_path), ("--data", data), ("--compare", compare),
                        ("--images", images_root), ("--out", out_dir)):
         fileio.check_url(path, flag)
@@ -131,8 +127,8 @@ def score(model_path: str, data: str, out_dir: str, split: str | None = None,
     for name, src, d in sources:
         bar = progress_factory(len(src), name) if progress_factory else None
         try:
-            runs.append(score_one(model, src, d, fmt, batch_size, replicates, seed, classes,
-                                  bar, name, subgroups, predictor(d)))
+            runs.append(score_one(model, src, d, replace(options, auc_classes=classes),
+                                  bar, name, predictor(d)))
         finally:
             if bar is not None and hasattr(bar, "close"):
                 bar.close()
@@ -220,4 +216,4 @@ def _json_safe(obj):
     return M.to_json_safe(obj)
 
 
-__all__ = ["score", "score_one", "FORMATS", "RUNNERS"]
+__all__ = ["score", "score_one", "ScoreOptions", "FORMATS", "RUNNERS"]
