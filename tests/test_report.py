@@ -15,7 +15,7 @@ from tfmicle.score import shift as S
 from tfmicle.score import subgroups as G
 from tfmicle.score.model import ScoringModel
 from tfmicle.score.predict import Predictions
-from tfmicle.score.sources import Source
+from tfmicle.score.source_files import CsvSource
 
 
 def fake_model(classes, metadata=None) -> ScoringModel:
@@ -29,7 +29,8 @@ def fake_run(model, labels, case_ids, out_dir, name="primary", seed=0) -> R.Scor
     logits = rng.normal(0, 1, (len(labels), model.num_classes))
     logits[np.arange(len(labels)), labels] += 1.5
     probs = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
-    src = Source("src", "csv", [f"img{i}" for i in range(len(labels))], list(case_ids), labels)
+    ids = [f"img{i}" for i in range(len(labels))]
+    src = CsvSource("src", ids, ids, list(case_ids), labels, root=".")
     pred = Predictions(src, np.arange(len(labels)), probs, [])
     p64 = probs.astype(np.float64)
     m = M.evaluate(model.task, p64, labels, case_ids, model.class_names, None, 50, 0)

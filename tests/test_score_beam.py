@@ -119,10 +119,10 @@ def _toy(path, seed=5):
     return str(path), w, b
 
 
-def _reference_rows(items, w, b) -> list[dict]:
+def _reference_rows(items, w, b, error=lambda data: "undecodable") -> list[dict]:
     """What the model handler gives per image, from the mean-colour model's numpy
-    formula (PIL decodes; an image PIL cannot read is an error), as the rows come back
-    from the staging files (through JSON)."""
+    formula (PIL decodes; an image PIL cannot read is an error, worded by error(bytes)),
+    as the rows come back from the staging files (through JSON)."""
     import io
     from PIL import Image
     from serving.toy import expected_mean_colour
@@ -132,7 +132,7 @@ def _reference_rows(items, w, b) -> list[dict]:
         try:
             pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         except Exception:  # noqa: BLE001
-            rows.append({**key, ERROR: "undecodable"})
+            rows.append({**key, ERROR: error(data)})
             continue
         rows.append({**key, "p": expected_mean_colour(pixels, w, b).tolist()})
     return json.loads(json.dumps(rows))
@@ -145,7 +145,7 @@ def test_gathered_rows_become_the_local_predictions(tmp_path):
     ids, labels, metadata, skipped images (with the local reasons) and probabilities."""
     import random
     from tfmicle.score.beam_rows import assemble, read_file, shard_images, work_line
-    from tfmicle.score.predict import predict
+    from tfmicle.score.predict import _decode_error, predict
     from tfmicle.score.sources import open_source
     from tfmicle.data.records import list_shards
     model_path, w, b = _toy(tmp_path / "toy")
@@ -162,10 +162,11 @@ def test_gathered_rows_become_the_local_predictions(tmp_path):
         src = open_source(spec, model, split)
         if src.kind == "records":
             items = [x for s, path in enumerate(list_shards(data, "test"))
-                     for x in shard_images((s, path), src.records[2])]
-        else:
+                     for x in shard_images((s, path), src.num_labels)]
+            rows = _reference_rows(items, w, b)
+        else:   # the handler's own words for an image it cannot decode (SavedModelHandler)
             items = [read_file(work_line(i, p)) for i, p in enumerate(src.paths)]
-        rows = _reference_rows(items, w, b)
+            rows = _reference_rows(items, w, b, _decode_error)
         random.Random(0).shuffle(rows)
         got = assemble(model, src, rows)
         want = local.source

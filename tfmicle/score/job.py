@@ -120,7 +120,7 @@ def score(model_path: str, data: str, out_dir: str,
                                                images_root, tfds_options),
                         fileio.join(out_dir, "compare")))
     for _, src, _ in sources:
-        _check_files_found(src, images_root)
+        src.check_found()
     if subgroups and subgroups.names:
         _check_subgroup_columns(subgroups, sources[0][1].meta_columns, sources[0][1].spec)
     runs = []
@@ -184,17 +184,6 @@ def _check_subgroup_columns(subgroups: Subgroups, columns: Sequence[str], where:
         if resolve_column(n, columns) is None:
             raise ScoreError(f"--subgroups {n}: no such metadata column in {where} "
                              f"(has: {', '.join(columns) or 'none'})")
-
-
-def _check_files_found(source: Source, images_root: str | None) -> None:
-    """A CSV manifest none of whose images exist: its paths are relative to another
-    folder (data_prep refuses the same mistake the same way)."""
-    if source.kind != "csv" or len(source) or not source.skipped:
-        return
-    root = images_root or fileio.dirname(fileio.abspath(source.spec))
-    raise ScoreError(f"{source.spec}: none of its {len(source.skipped)} images found under "
-                     f"{root} (e.g. {source.skipped[0][0]}); pass --images ROOT, the folder "
-                     "its paths are relative to")
 
 
 def _shift(model: ScoringModel, runs: list[Scored], classes: Sequence[str], replicates: int,
