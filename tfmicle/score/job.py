@@ -1,7 +1,8 @@
 """Scoring: the whole job. Load the model, open the sources, predict, write each
 source's tables and metrics.json (the run sections), compute what spans the runs
 (shift, explanations), then the report in the sections' fixed order (sections.py).
-The library entry point is ``score()``; ``python -m tfmicle.score`` is its CLI. Map: docs/architecture.md."""
+The library entry point is ``score()``; ``python -m tfmicle.score`` is its CLI.
+Map: docs/architecture.md."""
 from __future__ import annotations
 
 import json
