@@ -7,10 +7,11 @@ The pipeline: the images of the source (the source's work list, spread over the
 workers, which read it: records, one shard per work item, exploded to images and
 spread again; folders / CSV manifests, one file per work item) -> RunInference with
 ``SavedModelHandler`` (the exported SavedModel: encoded image bytes in; probabilities
-and embedding out, in batches of --batch-size; the same eval preprocessing and ``predict_preprocessed`` as
-the local path, or ``serving_default`` for a model without it) -> one JSON line per
-image in a staging folder under the output folder, which the driver reads back, puts
-in the local path's row order (bootstrap CIs depend on it) and deletes.
+and embedding out, in batches of --batch-size; the same eval preprocessing and
+``predict_preprocessed`` as the local path, or ``serving_default`` for a model without
+it) -> one JSON line per image in a staging folder under the output folder, which the
+driver reads back, puts in the local path's row order (bootstrap CIs depend on it) and
+deletes.
 
 Workers must reach the model and data paths (a bucket or a shared filesystem) and
 have tfmicle installed; DirectRunner by default, any other runner through
