@@ -38,7 +38,7 @@ contract) is called through ``serving_default`` with the encoded images.
 optional ``tfmicle[beam]`` extra) and writes the same files from the same code.
 
 Modules: model (the exported model as the scorer sees it), options (ScoreOptions),
-sources (the Source interface, open_source), source_files and source_records (the four
+source_base (the Source interface), sources (open_source), source_files and source_records (the four
 sources), predict, sections (metrics, calibration, provenance, subgroups, shift,
 explanations: one interface), report, figures, subgroups, shift, calib (the calibration
 section), explain (--explain), beam and beam_rows (--runner beam), job (the whole job:

@@ -1,6 +1,6 @@
 """Scoring: the sources that are image files, an image folder and a CSV manifest (the
-Source interface: tfmicle/score/sources.py). Their rows are known when they open; each
-image is read by sources.read_image, data_prep's reader for the types TensorFlow cannot
+Source interface: tfmicle/score/source_base.py). Their rows are known when they open; each
+image is read by source_base.read_image, data_prep's reader for the types TensorFlow cannot
 decode. Map: docs/architecture.md."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tfmicle import fileio
 from tfmicle.csvfiles import parse_multi_value, read_csv
 from tfmicle.imagefiles import IMAGE_EXTENSIONS, is_image_file
 from tfmicle.score.model import ScoreError, ScoringModel
-from tfmicle.score.sources import Source, needs_conversion, read_image
+from tfmicle.score.source_base import Source, needs_conversion, read_image
 from tfmicle.tasks import MULTICLASS
 
 

@@ -1,5 +1,5 @@
 """Scoring: the sources that are datasets, a records split and a TFDS split (the Source
-interface: tfmicle/score/sources.py). They learn their rows (ids, labels) while they are
+interface: tfmicle/score/source_base.py). They learn their rows (ids, labels) while they are
 scored, from the same stream as the images: one pass over the data. Labels are the
 dataset's classes mapped onto the model's by name. Map: docs/architecture.md."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 from typing import Callable, Iterator, Sequence
 
 from tfmicle.score.model import ScoreError, ScoringModel
-from tfmicle.score.sources import ROW_FIELDS, Source
+from tfmicle.score.source_base import ROW_FIELDS, Source
 from tfmicle.tasks import MULTICLASS
 
 
