@@ -124,7 +124,8 @@ def main() -> int:
             out = os.path.join(root, f"out{r}")
             t = time.perf_counter()
             src = sc.open_source(data, model, "test")
-            res = sc.score_one(model, src, out, batch_size=args.batch_size, replicates=0)
+            res = sc.score_one(model, src, out, sc.ScoreOptions(
+                batch_size=args.batch_size, replicates=0))
             rate = len(res.pred.rows) / (time.perf_counter() - t)
             if r:
                 scoring.append(rate)

@@ -309,7 +309,7 @@ def test_end_to_end_on_ram(ram, tmp_path, monkeypatch):
     from tfmicle.config import load_config
     from tfmicle.data.pipeline import PipelineConfig, evaluation
     from tfmicle.export import export
-    from tfmicle.score import score
+    from tfmicle.score import ScoreOptions, score
     from tfmicle.train.finetune import finetune
     from tfmicle.train.pretrain import pretrain
 
@@ -387,7 +387,7 @@ def test_end_to_end_on_ram(ram, tmp_path, monkeypatch):
 
     # score: ram:// model + ram:// records -> ram:// out; probabilities are the model's
     out = fileio.join(ram, "scores")
-    result = score(models, data, out, split="test", replicates=20)
+    result = score(models, data, out, ScoreOptions(split="test", replicates=20))
     rows = read_csv_url(fileio.join(out, "predictions_images.csv"))
     assert {r["image_id"] for r in rows} == test_ids
     loaded = tf.saved_model.load(exp["path"]).signatures[mf.SIGNATURE]

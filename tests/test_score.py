@@ -42,8 +42,8 @@ def test_records_metrics_equal_sklearn_on_written_predictions(root, tmp_path):
     exp = runs.exported(root)
     data = exp["run"]["data"]
     out = tmp_path / "scored"
-    result = sc.score(str(Path(exp["path"]).parent), data, str(out), split="test",
-                      replicates=200)
+    result = sc.score(str(Path(exp["path"]).parent), data, str(out),
+                      sc.ScoreOptions(split="test", replicates=200))
     classes = ["a", "b", "c"]
     img = read_csv(out / "predictions_images.csv")
     cases = read_csv(out / "predictions_cases.csv")
@@ -164,8 +164,8 @@ def test_csv_manifest_missing_file_and_user_errors(root, tmp_path, capsys):
 def test_multilabel_records_metrics_use_definite_labels(root, tmp_path):
     exp = runs.exported_multilabel(root)
     out = tmp_path / "ml"
-    sc.score(exp["path"], exp["run"]["data"], str(out), split="test", replicates=0,
-             auc_classes=["Atelectasis", "Edema"])
+    sc.score(exp["path"], exp["run"]["data"], str(out), sc.ScoreOptions(
+        split="test", replicates=0, auc_classes=["Atelectasis", "Edema"]))
     classes = runs.ML_CLASSES
     img = read_csv(out / "predictions_images.csv")
     m = json.load(open(out / "metrics.json"))
@@ -207,7 +207,7 @@ def test_model_without_scoring_function_goes_through_serving_default(tmp_path):
         (pics / f"{i}.png").write_bytes(png_bytes(a))
     (pics / "x.png").write_bytes(b"junk")
     out = tmp_path / "out"
-    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), batch_size=2)
+    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), sc.ScoreOptions(batch_size=2))
     assert result["version"] == 1 and result["runs"][0]["skipped"] == 1
     img = read_csv(out / "predictions_images.csv")
     got = probs_of(img, ["r", "g", "b", "k"])
@@ -239,7 +239,8 @@ def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
     Image.fromarray(colour, "RGB").save(pics / "k" / "colour.tif")
     (pics / "k" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
     out = tmp_path / "out"
-    result = sc.score(str(tmp_path / "toy"), str(pics), str(out), batch_size=2, replicates=10)
+    result = sc.score(str(tmp_path / "toy"), str(pics), str(out),
+                      sc.ScoreOptions(batch_size=2, replicates=10))
     run = result["runs"][0]
     assert run["scored"] == 4 and run["skipped"] == 1
     img = {r["image_id"]: r for r in read_csv(out / "predictions_images.csv")}
@@ -345,7 +346,7 @@ def test_corrupt_image_inside_records_is_listed_and_rows_stay_aligned(root, tmp_
     cases[2]["images"][1] = b"\xff\xd8\xff truncated jpeg"
     d = write_records(str(tmp_path / "rec"), "test", cases, ["a", "b", "c"])
     out = tmp_path / "out"
-    sc.score(exp["path"], d, str(out), split="test", replicates=0, report=False)
+    sc.score(exp["path"], d, str(out), sc.ScoreOptions(split="test", replicates=0, report=False))
     skipped = read_csv(out / "skipped.csv")
     assert [(s["image_id"], s["case_id"]) for s in skipped] == [("case0002/img1.png", "case0002")]
     img = read_csv(out / "predictions_images.csv")
@@ -354,3 +355,60 @@ def test_corrupt_image_inside_records_is_listed_and_rows_stay_aligned(root, tmp_
             for i in range(2)}
     for r in img:
         assert (r["label"], r["case_id"]) == want[r["image_id"]]
+
+
+def test_skip_reasons_come_from_the_one_pass(tmp_path, monkeypatch):
+    """A skipped image's reason is learnt in the pass that scores it: each source is
+    streamed once and each file read once, and the records may be gone right after that
+    pass (a second pass to explain a failure would find nothing). The reasons are the
+    decoder's words and, for a file data_prep converts, data_prep's."""
+    from collections import Counter
+    from conftest import synthetic_cases, write_records
+    from serving.toy import save_mean_colour_model
+    from tfmicle.imagefiles import ImageError, decode_error, load_image
+    from tfmicle.score import source_files
+    from tfmicle.score.predict import predict
+    from tfmicle.score.sources import open_source
+    rng = np.random.default_rng(4)
+    save_mean_colour_model(tmp_path / "toy" / "1", rng.normal(0, 3, (3, 3)), np.zeros(3),
+                           ["a", "b", "c"], size=8)
+    model = sc.load_model(str(tmp_path / "toy"))
+    cases = synthetic_cases(4, 2, size=16, seed=3)
+    bad_jpeg = b"\xff\xd8\xff truncated jpeg"
+    cases[1]["images"][0] = bad_jpeg
+    rec = write_records(str(tmp_path / "rec"), "test", cases, ["a", "b", "c"])
+    pics = tmp_path / "pics"
+    (pics / "a").mkdir(parents=True)
+    (pics / "a" / "0.png").write_bytes(png_bytes(rng.integers(0, 256, (8, 8, 3))))
+    broken_png = b"\x89PNG\r\n\x1a\nnot really"
+    (pics / "a" / "broken.png").write_bytes(broken_png)
+    (pics / "a" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
+    with pytest.raises(ImageError) as dicom_reason:
+        load_image(str(pics / "a" / "broken.dcm"))
+
+    reads = Counter()
+    real_read = source_files.read_image
+
+    def counted_read(path, convert):
+        reads[path] += 1
+        return real_read(path, convert)
+    monkeypatch.setattr(source_files, "read_image", counted_read)
+    for spec in (rec, str(pics)):
+        src = open_source(spec, model, "test")
+        streams = []
+        real_stream = type(src).encoded
+        monkeypatch.setattr(type(src), "encoded",
+                            lambda self: streams.append(1) or real_stream(self))
+        pred = predict(model, src)
+        assert len(streams) == 1, spec
+        if spec == rec:
+            import shutil
+            shutil.rmtree(rec)
+            assert pred.skipped == [("case0001/img0.png", "case0001",
+                                     decode_error(bad_jpeg, full=True, clean=True))]
+            assert len(pred.rows) == 7
+        else:
+            assert sorted(pred.skipped) == [
+                ("a/broken.dcm", "a/broken.dcm", str(dicom_reason.value)),
+                ("a/broken.png", "a/broken.png", decode_error(broken_png, full=True, clean=True))]
+            assert len(pred.rows) == 1 and sorted(reads.values()) == [1, 1, 1]

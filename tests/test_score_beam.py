@@ -119,10 +119,10 @@ def _toy(path, seed=5):
     return str(path), w, b
 
 
-def _reference_rows(items, w, b) -> list[dict]:
+def _reference_rows(items, w, b, error=lambda data: "undecodable") -> list[dict]:
     """What the model handler gives per image, from the mean-colour model's numpy
-    formula (PIL decodes; an image PIL cannot read is an error), as the rows come back
-    from the staging files (through JSON)."""
+    formula (PIL decodes; an image PIL cannot read is an error, worded by error(bytes)),
+    as the rows come back from the staging files (through JSON)."""
     import io
     from PIL import Image
     from serving.toy import expected_mean_colour
@@ -132,7 +132,7 @@ def _reference_rows(items, w, b) -> list[dict]:
         try:
             pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         except Exception:  # noqa: BLE001
-            rows.append({**key, ERROR: "undecodable"})
+            rows.append({**key, ERROR: error(data)})
             continue
         rows.append({**key, "p": expected_mean_colour(pixels, w, b).tolist()})
     return json.loads(json.dumps(rows))
@@ -145,7 +145,7 @@ def test_gathered_rows_become_the_local_predictions(tmp_path):
     ids, labels, metadata, skipped images (with the local reasons) and probabilities."""
     import random
     from tfmicle.score.beam_rows import assemble, read_file, shard_images, work_line
-    from tfmicle.score.predict import predict
+    from tfmicle.score.predict import _decode_error, predict
     from tfmicle.score.sources import open_source
     from tfmicle.data.records import list_shards
     model_path, w, b = _toy(tmp_path / "toy")
@@ -162,10 +162,11 @@ def test_gathered_rows_become_the_local_predictions(tmp_path):
         src = open_source(spec, model, split)
         if src.kind == "records":
             items = [x for s, path in enumerate(list_shards(data, "test"))
-                     for x in shard_images((s, path), src.records[2])]
-        else:
+                     for x in shard_images((s, path), src.num_labels)]
+            rows = _reference_rows(items, w, b)
+        else:   # the handler's own words for an image it cannot decode (SavedModelHandler)
             items = [read_file(work_line(i, p)) for i, p in enumerate(src.paths)]
-        rows = _reference_rows(items, w, b)
+            rows = _reference_rows(items, w, b, _decode_error)
         random.Random(0).shuffle(rows)
         got = assemble(model, src, rows)
         want = local.source
@@ -196,8 +197,9 @@ def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path)
     data = _records(str(tmp_path / "rec"))
     manifest = _manifest(tmp_path / "csv")
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-    sc.score(model, data, local, "test", compare=manifest, replicates=50, seed=3,
-             subgroups=Subgroups(parse_subgroups("site"), None, 2), batch_size=8, explain=1)
+    sc.score(model, data, local, sc.ScoreOptions(
+        split="test", compare=manifest, replicates=50, seed=3,
+        subgroups=Subgroups(parse_subgroups("site"), None, 2), batch_size=8, explain=1))
     r = run_beam("--model", model, "--data", data, "--split", "test", "--compare", manifest,
                  "--out", beam, "--bootstrap", "50", "--seed", "3", "--subgroups", "site",
                  "--subgroup-min-cases", "2", "--batch-size", "5", "--explain", "1")
@@ -247,8 +249,8 @@ def test_beam_serving_default_model_matches_numpy_reference(tmp_path):
         pixels[f"{cls}/{i}.png"] = a
     (tmp_path / "pics" / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
-    sc.score(str(tmp_path / "toy"), str(tmp_path / "pics"), local, replicates=20,
-             report=False)
+    sc.score(str(tmp_path / "toy"), str(tmp_path / "pics"), local,
+             sc.ScoreOptions(replicates=20, report=False))
     run_beam("--model", str(tmp_path / "toy"), "--data", str(tmp_path / "pics"), "--out", beam,
              "--bootstrap", "20", "--batch-size", "3")
     rows = {r["image_id"]: r for r in read_csv(os.path.join(beam, "predictions_images.csv"))}

@@ -203,7 +203,8 @@ def test_a_real_chest_radiograph_scores_the_same_served_and_batch_scored(client,
     folder = tmp_path / "cr"
     folder.mkdir()
     (folder / "RG1_UNCR.dcm").write_bytes(data)
-    score.score(str(model_base), str(folder), str(tmp_path / "out"), replicates=0, report=False)
+    score.score(str(model_base), str(folder), str(tmp_path / "out"),
+                score.ScoreOptions(replicates=0, report=False))
     with open(tmp_path / "out" / "predictions_images.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     scored = np.array([float(row[f"prob_{label}"]) for label in LABELS])

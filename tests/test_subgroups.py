@@ -354,8 +354,9 @@ def test_isic2020_subgroups(tmp_path):
     run("isic2020", root, tmp_path / "rec", split_fractions={"test": 1.0})
     model = toy_model(tmp_path / "models" / "isic", ["benign", "malignant"], seed=3)
     out = tmp_path / "out"
-    sc.score(model, str(tmp_path / "rec"), str(out), replicates=REPS,
-             subgroups=G.Subgroups(["sex", "age", "site"], G.parse_age_bands("0,40,60")))
+    sc.score(model, str(tmp_path / "rec"), str(out), sc.ScoreOptions(
+        replicates=REPS,
+        subgroups=G.Subgroups(["sex", "age", "site"], G.parse_age_bands("0,40,60"))))
     bands = {"30.0": "0-39", "35.0": "0-39", "40.0": "40-59", "55.0": "40-59", "60.0": "60+",
              "85.0": "60+"}
 

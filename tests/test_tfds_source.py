@@ -172,7 +172,7 @@ def test_pretrain_finetune_export_score_on_a_tfds_dataset(tmp_path, capsys):
         exp = export(str(tmp_path / "ft"), str(tmp_path / "models" / "m"))
         out = tmp_path / "scored"
         result = score_job.score(str(tmp_path / "models" / "m"), "tfds:mnist", str(out),
-                                 split="test", replicates=0)
+                                 score_job.ScoreOptions(split="test", replicates=0))
         rc = score_cli.main(["--model", str(tmp_path / "models" / "m"), "--data",
                              "tfds:mnist", "--image-key", "picture", "--out",
                              str(tmp_path / "bad"), "--quiet"])

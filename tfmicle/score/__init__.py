@@ -37,15 +37,20 @@ contract) is called through ``serving_default`` with the encoded images.
 ``--runner beam`` predicts with an Apache Beam pipeline (RunInference; beam.py, the
 optional ``tfmicle[beam]`` extra) and writes the same files from the same code.
 
-Modules: model (the exported model as the scorer sees it), sources, predict, report,
-figures, subgroups, shift, calib (the calibration section), explain (--explain), beam and
-beam_rows (--runner beam), job (the whole job: ``score()``), cli. Map of the code: docs/architecture.md.
+Modules: model (the exported model as the scorer sees it), options (ScoreOptions),
+source_base (the Source interface), sources (open_source), source_files and source_records (the four
+sources), predict, sections (metrics, calibration, provenance, subgroups, shift,
+explanations: one interface), report, figures, subgroups, shift, calib (the calibration
+section), explain (--explain), beam and beam_rows (--runner beam), job (the whole job:
+``score()``), cli. Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 
 from tfmicle.score.cli import main
 from tfmicle.score.job import score, score_one
 from tfmicle.score.model import ScoreError, load_model
+from tfmicle.score.options import ScoreOptions
 from tfmicle.score.sources import open_source
 
-__all__ = ["main", "score", "score_one", "load_model", "open_source", "ScoreError"]
+__all__ = ["main", "score", "score_one", "ScoreOptions", "load_model", "open_source",
+           "ScoreError"]

@@ -3,14 +3,15 @@ of one source from an ``apache_beam.ml.inference`` RunInference pipeline, handed
 as the local path's ``Predictions``, so the tables, metrics.json and the report come
 from the same code (tfmicle.score.job) and the numbers are the local ones.
 
-The pipeline: the images of the source (records: one shard per work item, exploded to
-images, then spread over the workers; folders / CSV manifests: a work list of paths,
-spread over the workers, which read the files) -> RunInference with ``SavedModelHandler`` (the
-exported SavedModel: encoded image bytes in; probabilities and embedding out, in
-batches of --batch-size; the same eval preprocessing and ``predict_preprocessed`` as
-the local path, or ``serving_default`` for a model without it) -> one JSON line per
-image in a staging folder under the output folder, which the driver reads back, puts
-in the local path's row order (bootstrap CIs depend on it) and deletes.
+The pipeline: the images of the source (the source's work list, spread over the
+workers, which read it: records, one shard per work item, exploded to images and
+spread again; folders / CSV manifests, one file per work item) -> RunInference with
+``SavedModelHandler`` (the exported SavedModel: encoded image bytes in; probabilities
+and embedding out, in batches of --batch-size; the same eval preprocessing and
+``predict_preprocessed`` as the local path, or ``serving_default`` for a model without
+it) -> one JSON line per image in a staging folder under the output folder, which the
+driver reads back, puts in the local path's row order (bootstrap CIs depend on it) and
+deletes.
 
 Workers must reach the model and data paths (a bucket or a shared filesystem) and
 have tfmicle installed; DirectRunner by default, any other runner through
@@ -29,7 +30,7 @@ from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, Pred
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tfmicle import model_format as mf
-from tfmicle.score.beam_rows import ERROR, assemble, read_file, shard_images, work_line
+from tfmicle.score.beam_rows import ERROR, assemble
 from tfmicle.score.model import ScoreError, ScoringModel, call_encoded_outputs, load_model
 from tfmicle.score.predict import Predictions, _decode_error
 from tfmicle.score.sources import Source
@@ -153,19 +154,14 @@ def run_pipeline(model: ScoringModel, source: Source, staging: str, batch_size: 
         raise ScoreError(f"--beam-args: {e}") from None
     log.info("beam: scoring %s with %s, options %s", source.spec, model.path,
              " ".join(beam_args) or "(DirectRunner)")
-    if source.kind == "records":
-        from tfmicle.data.records import list_shards
-        data_dir, split, k = source.records
-        shards = list(enumerate(list_shards(data_dir, split)))
-        images = (p | "Shards" >> beam.Create(shards, reshuffle=True)
-                  | "Images" >> beam.FlatMap(shard_images, k)
-                  | "SpreadImages" >> beam.Reshuffle())   # a shard's images over workers
-    else:   # a work list in a file, not in the job graph (Dataflow limits its size)
-        work = FileSystems.join(staging, "work.jsonl")
-        _write_lines(work, (work_line(i, path) for i, path in enumerate(source.paths)))
-        images = (p | "WorkList" >> beam.io.ReadFromText(work)
-                  | "SpreadPaths" >> beam.Reshuffle()
-                  | "Read" >> beam.Map(read_file))
+    # the work list in a file, not in the job graph (Dataflow limits its size)
+    work = FileSystems.join(staging, "work.jsonl")
+    _write_lines(work, source.work_lines())
+    images = (p | "WorkList" >> beam.io.ReadFromText(work)
+              | "SpreadWork" >> beam.Reshuffle()
+              | "Read" >> beam.FlatMap(type(source).read_work))
+    if source.spread_after_read:    # e.g. a records shard's images over the workers
+        images = images | "SpreadImages" >> beam.Reshuffle()
     (images
      | "Predict" >> RunInference(handler)
      | "Rows" >> beam.Map(_row_line)

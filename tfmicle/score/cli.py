@@ -8,8 +8,9 @@ import shlex
 import sys
 
 from tfmicle import cli
-from tfmicle.score.job import FORMATS, RUNNERS, score
+from tfmicle.score.job import score
 from tfmicle.score.model import ScoreError
+from tfmicle.score.options import FORMATS, RUNNERS, ScoreOptions
 from tfmicle.score.report import parquet_available
 from tfmicle.score.subgroups import Subgroups, parse_age_bands, parse_subgroups
 
@@ -78,6 +79,26 @@ def tfds_options(args) -> dict:
     return {k: v for k, v in pairs if v is not None}
 
 
+def options(args, progress_factory=None) -> ScoreOptions:
+    """The parsed flags as ScoreOptions (ScoreError for a value argparse cannot check)."""
+    try:
+        beam_args = shlex.split(args.beam_args)
+    except ValueError as e:
+        raise ScoreError(f"--beam-args: {e}") from None
+    auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
+        if args.auc_classes else None
+    if args.subgroup_min_cases < 1:
+        raise ScoreError("--subgroup-min-cases must be >= 1")
+    groups = Subgroups(parse_subgroups(args.subgroups), parse_age_bands(args.age_bands),
+                       args.subgroup_min_cases)
+    return ScoreOptions(
+        split=args.split, compare=args.compare, compare_split=args.compare_split,
+        format=args.format, batch_size=args.batch_size, replicates=args.bootstrap,
+        seed=args.seed, auc_classes=auc, images_root=args.images, report=True,
+        progress=progress_factory, subgroups=groups, explain=args.explain,
+        tfds_options=tfds_options(args), runner=args.runner, beam_args=beam_args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = cli.start(build_parser(), argv)
     if args.format == "parquet" and not parquet_available():
@@ -113,22 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     def body() -> int:
-        try:
-            beam_args = shlex.split(args.beam_args)
-        except ValueError as e:
-            raise ScoreError(f"--beam-args: {e}") from None
-        auc = [c.strip() for c in args.auc_classes.split(",") if c.strip()] \
-            if args.auc_classes else None
-        if args.subgroup_min_cases < 1:
-            raise ScoreError("--subgroup-min-cases must be >= 1")
-        groups = Subgroups(parse_subgroups(args.subgroups), parse_age_bands(args.age_bands),
-                           args.subgroup_min_cases)
-        result = score(args.model, args.data, args.out, args.split, args.compare,
-                       args.compare_split, args.format, args.batch_size, args.bootstrap,
-                       args.seed, auc, args.images, True, progress_factory,
-                       subgroups=groups, explain=args.explain,
-                       tfds_options=tfds_options(args), runner=args.runner,
-                       beam_args=beam_args)
+        result = score(args.model, args.data, args.out, options(args, progress_factory))
         for run in result["runs"]:
             m = run["metrics"]
             summary = ""

@@ -1,16 +1,17 @@
 """Scoring: the predictions of one source. Images are preprocessed in tf.data with
 tfmicle's one eval preprocessing (the function the exported graph runs), in parallel
 with the model; images that cannot be read or decoded are skipped and listed with the
-reason, never fatal. Map: docs/architecture.md."""
+reason, never fatal. The reason is learnt in the same pass: an image that fails comes
+out of the stream flagged, with its bytes or the read error. Map: docs/architecture.md."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from tfmicle.imagefiles import ImageError, decode_error, tf_error_message
+from tfmicle.imagefiles import decode_error
 from tfmicle.score.model import ScoreError, ScoringModel, call_encoded
-from tfmicle.score.sources import Source, converted_bytes, needs_conversion
+from tfmicle.score.sources import Source
 
 log = logging.getLogger("tfmicle.score")
 
@@ -28,91 +29,80 @@ def _decode_error(data: bytes) -> str:
     return decode_error(data, full=True, clean=True) or "could not be decoded"
 
 
-def predict(model: ScoringModel, source: Source, batch_size: int = 64,
-            progress: Callable[[int], None] | None = None) -> Predictions:
-    """Scores every image of source; unreadable / undecodable images are skipped and
-    listed (with the reason)."""
-    import numpy as np
+def _flagged(source: Source, model: ScoringModel):
+    """source.encoded() as dicts index, the row fields, x (the model's input: pixels
+    [S, S, 3], or the encoded image for serving_default), ok (bool), reason (the read
+    error, or "") and failed (the bytes of an image that did not decode, else "")."""
     import tensorflow as tf
     from tfmicle.data.augment import decode_image, preprocess_eval
-
     fn = model.preprocessed_fn
     size = int(model.image_size) if fn is not None else 0
-    meta_keys = ("image_id", "case_id", "label_class", "label_multi") \
-        if source.reads_rows else ()
+    keep = ("index", *source.row_fields)
 
-    def prep(el):
-        out = {"index": el["index"], **{k: el[k] for k in meta_keys}}
+    def good(el):
         if fn is not None:
-            out["x"] = preprocess_eval(el["image"], size)
-        else:  # decode once to find corrupt images (an output, so it runs); the model
+            x, height = preprocess_eval(el["image"], size), tf.constant(size)
+        else:   # decode once to find corrupt images (an output, so it runs); the model
             # decodes again itself
-            out["decoded_height"] = tf.shape(decode_image(el["image"]))[0]
-            out["x"] = el["image"]
-        return out
+            x, height = el["image"], tf.shape(decode_image(el["image"]))[0]
+        return {**{k: el[k] for k in keep}, "x": x, "decoded_height": height, "ok": True,
+                "reason": "", "failed": ""}
 
-    ds = source.encoded().map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors(log_warning=False).batch(batch_size).prefetch(2)
-    rows, probs, meta = [], [], {k: [] for k in meta_keys}
+    def bad(el):
+        x = tf.zeros([size, size, 3], tf.float32) if fn is not None else tf.constant("")
+        return {**{k: el[k] for k in keep}, "x": x, "decoded_height": tf.constant(0),
+                "ok": False, "reason": el["reason"], "failed": el["image"]}
+
+    def one(el):
+        # exactly one element per image: good(el), or bad(el) when reading or good failed
+        one_el = tf.data.Dataset.from_tensors(el)
+        ok = one_el.filter(lambda e: tf.equal(e["reason"], "")).map(good).ignore_errors(
+            log_warning=False)
+        return ok.concatenate(one_el.map(bad)).take(1)
+    return source.encoded().interleave(one, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True)
+
+
+def predict(model: ScoringModel, source: Source, batch_size: int = 64,
+            progress: Callable[[int], None] | None = None) -> Predictions:
+    """Scores every image of source in one pass over it; unreadable / undecodable images
+    are skipped and listed (with the reason)."""
+    import numpy as np
+    import tensorflow as tf
+
+    fn = model.preprocessed_fn
+    ds = _flagged(source, model).batch(batch_size).prefetch(2)
+    rows, probs, failed = [], [], []
+    fields = {k: [] for k in source.row_fields}
     for batch in ds:
-        x = batch["x"]
-        out = fn(x)["probabilities"].numpy() if fn is not None else \
-            call_encoded(model.encoded_fn, x)
-        rows.append(batch["index"].numpy())
-        probs.append(out.astype(np.float32))
-        for k in meta_keys:
-            meta[k].append(batch[k].numpy())
+        ok = batch["ok"].numpy()
+        index = batch["index"].numpy()
+        if ok.any():
+            x = batch["x"] if ok.all() else tf.boolean_mask(batch["x"], ok)
+            out = fn(x)["probabilities"].numpy() if fn is not None else \
+                call_encoded(model.encoded_fn, x)
+            rows.append(index[ok])
+            probs.append(out.astype(np.float32))
+        for j in np.flatnonzero(~ok):
+            reason = batch["reason"][j].numpy().decode("utf-8", "replace")
+            failed.append((int(index[j]), reason or _decode_error(batch["failed"][j].numpy())))
+        for k in fields:
+            fields[k].append(batch[k].numpy())
         if progress:
-            progress(len(out))
+            progress(len(ok))
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     probs = np.concatenate(probs) if probs else np.zeros((0, model.num_classes), np.float32)
     if probs.shape[1] != model.num_classes:
         raise ScoreError(f"the model returns {probs.shape[1]} classes but labels.txt has "
                          f"{model.num_classes}")
-    if source.reads_rows:
-        complete = source.expected == len(rows) and np.array_equal(rows, np.arange(len(rows)))
-        if complete:
-            cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in meta.items()}
-            source.set_rows(cat["image_id"], cat["case_id"], cat["label_class"],
-                            cat["label_multi"].reshape(len(rows), source.records[2]))
-        else:  # some image failed (or dataset.json is off): learn every row's ids
-            source.read_rows()
-    failed = sorted(set(range(len(source))) - set(rows.tolist()))
+    if fields:
+        source.take_rows({k: np.concatenate(v) if v else np.zeros(0) for k, v in fields.items()})
     skipped = list(source.skipped)
     if failed:
-        reasons = _failure_reasons(source, failed)
-        skipped += [(source.image_ids[i], source.case_ids[i], reasons[i]) for i in failed]
+        skipped += [(source.image_ids[i], source.case_ids[i], why) for i, why in failed]
         log.warning("%d image(s) of %s could not be read or decoded: skipped (see "
                     "skipped.csv)", len(failed), source.spec)
-        if progress:
-            progress(len(failed))
     return Predictions(source, rows, probs, skipped)
-
-
-def _failure_reasons(source: Source, failed: list[int]) -> dict[int, str]:
-    import tensorflow as tf
-    want = set(failed)
-    out = {}
-    if source.reads_rows:
-        for el in source.encoded().as_numpy_iterator():
-            if el["index"] in want:
-                out[int(el["index"])] = _decode_error(el["image"])
-        return out
-    for i in failed:
-        if needs_conversion(source.paths[i]):
-            try:
-                converted_bytes(source.paths[i])
-            except ImageError as e:  # data_prep's reason, as skipped.csv of data_prep has it
-                out[i] = str(e)
-                continue
-        try:
-            data = tf.io.read_file(source.paths[i]).numpy()
-        except Exception as e:  # noqa: BLE001
-            out[i] = f"unreadable: {tf_error_message(e, clean=True)}"
-            continue
-        out[i] = _decode_error(data if not needs_conversion(source.paths[i])
-                               else converted_bytes(source.paths[i]))
-    return out
 
 
 __all__ = ["Predictions", "predict"]

@@ -202,27 +202,12 @@ def _cell(m: dict | None, level: str, key: str) -> str:
     return f"{v:.3f}"
 
 
-def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures: dict,
-                 auc_classes: Sequence[str], shift: dict | None = None,
-                 sections: Sequence[str] = ()) -> str:
-    """report.md; shift: the --compare shift summary; sections: extra markdown lines
-    (calibration, explanations) placed before the figures."""
-    from tfmicle.score import shift as S
-    from tfmicle.score import subgroups as G
-    lines = ["# Scoring report", ""]
-    for r in runs:   # the largest subgroup gap first: what a reviewer reads first
-        lines += G.flag_lines((r.metrics or {}).get("subgroups") or {}, r.name)
-    meta = model.metadata
-    lines += [f"- Model: `{model.path}`" + (f" (version {model.version})" if model.version else ""),
-              f"- Task: {model.task}, {model.num_classes} classes"
-              + (f", image size {model.image_size}" if model.image_size else ""),
-              ]
-    if meta.get("config_hash"):
-        lines.append(f"- Training config hash: `{meta['config_hash']}`, checkpoint step "
-                     f"{meta.get('step')}")
-    lines.append("")
-    lines += ["| | " + " | ".join(r.name for r in runs) + " |",
-              "|---|" + "---|" * len(runs)]
+def metrics_lines(model: ScoringModel, runs: list[Scored], auc_classes: Sequence[str]
+                  ) -> list[str]:
+    """The report's metrics: one column per source (images, cases, top-k, mean AUCs at
+    case and image level, with CIs), then the per-class AUCs (case level)."""
+    lines = ["| | " + " | ".join(r.name for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
     lines.append("| source | " + " | ".join(f"`{r.pred.source.spec}`" for r in runs) + " |")
     lines.append("| images scored | " + " | ".join(str(len(r.pred.rows)) for r in runs) + " |")
     lines.append("| images skipped | " + " | ".join(str(len(r.pred.skipped)) for r in runs)
@@ -256,12 +241,27 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
                     cells.append("n/a" if v is None or not math.isfinite(v) else f"{v:.3f}")
             lines.append(f"| {c} | " + " | ".join(cells) + " |")
         lines.append("")
-    if shift:
-        lines += S.report_lines(shift, model.class_names, model.task)
-    for r in runs:
-        if (r.metrics or {}).get("subgroups"):
-            lines += G.report_lines(r.metrics["subgroups"], model.task, r.name)
-    lines += list(sections)
+    return lines
+
+
+def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures: dict,
+                 body: Sequence[Sequence[str]], lead: Sequence[str] = (),
+                 extra_files: Sequence[str] = ()) -> str:
+    """report.md: lead (the lines a reviewer reads first), the model, body (each
+    section's lines, in order), the figures, the skipped images and the files written
+    (extra_files: files of the whole job, relative to out_dir)."""
+    lines = ["# Scoring report", ""] + list(lead)
+    meta = model.metadata
+    lines += [f"- Model: `{model.path}`" + (f" (version {model.version})" if model.version else ""),
+              f"- Task: {model.task}, {model.num_classes} classes"
+              + (f", image size {model.image_size}" if model.image_size else ""),
+              ]
+    if meta.get("config_hash"):
+        lines.append(f"- Training config hash: `{meta['config_hash']}`, checkpoint step "
+                     f"{meta.get('step')}")
+    lines.append("")
+    for section in body:
+        lines += list(section)
     if figures:
         lines += ["## Figures", ""]
         for kind, title in (("roc", "ROC curves"), ("pr", "Precision-recall curves"),
@@ -281,12 +281,12 @@ def write_report(model: ScoringModel, runs: list[Scored], out_dir: str, figures:
     for r in runs:
         for k, p in r.files.items():
             lines.append(f"- {r.name}: `{fileio.relpath(p, out_dir)}`")
-    if shift:
-        lines.append("- shift: `shift.json`")
+    for name in extra_files:
+        lines.append(f"- {os.path.splitext(name)[0]}: `{name}`")
     path = fileio.join(out_dir, "report.md")
     fileio.write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 __all__ = ["tables", "write_table", "csv_text", "parquet_available", "Scored", "level_arrays",
-           "shown_top_k", "auc_scope", "scope_text", "write_report"]
+           "shown_top_k", "auc_scope", "scope_text", "metrics_lines", "write_report"]
