@@ -12,14 +12,10 @@ from tfmicle.build import augment_config, data_source, schedule_steps
 from tfmicle.config import Config, ConfigError
 from tfmicle.tasks import MULTICLASS
 from tfmicle.data.pipeline import count_items, pretrain_dataset, pretrain_examples
-from tfmicle.optim import WarmupCosine, make_optimizer
 from tfmicle.rundir import check_architecture, config_of, restore_pretraining
 from tfmicle.train import runner
 
 log = logging.getLogger(__name__)
-
-
-# Kept under its old name: bench/ and the tests build the pretraining model through it.
 
 
 def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
@@ -65,10 +61,7 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
             # (a resumed run restores its own checkpoint in fit_steps instead).
             log.info("encoder and projection head initialised from %s",
                      restore_pretraining(model, p.checkpoint))
-        lr = WarmupCosine(cfg.train.learning_rate, cfg.train.batch_size, total, warmup,
-                          cfg.train.lr_scaling)
-        opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
-                             cfg.train.weight_decay)
+        opt = build.optimizer(cfg, total, warmup)
         model.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
         opt.build(model.trainable_variables)
     log.info("pretraining %s: %d examples (%s), %d steps of batch %d on %d replica(s), "
