@@ -67,9 +67,8 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     log.info("pretraining %s: %d examples (%s), %d steps of batch %d on %d replica(s), "
              "%d warmup steps", cfg.method, n, per + "s", total, cfg.train.batch_size,
              strategy.num_replicas_in_sync, warmup)
-    result = runner.fit_steps(model, ds, total, cfg.model_dir, cfg.train.checkpoint_steps,
-                              cfg.train.log_steps, cfg.train.keep_checkpoints, val, val_steps,
-                              callbacks, verbose)
+    result = runner.fit_steps(model, ds, cfg, total, validation_data=val,
+                              validation_steps=val_steps, callbacks=callbacks, verbose=verbose)
     result.update({"model_dir": cfg.model_dir, "total_steps": total,
                    "checkpoint": runner.latest_checkpoint(cfg.model_dir)})
     final = {k: float(v[-1]) for k, v in result["history"].items() if v}
