@@ -130,12 +130,11 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
     imagenet = f.init == "imagenet"
     spec = resnet_spec(cfg, global_bn=None if for_training else False)
     m = cfg.model
-    projection = None
-    if f.proj_layers > 0:  # the first layers of the pretraining run's projection head
-        def projection(width: int) -> keras.Model:
-            return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
-                                   spec.global_bn, dtype=cfg.train.precision,
-                                   keep=f.proj_layers)
+
+    def first_layers(width: int) -> keras.Model:  # of the pretraining run's projection head
+        return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
+                               spec.global_bn, dtype=cfg.train.precision, keep=f.proj_layers)
+    projection = first_layers if f.proj_layers > 0 else None
     try:
         return build_classifier(
             spec, num_classes, task, f.uncertainty_policy, cfg.train.weight_decay,
