@@ -94,12 +94,13 @@ def main() -> int:
 
     from tfmicle import score as sc
     from tfmicle.data.augment import preprocess_eval
-    from tfmicle.export import export
+    from tfmicle.export import ExportOptions, export
 
     classes = [f"class_{i}" for i in range(7)]
     with tempfile.TemporaryDirectory() as root:
         run = make_run(root, args.depth, args.width, args.image_size, classes)
-        exported = export(run, os.path.join(root, "models", "bench"), verify=False)
+        exported = export(run, os.path.join(root, "models", "bench"),
+                          ExportOptions(verify=False))
         data = make_records(root, args.images, classes)
         model = sc.load_model(exported["path"])
         fn = model.preprocessed_fn

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfmicle.config import Config, TrainConfig
 from tfmicle.train import runner
 from tfmicle.models.contrastive import ContrastiveModel
 from tfmicle.models.heads import projection_head
@@ -58,5 +59,6 @@ def test_runner_stops_on_nan_loss(tmp_path):
     bad["view1"] = bad["view1"] * np.float32(np.nan)
     ds = tf.data.Dataset.from_tensors(bad).repeat()
     with pytest.raises(runner.NaNLossError, match="NaN"):
-        runner.fit_steps(m, ds, total_steps=6, model_dir=str(tmp_path), checkpoint_steps=2,
-                         log_steps=3, verbose=0)
+        runner.fit_steps(m, ds, Config(model_dir=str(tmp_path),
+                                       train=TrainConfig(checkpoint_steps=2, log_steps=3)),
+                         total_steps=6, verbose=0)

@@ -57,7 +57,7 @@ def trained(tmp_root) -> dict:
     if "run" in _cache:
         return _cache["run"]
     from tfmicle.config import load_config
-    from tfmicle.export import export
+    from tfmicle.export import ExportOptions, export
     from tfmicle.train.finetune import finetune
 
     data = os.path.join(str(tmp_root), "patch_records")
@@ -77,7 +77,7 @@ def trained(tmp_root) -> dict:
                        "train.checkpoint_steps=120", "train.log_steps=40"])
     finetune(cfg, verbose=0)
     out = export(cfg.model_dir, os.path.join(str(tmp_root), "models", "patch"),
-                 calibrate="validation")
+                 ExportOptions(calibrate="validation"))
     _cache["run"] = {"data": data, "model_dir": cfg.model_dir, "export": out,
                      "test": test, "corners": corners}
     return _cache["run"]
@@ -128,7 +128,7 @@ def test_over_confident_copy_gets_five_times_the_temperature(run, tmp_path):
     validation NLL before calibration is worse."""
     import shutil
 
-    from tfmicle.export import export
+    from tfmicle.export import ExportOptions, export
     from tfmicle.rundir import load_classifier, write_best
     copy = str(tmp_path / "overconfident_run")
     shutil.copytree(run["model_dir"], copy)
@@ -136,7 +136,8 @@ def test_over_confident_copy_gets_five_times_the_temperature(run, tmp_path):
     for v in model.head.weights:
         v.assign(5.0 * v)
     write_best(model, copy)
-    cal5 = export(copy, str(tmp_path / "models" / "x5"), calibrate="validation")["metadata"][
+    cal5 = export(copy, str(tmp_path / "models" / "x5"),
+                  ExportOptions(calibrate="validation"))["metadata"][
         "calibration"]
     cal1 = run["export"]["metadata"]["calibration"]
     assert cal5["temperature"] == pytest.approx(5 * cal1["temperature"], rel=1e-3)

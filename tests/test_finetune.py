@@ -98,7 +98,8 @@ def test_weight_decay_term_under_lars_is_the_heads_kernel_only(optimizer):
     spec = ResNetSpec(depth=18, width_multiplier=0.125, image_size=16, global_bn=False)
     keras.utils.set_random_seed(6)
     wd = 0.01
-    model = build_classifier(spec, 3, "multiclass", weight_decay=wd, zero_init_head=False)
+    model = build_classifier(spec, 3, "multiclass", weight_decay=wd, zero_init_head=False,
+                             optimizer_decays=optimizer == "lars")
     rng = np.random.default_rng(7)
     kernel = rng.normal(0, 1, model.head.kernel.shape).astype(np.float32)
     model.head.kernel.assign(kernel)

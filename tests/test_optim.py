@@ -85,3 +85,14 @@ def test_warmup_cosine_values():
         assert float(s(step)) == pytest.approx(lr, abs=1e-6), step
     cfg = s.get_config()
     assert float(WarmupCosine(**cfg)(37)) == pytest.approx(float(s(37)))
+
+
+def test_models_are_told_which_optimizers_decay_weights_themselves():
+    """build.optimizer_decays (what the models are told when built) is true exactly for
+    the train.optimizer choices whose optimizer applies weight decay itself (LARS)."""
+    from tfmicle import build
+    from tfmicle.config import CHOICES, Config
+    for name in CHOICES["train.optimizer"]:
+        cfg = Config()
+        cfg.train.optimizer = name
+        assert build.optimizer_decays(cfg) == isinstance(build.optimizer(cfg, 10, 0), LARS), name

@@ -78,13 +78,26 @@ def schedule_steps(cfg: Config, num_examples: int) -> tuple[int, int]:
     return total, min(warmup, total)
 
 
+# train.optimizer values whose optimizer applies train.weight_decay itself (LARS couples
+# it into each update, minus its exclusions); for the others the models add an L2 term.
+SELF_DECAYING_OPTIMIZERS = ("lars",)
+
+
 def optimizer(cfg: Config, total_steps: int, warmup_steps: int,
               exclude: Sequence[str] = EXCLUDE_DEFAULT) -> keras.optimizers.Optimizer:
-    """train.optimizer over the warmup + cosine schedule of train.learning_rate.
-    exclude: variable-path patterns LARS keeps out of weight decay and trust ratio."""
+    """train.optimizer over the warmup + cosine schedule of train.learning_rate, for both
+    trainers. exclude: variable-path patterns LARS keeps out of weight decay and trust
+    ratio. The models built here agree with it on weight decay (optimizer_decays)."""
     t = cfg.train
     lr = WarmupCosine(t.learning_rate, t.batch_size, total_steps, warmup_steps, t.lr_scaling)
     return make_optimizer(t.optimizer, lr, t.momentum, t.weight_decay, exclude)
+
+
+def optimizer_decays(cfg: Config) -> bool:
+    """Whether the optimizer of cfg (optimizer()) applies train.weight_decay itself: then
+    the pretraining model adds no L2 term and the classifier one on its head only (SimCLR's
+    add_weight_decay); otherwise both add an L2 term over the non-excluded weights."""
+    return cfg.train.optimizer in SELF_DECAYING_OPTIMIZERS
 
 
 def contrastive_model(cfg: Config, num_classes: int, encoder: keras.Model | None = None
@@ -98,7 +111,8 @@ def contrastive_model(cfg: Config, num_classes: int, encoder: keras.Model | None
                            dtype=cfg.train.precision)
     model = ContrastiveModel(encoder, proj, num_classes=num_classes,
                              temperature=cfg.train.temperature,
-                             weight_decay=cfg.train.weight_decay, name="contrastive")
+                             weight_decay=cfg.train.weight_decay,
+                             optimizer_decays=optimizer_decays(cfg), name="contrastive")
     model.build_all(cfg.data.image_size)
     return model
 
@@ -116,18 +130,18 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
     imagenet = f.init == "imagenet"
     spec = resnet_spec(cfg, global_bn=None if for_training else False)
     m = cfg.model
-    projection = None
-    if f.proj_layers > 0:  # the first layers of the pretraining run's projection head
-        def projection(width: int) -> keras.Model:
-            return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
-                                   spec.global_bn, dtype=cfg.train.precision,
-                                   keep=f.proj_layers)
+
+    def first_layers(width: int) -> keras.Model:  # of the pretraining run's projection head
+        return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
+                               spec.global_bn, dtype=cfg.train.precision, keep=f.proj_layers)
+    projection = first_layers if f.proj_layers > 0 else None
     try:
         return build_classifier(
             spec, num_classes, task, f.uncertainty_policy, cfg.train.weight_decay,
             fine_tune_after_block=f.fine_tune_after_block if for_training else -1,
             imagenet_weights=imagenet_weights, use_imagenet_encoder=imagenet,
-            zero_init_head=f.zero_init_head and for_training, projection=projection)
+            zero_init_head=f.zero_init_head and for_training, projection=projection,
+            optimizer_decays=optimizer_decays(cfg))
     except (ValueError, OSError) as e:
         if imagenet and imagenet_weights:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -137,5 +151,4 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
 
 
 __all__ = ["data_source", "augment_config", "resnet_spec", "schedule_steps", "optimizer",
-           "contrastive_model",
-           "classifier"]
+           "optimizer_decays", "SELF_DECAYING_OPTIMIZERS", "contrastive_model", "classifier"]

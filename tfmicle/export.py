@@ -37,11 +37,13 @@ Map of the code: docs/architecture.md.
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import logging
 import os
 import re
 import sys
+from dataclasses import dataclass
 
 from tfmicle import cli, fileio
 from tfmicle import model_format as mf
@@ -187,10 +189,24 @@ def fit_calibration(model, task: str, data_dir: str, split: str, num_classes: in
     return out
 
 
-def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = True,
-           calibrate: str | None = None) -> dict:
-    """Exports a fine-tuning run; returns {"path", "version", "metadata"}. calibrate: a
-    labelled split of the run's records to fit temperature scaling on (None: none)."""
+@dataclass(frozen=True)
+class ExportOptions:
+    """How export() exports a run: the CLI's flags, with its defaults."""
+    checkpoint: str = "auto"       # auto (best if kept, else latest) | best | latest | a prefix
+    verify: bool = True            # reload the SavedModel and compare it with the Keras model
+    calibrate: str | None = None   # a labelled split of the run's records to fit temperature
+                                   # scaling on; None: uncalibrated
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExportOptions:
+        """The options of parsed build_parser() arguments."""
+        return cls(checkpoint=args.checkpoint, verify=not args.no_verify,
+                   calibrate=args.calibrate)
+
+
+def export(model_dir: str, out: str, options: ExportOptions = ExportOptions()) -> dict:
+    """Exports the fine-tuning run model_dir into out (MODELS/<name>, next free version,
+    or MODELS/<name>/<version>) as options say; returns {"path", "version", "metadata"}."""
     import numpy as np
     import tensorflow as tf
 
@@ -204,8 +220,8 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
     if not fileio.isdir(model_dir):   # a local folder or a URL (gs://, ram://)
         raise FileNotFoundError(f"model dir {model_dir} not found")
     base, version = resolve_out(out)
-    kind, _ = resolve_checkpoint(model_dir, checkpoint)
-    model, cfg, info, prefix = load_classifier(model_dir, checkpoint)
+    kind, _ = resolve_checkpoint(model_dir, options.checkpoint)
+    model, cfg, info, prefix = load_classifier(model_dir, options.checkpoint)
     task, class_names = info["task"], list(info["class_names"])
     size = cfg.data.image_size
     m = re.search(r"ckpt-(\d+)$", prefix)
@@ -218,9 +234,10 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
         row = validation_for_step(model_dir, step)
         validation = {k: v for k, v in row.items() if k != "step"} if row else None
     calibration = None
-    if calibrate:
+    if options.calibrate:
         data_dir = info.get("data_dir") or cfg.data.dir
-        calibration = fit_calibration(model, task, data_dir, calibrate, len(class_names), size)
+        calibration = fit_calibration(model, task, data_dir, options.calibrate,
+                                      len(class_names), size)
     temperature = calibration["temperature"] if calibration else None
     module = build_module(model, task, size, temperature)
     metadata = {
@@ -267,7 +284,7 @@ def export(model_dir: str, out: str, checkpoint: str = "auto", verify: bool = Tr
             mf.EXPLAIN_SIGNATURE: module.serve_explain})
         mf.write_labels(tmp, class_names)
         mf.write_metadata(tmp, metadata)
-        if verify:
+        if options.verify:
             probes = mf.probe_images()
             loaded = tf.saved_model.load(tmp)
             got = loaded.signatures[mf.SIGNATURE](**{mf.IMAGES_INPUT: tf.constant(probes)})
@@ -314,7 +331,7 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="MODELS/<name> (next free version) or MODELS/<name>/<version>; "
                         "a folder or a URL (gs://...)")
-    p.add_argument("--checkpoint", default="auto",
+    p.add_argument("--checkpoint", default=ExportOptions.checkpoint,
                    help="auto (best if kept, else latest) | best | latest | a checkpoint "
                         "prefix (default: auto)")
     p.add_argument("--calibrate", metavar="SPLIT",
@@ -332,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         fileio.check_url(args.model_dir, "--model-dir")
         fileio.check_url(args.out, "--out")
         try:
-            result = export(args.model_dir, args.out, args.checkpoint, not args.no_verify,
-                            args.calibrate)
+            result = export(args.model_dir, args.out, ExportOptions.from_args(args))
         except RuntimeError as e:  # the exported graph disagrees with the Keras model
             log.error("%s", e)
             return 1

@@ -136,7 +136,7 @@ def make_optimizer(name: str, learning_rate, momentum: float = 0.9, weight_decay
                    exclude: Sequence[str] = EXCLUDE_DEFAULT) -> keras.optimizers.Optimizer:
     """lars | momentum | sgd | adam. Weight decay is handled by LARS itself (skipping the
     variables whose path matches an `exclude` pattern); for the others the model adds
-    an L2 term that skips batch norm (see ContrastiveModel)."""
+    an L2 term that skips batch norm (tfmicle.build.optimizer_decays tells the models)."""
     if name == "lars":
         return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay,
                     exclude_from_weight_decay=exclude)

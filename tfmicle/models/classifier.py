@@ -28,7 +28,7 @@ from keras import layers, ops
 
 from tfmicle.models.heads import supervised_head
 from tfmicle.models.resnet import STAGES, ResNetSpec, build_resnet, stage_of
-from tfmicle.optim import EXCLUDE_DEFAULT, LARS
+from tfmicle.optim import EXCLUDE_DEFAULT
 from tfmicle.tasks import MULTICLASS, POLICIES, check_task, task_loss
 
 log = logging.getLogger(__name__)
@@ -125,15 +125,16 @@ class Classifier(keras.Model):
     Batches are (images [B, H, W, 3] in [0, 1], labels): multiclass labels [B] int
     (-1 unlabeled, masked), multilabel labels [B, K] float (1, 0, -1, NaN; see
     uncertainty_targets). As ContrastiveModel: the step loss is divided by
-    num_replicas_in_sync (Keras sums replica gradients) and, with an optimizer other
-    than LARS, weight decay is an L2 term on weights that are not batch norm, bias or
-    the head. Under LARS (which decays the rest itself) the L2 term is on the head's
-    kernel only, as SimCLR's add_weight_decay.
+    num_replicas_in_sync (Keras sums replica gradients) and weight decay is an L2 term
+    on weights that are not batch norm, bias or the head. With optimizer_decays (LARS,
+    which decays the rest itself; build.optimizer_decays decides) the L2 term is on the
+    head's kernel only, as SimCLR's add_weight_decay.
     """
 
     def __init__(self, encoder: keras.Model, num_classes: int, task: str = MULTICLASS,
                  uncertainty_policy: str = "ignore", weight_decay: float = 0.0,
-                 projection: keras.Model | None = None, **kwargs):
+                 projection: keras.Model | None = None, optimizer_decays: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         check_task(task)
         if uncertainty_policy not in POLICIES:
@@ -146,6 +147,7 @@ class Classifier(keras.Model):
         self.task = task
         self.uncertainty_policy = uncertainty_policy
         self.weight_decay = float(weight_decay)
+        self.optimizer_decays = bool(optimizer_decays)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
@@ -194,8 +196,7 @@ class Classifier(keras.Model):
         if training and self.weight_decay > 0:
             # LARS decays the encoder itself but excludes the head (its name), so, as
             # SimCLR's add_weight_decay, the head's kernel gets an L2 term here instead.
-            l2 = ([self.head.kernel] if isinstance(self.optimizer, LARS)
-                  else self._l2_variables())
+            l2 = [self.head.kernel] if self.optimizer_decays else self._l2_variables()
             if l2:
                 total = total + self.weight_decay * tf.add_n(
                     [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in l2])
@@ -236,13 +237,15 @@ def build_classifier(spec: ResNetSpec | None, num_classes: int, task: str = MULT
                      uncertainty_policy: str = "ignore", weight_decay: float = 0.0,
                      fine_tune_after_block: int = -1, imagenet_weights: str | None = None,
                      use_imagenet_encoder: bool = False, zero_init_head: bool = True,
-                     image_size: int = 224, projection=None) -> Classifier:
+                     image_size: int = 224, projection=None,
+                     optimizer_decays: bool = False) -> Classifier:
     """A Classifier with every variable created and the freezing applied. Call inside
     the strategy scope. use_imagenet_encoder: keras.applications ResNet50 with
     imagenet_weights ("imagenet", a file, or None); otherwise our ResNet from spec.
     projection: None, or a function (encoder feature width -> the first layers of a
     projection head, heads.projection_head(keep=k)) the head then reads (never frozen:
-    SimCLR fine-tunes them also in linear evaluation)."""
+    SimCLR fine-tunes them also in linear evaluation). optimizer_decays: the optimizer
+    applies weight_decay itself (LARS), see Classifier."""
     if use_imagenet_encoder:
         encoder = build_imagenet_encoder(imagenet_weights,
                                          dtype=spec.dtype if spec is not None else "float32")
@@ -250,7 +253,7 @@ def build_classifier(spec: ResNetSpec | None, num_classes: int, task: str = MULT
         encoder = build_resnet(spec)
     trunk = projection(int(encoder.output_shape[-1])) if projection is not None else None
     model = Classifier(encoder, num_classes, task, uncertainty_policy, weight_decay,
-                       projection=trunk, name="classifier")
+                       projection=trunk, optimizer_decays=optimizer_decays, name="classifier")
     model.build_all(spec.image_size if spec is not None else image_size)
     if zero_init_head:
         model.zero_init_head()

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfmicle.losses import nt_xent_loss
 from tfmicle.models.heads import supervised_head
-from tfmicle.optim import EXCLUDE_DEFAULT, LARS
+from tfmicle.optim import EXCLUDE_DEFAULT
 
 
 class ContrastiveModel(keras.Model):
@@ -20,8 +20,9 @@ class ContrastiveModel(keras.Model):
 
     - The gradient loss is divided by num_replicas_in_sync: Keras sums replica gradients.
     - Negatives come from all replicas (nt_xent_loss all_gathers inside replica context).
-    - With an optimizer other than LARS, weight decay is an L2 term (0.5 * wd * ||w||^2)
-      on variables that are not batch norm / bias / supervised head.
+    - Weight decay is an L2 term (0.5 * wd * ||w||^2) on variables that are not batch
+      norm / bias / supervised head, unless optimizer_decays: the optimizer applies it
+      itself (LARS; build.optimizer_decays decides, where the optimizer is chosen).
     - num_classes > 0 adds an online linear probe on stop-gradient features of view1,
       trained on labeled examples only.
     - A batch's optional same_case [B] (other examples of the batch from the same case,
@@ -30,13 +31,15 @@ class ContrastiveModel(keras.Model):
     """
 
     def __init__(self, encoder: keras.Model, projection: keras.Model, num_classes: int = 0,
-                 temperature: float = 0.1, weight_decay: float = 0.0, **kwargs):
+                 temperature: float = 0.1, weight_decay: float = 0.0,
+                 optimizer_decays: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.projection = projection
         self.num_classes = int(num_classes)
         self.temperature = float(temperature)
         self.weight_decay = float(weight_decay)
+        self.optimizer_decays = bool(optimizer_decays)
         self.probe = supervised_head(num_classes) if num_classes > 0 else None
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.contrast_loss_tracker = keras.metrics.Mean(name="contrast_loss")
@@ -92,7 +95,7 @@ class ContrastiveModel(keras.Model):
             hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
             probe_acc = tf.reduce_sum(hit * mask) / n
             total = total + probe_loss
-        if self.weight_decay > 0 and not isinstance(self.optimizer, LARS):
+        if self.weight_decay > 0 and not self.optimizer_decays:
             total = total + self.weight_decay * tf.add_n(
                 [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in self._l2_variables()])
         return total, closs, cacc, probe_loss, probe_acc

@@ -29,7 +29,7 @@ from tfmicle.rundir import (CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
                             check_architecture, config_of, read_best, restore_encoder,
                             restore_projection_layers, write_json)
 from tfmicle.tasks import MULTICLASS, balanced_class_weights
-from tfmicle.train.validation import Validation, eval_batches
+from tfmicle.train.validation import Validation, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     class_weights = balanced_class_weights(per_class) \
         if cfg.finetune.class_weight == "balanced" else None
     epoch_steps = max(int(math.ceil(n_images / cfg.train.batch_size)), 1)
+    every = cfg.finetune.eval_every_steps or epoch_steps  # the validation period
     run_json = {
         "task": task, "class_names": class_names, "num_classes": len(class_names),
         "data_dir": tfds.spec if tfds is not None else fileio.abspath(cfg.data.dir),
@@ -231,8 +232,7 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
              "%d warmup steps, validation every %d steps", task, len(class_names),
              cfg.finetune.init, cfg.finetune.fine_tune_after_block, n_images, n_cases,
              cfg.data.label_fraction, total, cfg.train.batch_size,
-             strategy.num_replicas_in_sync, warmup,
-             cfg.finetune.eval_every_steps or epoch_steps)
+             strategy.num_replicas_in_sync, warmup, every)
     if cfg.finetune.best_metric != "val_loss" and not cfg.data.eval_split:
         log.warning("no data.eval_split: finetune.best_metric %s is not used; export takes "
                     "the latest checkpoint", cfg.finetune.best_metric)
@@ -243,15 +243,9 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         cbs = list(callbacks or [])
         validator = None
         if cfg.data.eval_split:
-            vds = eval_batches(cfg.data.dir, cfg.data.eval_split, len(class_names),
-                               cfg.train.batch_size, cfg.data.image_size, tfds)
-            if cfg.train.eval_steps:
-                vds = vds.take(cfg.train.eval_steps)
-            validator = Validation(
-                vds, cfg.finetune.eval_every_steps or epoch_steps, total, task,
-                cfg.finetune.uncertainty_policy, auc_indices, cfg.finetune.best_metric,
-                cfg.finetune.early_stopping_patience, cfg.model_dir, cfg.data.image_size,
-                out_dir)
+            validator = Validation(validation_batches(cfg, len(class_names), tfds), cfg,
+                                   task=task, auc_indices=auc_indices, every=every,
+                                   total_steps=total, out_dir=out_dir)
             cbs.insert(0, validator)
         if best_state.get("early_stopped_at") is not None and resuming:
             ckpt, manager = runner.checkpoint_manager(model, cfg.model_dir,
@@ -261,10 +255,8 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
             log.info("this run stopped early at step %d: nothing to train", step)
             result = {"start_step": step, "end_step": step, "history": {}}
         else:
-            result = runner.fit_steps(model, ds, total, cfg.model_dir,
-                                      cfg.train.checkpoint_steps, cfg.train.log_steps,
-                                      cfg.train.keep_checkpoints, None, None, cbs, verbose,
-                                      out_dir)
+            result = runner.fit_steps(model, ds, cfg, total, callbacks=cbs, verbose=verbose,
+                                      out_dir=out_dir)
     state = validator.state if validator is not None else best_state
     result.update({
         "model_dir": cfg.model_dir, "total_steps": total, "task": task,

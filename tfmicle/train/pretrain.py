@@ -12,14 +12,10 @@ from tfmicle.build import augment_config, data_source, schedule_steps
 from tfmicle.config import Config, ConfigError
 from tfmicle.tasks import MULTICLASS
 from tfmicle.data.pipeline import count_items, pretrain_dataset, pretrain_examples
-from tfmicle.optim import WarmupCosine, make_optimizer
 from tfmicle.rundir import check_architecture, config_of, restore_pretraining
 from tfmicle.train import runner
 
 log = logging.getLogger(__name__)
-
-
-# Kept under its old name: bench/ and the tests build the pretraining model through it.
 
 
 def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> dict:
@@ -65,18 +61,14 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
             # (a resumed run restores its own checkpoint in fit_steps instead).
             log.info("encoder and projection head initialised from %s",
                      restore_pretraining(model, p.checkpoint))
-        lr = WarmupCosine(cfg.train.learning_rate, cfg.train.batch_size, total, warmup,
-                          cfg.train.lr_scaling)
-        opt = make_optimizer(cfg.train.optimizer, lr, cfg.train.momentum,
-                             cfg.train.weight_decay)
+        opt = build.optimizer(cfg, total, warmup)
         model.compile(optimizer=opt, jit_compile=cfg.train.jit_compile)
         opt.build(model.trainable_variables)
     log.info("pretraining %s: %d examples (%s), %d steps of batch %d on %d replica(s), "
              "%d warmup steps", cfg.method, n, per + "s", total, cfg.train.batch_size,
              strategy.num_replicas_in_sync, warmup)
-    result = runner.fit_steps(model, ds, total, cfg.model_dir, cfg.train.checkpoint_steps,
-                              cfg.train.log_steps, cfg.train.keep_checkpoints, val, val_steps,
-                              callbacks, verbose)
+    result = runner.fit_steps(model, ds, cfg, total, validation_data=val,
+                              validation_steps=val_steps, callbacks=callbacks, verbose=verbose)
     result.update({"model_dir": cfg.model_dir, "total_steps": total,
                    "checkpoint": runner.latest_checkpoint(cfg.model_dir)})
     final = {k: float(v[-1]) for k, v in result["history"].items() if v}

@@ -104,13 +104,14 @@ def run_strategy(cfg: Config) -> tf.distribute.Strategy:
     return strategy
 
 
-def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, model_dir: str,
-              checkpoint_steps: int, log_steps: int, keep_checkpoints: int = 3,
-              validation_data=None, validation_steps: int | None = None,
-              callbacks: list | None = None, verbose: int = 1,
-              out_dir: str | None = None) -> dict:
+def fit_steps(model: keras.Model, dataset: tf.data.Dataset, cfg: Config, total_steps: int, *,
+              validation_data: tf.data.Dataset | None = None,
+              validation_steps: int | None = None, callbacks: list | None = None,
+              verbose: int = 1, out_dir: str | None = None) -> dict:
     """Trains `model` (compiled, variables built) until its optimizer has made
-    total_steps steps, resuming from the latest checkpoint in model_dir.
+    total_steps steps, resuming from the latest checkpoint in cfg.model_dir. From
+    cfg.train: a checkpoint every checkpoint_steps (keep_checkpoints kept), one Keras
+    epoch (progress, TensorBoard, validation_data) per log_steps.
 
     Multi-worker: every worker calls this with the same arguments (model_dir shared);
     only the chief writes there (see the module doc). out_dir: where this process writes
@@ -122,10 +123,10 @@ def fit_steps(model: keras.Model, dataset: tf.data.Dataset, total_steps: int, mo
     Returns {"start_step", "end_step", "history"}; raises NaNLossError on a NaN loss.
     """
     opened = contextlib.nullcontext(out_dir) if out_dir is not None else \
-        output_dir(model.distribute_strategy, model_dir)
+        output_dir(model.distribute_strategy, cfg.model_dir)
     with opened as out:
-        return _fit(model, dataset, total_steps, model_dir, out, checkpoint_steps, log_steps,
-                    keep_checkpoints, validation_data, validation_steps, callbacks, verbose)
+        return _fit(model, dataset, cfg, total_steps, out, validation_data=validation_data,
+                    validation_steps=validation_steps, callbacks=callbacks, verbose=verbose)
 
 
 @contextlib.contextmanager
@@ -170,12 +171,14 @@ def _fit_multi_worker(model: keras.Model) -> None:
             k: tf.reshape(v, [1]) for k, v in step(data).items()})
 
 
-def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_steps,
-         keep_checkpoints, validation_data, validation_steps, callbacks, verbose) -> dict:
+def _fit(model: keras.Model, dataset: tf.data.Dataset, cfg: Config, total_steps: int,
+         out_dir: str, *, validation_data: tf.data.Dataset | None,
+         validation_steps: int | None, callbacks: list | None, verbose: int) -> dict:
     """fit_steps with the checkpoints and logs written into out_dir (model_dir on the
     chief, a temporary folder on other workers) and resumed from model_dir."""
     strategy = model.distribute_strategy
-    ckpt, manager = checkpoint_manager(model, out_dir, keep_checkpoints)
+    model_dir, t = cfg.model_dir, cfg.train
+    ckpt, manager = checkpoint_manager(model, out_dir, t.keep_checkpoints)
     resume = latest_checkpoint(model_dir)  # the chief's, on every worker
     if resume:
         ckpt.restore(resume).assert_existing_objects_matched()
@@ -189,8 +192,8 @@ def _fit(model, dataset, total_steps, model_dir, out_dir, checkpoint_steps, log_
     if start >= total_steps:
         log.info("already at step %d of %d: nothing to train", start, total_steps)
         return {"start_step": start, "end_step": start, "history": {}}
-    chunk = max(min(int(log_steps), total_steps), 1)
-    saver = StepCheckpoint(manager, checkpoint_steps, total_steps,
+    chunk = max(min(int(t.log_steps), total_steps), 1)
+    saver = StepCheckpoint(manager, t.checkpoint_steps, total_steps,
                            scratch=out_dir != model_dir)
     cbs = [saver, keras.callbacks.TensorBoard(fileio.join(out_dir, LOGS_DIR),
                                               update_freq="epoch", write_graph=False)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -13,6 +14,7 @@ import tensorflow as tf
 
 from tfmicle import fileio
 from tfmicle import metrics as M
+from tfmicle.config import Config
 from tfmicle.data.pipeline import PipelineConfig, evaluation
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.distribute import chief_decides
@@ -36,6 +38,15 @@ def eval_batches(data_dir: str, split: str, num_classes: int, batch_size: int,
                       num_classes)
 
 
+def validation_batches(cfg: Config, num_classes: int, tfds: TfdsSource | None = None
+                       ) -> tf.data.Dataset:
+    """What a fine-tuning run validates on: eval_batches of cfg.data.eval_split, the
+    first cfg.train.eval_steps batches (0: all)."""
+    ds = eval_batches(cfg.data.dir, cfg.data.eval_split, num_classes, cfg.train.batch_size,
+                      cfg.data.image_size, tfds)
+    return ds.take(cfg.train.eval_steps) if cfg.train.eval_steps else ds
+
+
 def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
                        case_ids, policy: str, auc_indices) -> dict:
     """val_loss (the training loss, same uncertainty policy) and image / case metrics
@@ -55,30 +66,34 @@ def validation_metrics(task: str, logits: np.ndarray, labels: np.ndarray,
 
 class Validation(keras.callbacks.Callback):
     """Validates every `every` steps and at the last step; keeps the best checkpoint
-    (best/ckpt + best/state.json) by `best_metric`; stops after `patience` validations
-    without improvement (0 = never). State survives a resume (best/state.json).
+    (best/ckpt + best/state.json) by cfg.finetune.best_metric; stops after
+    cfg.finetune.early_stopping_patience validations without improvement (0 = never).
+    val_loss uses cfg.finetune.uncertainty_policy. State survives a resume (best/state.json).
 
-    The state is read from model_dir and everything is written to out_dir (model_dir
+    The state is read from cfg.model_dir and everything is written to out_dir (model_dir
     when empty): a multi-worker run's other workers validate too (they must agree on
-    early stopping) but write to a temporary folder (runner.output_dir)."""
+    early stopping) but write to a temporary folder (runner.output_dir).
 
-    def __init__(self, dataset: tf.data.Dataset, every: int, total_steps: int, task: str,
-                 policy: str, auc_indices, best_metric: str, patience: int, model_dir: str,
-                 image_size: int, out_dir: str = ""):
+    dataset: batches of the eval split (validation_batches); task and auc_indices (the
+    classes val_auc averages over) are the dataset's; total_steps the run's."""
+
+    def __init__(self, dataset: tf.data.Dataset, cfg: Config, *, task: str,
+                 auc_indices: Sequence[int], every: int, total_steps: int, out_dir: str = ""):
         super().__init__()
+        f = cfg.finetune
         self.dataset = dataset
         self.every = max(int(every), 1)
         self.total_steps = int(total_steps)
         self.task = task
-        self.policy = policy
+        self.policy = f.uncertainty_policy
         self.auc_indices = list(auc_indices)
-        self.best_metric = best_metric
-        self.mode = metric_mode(best_metric)
-        self.patience = int(patience)
-        self.model_dir = model_dir
-        self.out_dir = out_dir or model_dir
-        self.image_size = image_size
-        self.state = read_best(model_dir)
+        self.best_metric = f.best_metric
+        self.mode = metric_mode(f.best_metric)
+        self.patience = int(f.early_stopping_patience)
+        self.model_dir = cfg.model_dir
+        self.out_dir = out_dir or cfg.model_dir
+        self.image_size = cfg.data.image_size
+        self.state = read_best(cfg.model_dir)
         self.last: dict | None = None
         self.last_step = -1
         self.writer = tf.summary.create_file_writer(
@@ -158,4 +173,5 @@ def _fmt(values: dict) -> str:
                      if v is not None and math.isfinite(v))
 
 
-__all__ = ["metric_mode", "eval_batches", "validation_metrics", "Validation"]
+__all__ = ["metric_mode", "eval_batches", "validation_batches", "validation_metrics",
+           "Validation"]
