@@ -1,5 +1,5 @@
 """Similar-case search: latency of one query and memory, exact (tfmicle.caseindex) and,
-when faiss-cpu is installed (the ``similar-ann`` extra), an IVF index beside it.
+when faiss-cpu is installed (the ``similar-ann`` extra), tfmicle.caseindex.ann's IVF.
 
     python bench/similar.py [--sizes 10000,100000,1000000 --dim 512 --rounds 5 --queries 20]
 
@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from bench.machine import machine_line  # noqa: E402
+from tfmicle.caseindex.ann import CANDIDATES, NPROBE, IvfIndex  # noqa: E402
 from tfmicle.caseindex.search import cosine_top_k  # noqa: E402
 
 DISAGREE = 0.20  # rounds whose medians differ by more than this are flagged
@@ -66,28 +67,6 @@ def recall(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
 
 
-class Ann:
-    """faiss IndexIVFFlat on inner product (cosine on unit rows): trained on a sample,
-    nprobe lists scanned per query."""
-
-    def __init__(self, x: np.ndarray, nprobe: int):
-        import faiss
-
-        nlist = int(np.sqrt(x.shape[0]))  # faiss's guide says 4..16 sqrt(N); sqrt(N) trains in minutes on 2 cores
-        quantiser = faiss.IndexFlatIP(x.shape[1])
-        self.index = faiss.IndexIVFFlat(quantiser, x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = x[np.random.default_rng(0).choice(x.shape[0], min(x.shape[0], 39 * nlist), replace=False)]
-        t0 = time.perf_counter()
-        self.index.train(sample)
-        self.index.add(x)
-        self.build_s = time.perf_counter() - t0
-        self.index.nprobe = nprobe
-        self.nlist = nlist
-
-    def search(self, q: np.ndarray, k: int) -> np.ndarray:
-        return self.index.search(np.ascontiguousarray(q, np.float32), k)[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10000,100000,1000000")
@@ -99,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--float16-max", type=int, default=100_000,
                    help="float16 only up to this N (each search copies chunks to float32, slowly)")
     p.add_argument("--ann", choices=["auto", "off"], default="auto", help="auto: faiss IVF when importable")
-    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--nprobe", type=int, default=NPROBE)
     args = p.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     dtypes = args.dtypes.split(",")
@@ -121,8 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             print("ANN: faiss-cpu not importable (pip install tfmicle[similar-ann]); exact only")
         else:
             for n in sizes:
-                ann[n] = Ann(data[(n, "float32")], args.nprobe)
-                print(f"ANN n={n}: IVFFlat nlist={ann[n].nlist} nprobe={args.nprobe}, built in {ann[n].build_s:.1f} s")
+                t0 = time.perf_counter()
+                ann[n] = IvfIndex(data[(n, "float32")], nprobe=args.nprobe)
+                print(f"ANN n={n}: IVF-Flat nlist={ann[n].nlist} nprobe={ann[n].index.nprobe}, "
+                      f"{CANDIDATES} x k candidates re-scored exactly, built in {time.perf_counter() - t0:.1f} s")
                 configs.append(("ivf", n, "float32"))
     # queries: new points around the index's centres (none is a copy of a reference vector)
     queries = {n: synthetic(args.rounds * args.queries, args.dim, args.clusters, seed=n, draw_seed=2) for n in sizes}
@@ -162,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             got = cosine_top_k(data[(n, dt)], q, K)[0] if dt != "float32" else ref
             size = data[(n, dt)].nbytes
         else:
-            got = ann[n].search(q, K)
-            size = data[(n, "float32")].nbytes  # IVFFlat keeps a float32 copy of every vector
+            got = ann[n].search(q, K)[0]
+            size = 2 * data[(n, "float32")].nbytes  # the index's rows + IVF-Flat's float32 copy
         print(f"| {kind} | {n:,} | {dt} | {size / 2**20:.0f} | {np.percentile(allt, 50):.2f} | "
               f"{np.percentile(allt, 99):.2f} | {growth[c] / 1024:.0f} | {', '.join(f'{m:.1f}' for m in meds)} | "
               f"{spread:.0%} | {recall(ref, got):.3f} |")

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tfmicle import fileio
-from tfmicle.caseindex import store
+from tfmicle.caseindex import ann, store
 from tfmicle.caseindex.search import cosine_top_k
 from tfmicle.model_format import EMBEDDING_OUTPUT
 
@@ -64,12 +64,20 @@ class IndexState:
     index: store.CaseIndex | None = None
     stamp: tuple[int, int] | None = None  # the marker's (size, mtime) when looked at
     retry: bool = False  # incomplete (a copy in progress): look again on the next poll
+    ivf: ann.IvfIndex | None = None  # approximate search, for a large index when faiss is installed
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """query [1, D] -> (rows [1, <= k], similarities [1, <= k]): IVF when built, else exact."""
+        assert self.index is not None
+        if self.ivf is not None:
+            return self.ivf.search(query, k)
+        return cosine_top_k(self.index.embeddings, query, k)
 
     def status(self) -> dict:
         out: dict[str, Any] = {"state": self.state, "reason": self.reason}
         if self.index is not None:
-            out.update(path=self.index.path, cases=self.index.count, dim=self.index.dim,
-                       dtype=str(self.index.embeddings.dtype), fingerprint=store.short(self.index.fingerprint))
+            out.update(cases=self.index.count, dim=self.index.dim, dtype=str(self.index.embeddings.dtype),
+                       fingerprint=store.short(self.index.fingerprint), search="ivf" if self.ivf else "exact")
         return out
 
 
@@ -78,9 +86,11 @@ class SimilarIndexes:
     one while it loads). Written by the repository's poller thread, read by requests:
     one dict entry replaced at a time."""
 
-    def __init__(self, base_path: str, index_path: str | None = None):
+    def __init__(self, base_path: str, index_path: str | None = None, ann_min_cases: int | None = None):
         self.base_path = base_path
         self.index_path = index_path
+        # from this many cases on, IVF when faiss is installed
+        self.ann_min_cases = ann.ANN_MIN_CASES if ann_min_cases is None else ann_min_cases
         self._states: dict[int, IndexState] = {}
         self._fingerprints: dict[int, str] = {}
 
@@ -113,8 +123,16 @@ class SimilarIndexes:
                             retry=isinstance(e, store.IndexIncompleteError))
             log.error("case index for version %d refused: %s", version, e)
         else:
-            st = IndexState(version, LOADED, "", index, stamp)
-            log.info("case index for version %d: %d cases, D=%d, from %s", version, index.count, index.dim, folder)
+            ivf = None
+            if index.count >= self.ann_min_cases:
+                if ann.available():
+                    ivf = ann.IvfIndex(index.embeddings)
+                else:
+                    log.warning("case index for version %d has %d cases: exact search may be slow; install "
+                                "faiss-cpu (tfmicle[similar-ann]) for approximate search", version, index.count)
+            st = IndexState(version, LOADED, "", index, stamp, ivf=ivf)
+            log.info("case index for version %d: %d cases, D=%d, %s search, from %s", version, index.count,
+                     index.dim, "IVF" if ivf else "exact", folder)
         self._states[version] = st
         return st
 
@@ -162,14 +180,16 @@ def run_outputs(model: ServedModel, images: Sequence[bytes]) -> tuple[np.ndarray
             np.asarray(out[EMBEDDING_OUTPUT].numpy(), np.float32))
 
 
-def nearest(index: store.CaseIndex, embeddings: np.ndarray, k: int, fields: Sequence[str]) -> list[dict]:
+def nearest(st: IndexState, embeddings: np.ndarray, k: int, fields: Sequence[str]) -> list[dict]:
     """The images of one case [M, D] -> the k nearest reference cases, as the
     --similar-fields say. The images are one query: the mean of their L2-normalised
     embeddings (store.case_embeddings), as the index stores its cases."""
     _, query = store.case_embeddings(embeddings, ["query"] * len(embeddings))
     if not np.any(query):
         raise ApiError(422, "the model's embedding of this case is all zeros: it has no direction to compare")
-    rows, sims = cosine_top_k(index.embeddings, query, k)
+    index = st.index
+    assert index is not None
+    rows, sims = st.search(query, k)
     out = []
     for rank, (row, sim) in enumerate(zip(rows[0].tolist(), sims[0].tolist()), 1):
         item: dict[str, Any] = {"rank": rank}
@@ -190,20 +210,21 @@ def nearest(index: store.CaseIndex, embeddings: np.ndarray, k: int, fields: Sequ
     return out
 
 
-def require_index(indexes: SimilarIndexes, model: ServedModel) -> store.CaseIndex:
-    """The served version's index, or a 409 saying why there is none."""
+def require_index(indexes: SimilarIndexes, model: ServedModel) -> IndexState:
+    """The served version's loaded index, or a 409 saying why there is none."""
     st = indexes.get(model.version)
     if st is None or st.index is None:
         why = st.reason if st is not None else "not looked at yet"
         raise ApiError(409, f"no case index is loaded for version {model.version} of '{model.name}': {why}")
-    return st.index
+    return st
 
 
 def similar_block(indexes: SimilarIndexes, model: ServedModel, embeddings: np.ndarray, k: int,
                   fields: Sequence[str]) -> dict:
-    index = require_index(indexes, model)
-    return {"k": min(k, index.count), "index_cases": index.count, "num_images": int(embeddings.shape[0]),
-            "cases": nearest(index, embeddings, k, fields)}
+    st = require_index(indexes, model)
+    cases = nearest(st, embeddings, k, fields)
+    return {"k": len(cases), "index_cases": st.index.count, "num_images": int(embeddings.shape[0]),
+            "cases": cases}
 
 
 def describe_for_status(indexes: SimilarIndexes | None, version: int) -> dict | None:

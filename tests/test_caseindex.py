@@ -244,3 +244,24 @@ def test_index_on_an_object_store_path():
     fileio.remove(fileio.join(out, store.INDEX_FILE))
     with pytest.raises(store.IndexMissingError):
         store.read_index(out)
+
+
+def clustered(rng, n, d, centres):
+    x = centres[rng.integers(0, len(centres), n)] + rng.normal(scale=0.8, size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_ivf_finds_most_exact_neighbours_and_reports_exact_similarities():
+    pytest.importorskip("faiss")  # the similar-ann extra
+    from tfmicle.caseindex.ann import IvfIndex
+
+    rng = np.random.default_rng(6)
+    centres = rng.normal(size=(50, 32))
+    index, q = clustered(rng, 5000, 32, centres), clustered(rng, 40, 32, centres)
+    rows, sims = IvfIndex(index, nprobe=16).search(q, 10)
+    ref_rows, ref_sims = reference_top_k(index, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, ref_rows)])
+    assert recall >= 0.9, recall
+    exact = np.einsum("qd,qkd->qk", q.astype(np.float64), index[rows].astype(np.float64))
+    np.testing.assert_allclose(sims, exact, atol=1e-5)  # re-scored, not faiss's own numbers
+    assert np.all(np.diff(sims, axis=1) <= 0)

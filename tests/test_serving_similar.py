@@ -217,3 +217,25 @@ def test_similar_fields_are_checked_at_start():
 
     with pytest.raises(ValueError, match="--similar-fields"):
         ServingConfig(model_base_path="x", similar_fields="case_id,secret").validate()
+
+
+def test_a_large_index_is_searched_with_ivf_when_faiss_is_installed(tmp_path, monkeypatch):
+    pytest.importorskip("faiss")  # the similar-ann extra
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.config import ServingConfig
+    from tfmicle.caseindex import ann
+
+    monkeypatch.setattr(ann, "ANN_MIN_CASES", 1)  # "large" = every index here
+    base = tmp_path / "models" / "m"
+    save_mean_colour_model(base / "1", W1, B, labels=LABELS)
+    ref = reference_cases("c", 700)
+    build_for(base / "1", base / "1" / "similar", ref, 1)
+    query = [picture(11)]
+    with TestClient(create_app(ServingConfig(model_base_path=str(base), poll_seconds=0))) as c:
+        assert c.get("/v1/models/m").json()["model_version_status"][0]["similar_index"]["search"] == "ivf"
+        r = c.post("/similar", files=files_of(query), params={"k": 8})
+        assert r.status_code == 200, r.text
+        # 8 cases, a few lists, all scanned: IVF must return exactly the exact answer
+        assert [x["case_id"] for x in r.json()["cases"]] == [cid for cid, _ in numpy_nearest(query, ref, 8)]
