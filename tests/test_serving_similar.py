@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from serving_harness import ServerProcess, encode, random_pixels
+from test_serving_reload import wait_for
 from serving.toy import expected_mean_colour, save_mean_colour_model
 from tfmicle.caseindex import store
 
@@ -84,18 +85,6 @@ def files_of(pixels: list[np.ndarray]) -> list:
 def served(c) -> dict:
     status = c.get("/v1/models/m").json()["model_version_status"]
     return next(s for s in status if s["state"] == "AVAILABLE")
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("timed out")
 
 
 def test_similar_cases_hot_reload_and_stale_indexes(tmp_path):

@@ -180,13 +180,7 @@ def publish(version_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{version_dir} has no {SAVED_MODEL_FILE}: nothing to publish")
     marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": _files(version_dir)}
     path = fileio.join(version_dir, PUBLISHED_FILE)
-    text = json.dumps(marker, indent=1)
-    if not fileio.has_atomic_rename(path):
-        fileio.write_text(path, text)  # an object appears whole when its upload ends
-        return path
-    tmp = fileio.join(version_dir, f".{PUBLISHED_FILE}.tmp")
-    fileio.write_text(tmp, text)
-    fileio.replace(tmp, path)  # the marker itself is never seen half-written
+    fileio.write_marker(path, json.dumps(marker, indent=1))  # never seen half-written
     return path
 
 

@@ -204,13 +204,7 @@ def build_index(out: str | os.PathLike, embeddings: np.ndarray, case_ids: Sequen
             "model_fingerprint": fingerprint, "model_version": model_version,
             "metadata_columns": list(metadata), "classes": sorted(set(labels)),
             "source": source, "files": files}
-    text = json.dumps(info, indent=1)
-    if not fileio.has_atomic_rename(marker):
-        fileio.write_text(marker, text)  # an object appears whole when its upload ends
-        return marker
-    tmp = fileio.join(out, f".{INDEX_FILE}.tmp")
-    fileio.write_text(tmp, text)
-    fileio.replace(tmp, marker)
+    fileio.write_marker(marker, json.dumps(info, indent=1))
     return marker
 
 
