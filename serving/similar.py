@@ -219,9 +219,10 @@ def require_index(indexes: SimilarIndexes, model: ServedModel) -> IndexState:
     return st
 
 
-def similar_block(indexes: SimilarIndexes, model: ServedModel, embeddings: np.ndarray, k: int,
-                  fields: Sequence[str]) -> dict:
-    st = require_index(indexes, model)
+def similar_block(st: IndexState, embeddings: np.ndarray, k: int, fields: Sequence[str]) -> dict:
+    """The ``similar`` part of an answer, from the index taken when the request began (a
+    reload meanwhile does not mix one version's embedding with another's index)."""
+    assert st.index is not None
     cases = nearest(st, embeddings, k, fields)
     return {"k": len(cases), "index_cases": st.index.count, "num_images": int(embeddings.shape[0]),
             "cases": cases}

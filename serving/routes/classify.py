@@ -13,7 +13,6 @@ from starlette.datastructures import UploadFile
 
 from .. import payloads, similar
 from ..errors import ApiError, excerpt
-from ..model import ServedModel
 from ..schemas import ClassifyResponse
 from ..state import SIMILAR_ERRORS, State, get_state, media_type, ref
 
@@ -67,32 +66,32 @@ async def classify(request: Request, top_k: int = Query(5, ge=1, le=1000, descri
                                                     description="add the k most similar reference cases of the "
                                                     "served version's case index (409 without one)"),
                    state: State = Depends(get_state)):
-    if similar_k is not None:  # refuse before reading the body when there is no index
-        similar.require_index(state.similar, state.resolve(state.config.model_name)[0])
+    model = index = None
+    if similar_k is not None:  # the version and its index, taken once; 409 before reading the body
+        model = state.resolve(state.config.model_name)[0]
+        index = similar.require_index(state.similar, model)
     images, filenames = await read_case(request, state)
     if explain:
         body = await _explained(state, images, top_k, filenames)
-        if similar_k is not None:
-            model = state.resolve(state.config.model_name)[0]
+        if model is not None and index is not None:
             _, embeddings = await state.offload(similar.run_outputs, model, images)
-            body["similar"] = await _similar(state, model, embeddings, similar_k)
+            body["similar"] = await _similar(state, index, embeddings, similar_k)
         return JSONResponse(body)
-    if similar_k is not None:
+    if model is not None and index is not None:
         # one model call gives the probabilities and the embedding, so both come from one version
-        model = state.resolve(state.config.model_name)[0]
         probs, embeddings = await state.offload(similar.run_outputs, model, images)
         state.metrics.images.inc(len(images))
         body = payloads.classify_response(model, probs, top_k, filenames)
-        body["similar"] = await _similar(state, model, embeddings, similar_k)
+        body["similar"] = await _similar(state, index, embeddings, similar_k)
         return JSONResponse(body)
     pred = await state.run(images)
     return JSONResponse(payloads.classify_response(pred.model, pred.probabilities, top_k, filenames))
 
 
-async def _similar(state: State, model: ServedModel, embeddings: np.ndarray, k: int) -> dict:
+async def _similar(state: State, index: similar.IndexState, embeddings: np.ndarray, k: int) -> dict:
     """The search, in the pool (exact search over a large index takes a while)."""
     fields = similar.check_fields(state.config.similar_fields)
-    return await state.offload(similar.similar_block, state.similar, model, embeddings, k, fields)
+    return await state.offload(similar.similar_block, index, embeddings, k, fields)
 
 
 async def _explained(state: State, images: list[bytes], top_k: int, filenames: list[str | None] | None) -> dict:

@@ -20,10 +20,10 @@ async def similar_cases(request: Request,
                         k: int = Query(5, ge=1, le=similar.MAX_K, description="reference cases to return"),
                         state: State = Depends(get_state)):
     model = state.resolve(state.config.model_name)[0]
-    similar.require_index(state.similar, model)  # 409 before reading the body
+    index = similar.require_index(state.similar, model)  # 409 before reading the body
     images, _ = await read_case(request, state)
     _, embeddings = await state.offload(similar.run_outputs, model, images)
     state.metrics.images.inc(len(images))
     fields = similar.check_fields(state.config.similar_fields)
-    block = await state.offload(similar.similar_block, state.similar, model, embeddings, k, fields)
+    block = await state.offload(similar.similar_block, index, embeddings, k, fields)
     return JSONResponse({"model_name": model.name, "model_version": model.version, **block})
