@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from serving_harness import ServerProcess, encode, random_pixels
-from test_serving_reload import wait_for
+from test_serving_reload import one_line_error, run_cli, wait_for
 from serving.toy import expected_mean_colour, save_mean_colour_model
 from tfmicle.caseindex import store
 
@@ -201,11 +201,13 @@ def test_one_index_folder_limited_fields_and_a_model_without_an_index(tmp_path):
         assert "no case index at version 1/similar" in r.json()["error"] and str(tmp_path) not in r.text
 
 
-def test_similar_fields_are_checked_at_start():
-    from serving.config import ServingConfig
-
-    with pytest.raises(ValueError, match="--similar-fields"):
-        ServingConfig(model_base_path="x", similar_fields="case_id,secret").validate()
+def test_similar_flags_are_checked_at_start(tmp_path):
+    (tmp_path / "1").mkdir()
+    assert "--similar-index" in run_cli("--help").stdout
+    one_line_error(run_cli("--model-base-path", str(tmp_path), "--similar-fields", "case_id,secret"),
+                   "--similar-fields 'case_id,secret': a comma list of")
+    one_line_error(run_cli("--model-base-path", str(tmp_path), "--similar-index", str(tmp_path / "nothing")),
+                   "is not a folder")
 
 
 def test_a_large_index_is_searched_with_ivf_when_faiss_is_installed(tmp_path, monkeypatch):
