@@ -30,14 +30,13 @@ import numpy as np
 from tfmicle import fileio
 from tfmicle.caseindex import ann, store
 from tfmicle.caseindex.search import cosine_top_k
-from tfmicle.model_format import EMBEDDING_OUTPUT
+from tfmicle.model_format import CASE_INDEX_DIR, EMBEDDING_OUTPUT
 
 from .errors import ApiError
 from .model import ServedModel
 
 log = logging.getLogger(__name__)
 
-IN_VERSION_DIR = "similar"  # MODELS/<name>/<version>/similar/: the default place
 FIELDS = ("case_id", "label", "similarity", "metadata")  # --similar-fields; "metadata.COL" picks one column
 MAX_K = 100
 LOADED, NONE, REFUSED = "loaded", "none", "refused"
@@ -96,7 +95,7 @@ class SimilarIndexes:
 
     def folder_for(self, version: int) -> str:
         if self.index_path is None:
-            return fileio.join(self.base_path, str(version), IN_VERSION_DIR)
+            return fileio.join(self.base_path, str(version), CASE_INDEX_DIR)
         if fileio.isfile(fileio.join(self.index_path, store.INDEX_FILE)):
             return self.index_path
         return fileio.join(self.index_path, str(version))

@@ -265,3 +265,17 @@ def test_ivf_finds_most_exact_neighbours_and_reports_exact_similarities():
     exact = np.einsum("qd,qkd->qk", q.astype(np.float64), index[rows].astype(np.float64))
     np.testing.assert_allclose(sims, exact, atol=1e-5)  # re-scored, not faiss's own numbers
     assert np.all(np.diff(sims, axis=1) <= 0)
+
+
+def test_an_index_inside_a_model_version_is_not_part_of_its_publish_marker(tmp_path):
+    """A rebuilt <version>/similar/ must not turn a published model version into a half copy."""
+    from tfmicle import model_format
+
+    fake_saved_model(tmp_path / "1", b"graph", b"weights")
+    make_index(tmp_path / "1" / "similar")
+    model_format.publish(tmp_path / "1")
+    listed = json.loads((tmp_path / "1" / model_format.PUBLISHED_FILE).read_text())["files"]
+    assert sorted(listed) == ["saved_model.pb", "variables/variables.data-00000-of-00001",
+                              "variables/variables.index"]
+    make_index(tmp_path / "1" / "similar", n=20, seed=3)  # rebuilt: other sizes
+    assert model_format.unpublished_reason(tmp_path / "1") is None
