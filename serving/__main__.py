@@ -21,7 +21,7 @@ def build_parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m serving",
         description="Serve a TF-Serving-style model repository (MODELS/<name>/<version>/saved_model.pb) over HTTP: "
-        "POST /classify, TF Serving REST (/v1), Open Inference Protocol v2 (/v2), GET /metrics, /docs.",
+        "POST /classify, POST /similar, TF Serving REST (/v1), Open Inference Protocol v2 (/v2), GET /metrics, /docs.",
     )
     p.add_argument("--model-base-path", required=True, metavar="DIR",
                    help="folder or URL (gs://...) of integer version sub-folders (TF Serving layout); the highest "
@@ -63,6 +63,13 @@ def build_parser() -> cli.ArgumentParser:
                    help="longest wait for the next piece of a request body, else 408 and close (default: %(default)s)")
     p.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes, metavar="BYTES",
                    help="largest request line + headers, 431 above (default: %(default)s)")
+    p.add_argument("--similar-index", default=None, metavar="DIR",
+                   help="case indexes for POST /similar and /classify?similar=k: a folder (or URL) holding DIR/<version>/ "
+                   "per model version, or one index folder (index.json in it) used for the version that built it "
+                   "(default: each version's own <version>/similar/); an index of another model version is refused")
+    p.add_argument("--similar-fields", default=d.similar_fields, metavar="LIST",
+                   help="what a similar case shows: a comma list of case_id, label, similarity, metadata or "
+                   "metadata.COLUMN, e.g. label,similarity when case ids are sensitive (default: %(default)s)")
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     return p
 
@@ -96,6 +103,7 @@ def serve(args) -> int:
         decode_threads=args.decode_threads, workers=args.workers, keep_alive_timeout_s=args.keep_alive_timeout,
         header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
         max_header_bytes=args.max_header_bytes, log_level=args.log_level,
+        similar_index=args.similar_index, similar_fields=args.similar_fields,
     )
     try:
         config.validate()
@@ -104,6 +112,8 @@ def serve(args) -> int:
     base = config.model_base_path  # a folder or a URL (gs://...): tfmicle.fileio
     if not fileio.isdir(base):
         raise cli.UsageError(f"--model-base-path {base} is not a folder")
+    if config.similar_index is not None and not fileio.isdir(config.similar_index):
+        raise cli.UsageError(f"--similar-index {config.similar_index} is not a folder")
     from tfmicle.model_format import list_versions
 
     if not list_versions(base):

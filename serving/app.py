@@ -33,6 +33,7 @@ from .middleware import GatewayMiddleware
 from .repository import ModelRepository
 from .routes import ROUTERS
 from .schemas import REQUEST_MODELS
+from .similar import SimilarIndexes
 from .state import State
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,28 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
     if repository is None:
         repository = ModelRepository(config.model_base_path, config.model_name, settle_seconds=config.settle_seconds,
                                      require_published=config.require_published)
-    repository.on_load = metrics.on_load
-    repository.on_states = metrics.on_states
+    similar = SimilarIndexes(repository.base_path, config.similar_index)
+
+    def on_load(name: str, version: int, ok: bool) -> None:
+        metrics.on_load(name, version, ok)
+        similar.on_load(version, ok)  # before the swap: the new version comes with its index
+
+    def on_states(name: str, states: list) -> None:
+        metrics.on_states(name, states)
+        current = repository.current
+        similar.sync(current.version if current is not None else None)
+
+    repository.on_load = on_load
+    repository.on_states = on_states
     if repository.current is None:
         repository.load_initial()
     else:
         metrics.on_load(repository.name, repository.current.version, True)
-        metrics.on_states(repository.name, repository.states())
+        on_states(repository.name, repository.states())
     batcher = Batcher(
         lambda: repository.current, config.max_batch_size, config.batch_timeout_ms, config.max_queue_images, metrics
     )
-    state = State(config, repository, metrics, batcher)
+    state = State(config, repository, metrics, batcher, similar)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -75,7 +87,8 @@ def create_app(config: ServingConfig, repository: ModelRepository | None = None)
         title="tfmicle serving",
         version=__version__,
         description=(
-            "Image classification over versioned SavedModels: `/classify`, TF Serving REST (`/v1`), "
+            "Image classification over versioned SavedModels: `/classify`, similar reference cases (`/similar`, "
+            "`/classify?similar=k`), TF Serving REST (`/v1`), "
             "Open Inference Protocol v2 (`/v2`), Prometheus `/metrics`. Errors are JSON `{\"error\": ...}`."
         ),
         lifespan=lifespan,

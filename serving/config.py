@@ -41,6 +41,8 @@ class ServingConfig:
     body_timeout_s: float = 30.0  # longest wait for the next piece of a request body (nginx's idea)
     max_header_bytes: int = 64 * 1024  # request line + headers, 431 above (nginx allows 4 x 8 KiB)
     log_level: str = "info"
+    similar_index: str | None = None  # None: each version's own <version>/similar/ (serving.similar)
+    similar_fields: str = "case_id,label,similarity,metadata"  # what /similar and ?similar=k return
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -69,6 +71,9 @@ class ServingConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        from .similar import check_fields
+
+        check_fields(self.similar_fields)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from tfmicle.model_format import EXPLAIN_SIGNATURE
-from tfmicle.model_load import ContractError, LoadedModel, TensorInfo, load
+from tfmicle.model_load import ContractError, LoadedModel, TensorInfo, encoded_outputs, load
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ class ServedModel:
     def predict(self, images: Sequence[bytes]) -> np.ndarray:
         """Encoded images -> float32 [len(images), K]. Runs the model (blocking)."""
         return self.model.predict(images)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Names of serving_default's outputs (the probabilities, maybe "embedding")."""
+        return tuple(self.model.signature.structured_outputs)
+
+    def predict_outputs(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Encoded images -> {"probabilities": [n, K], "embedding": [n, D] when the
+        model has one}, from one call of the signature (blocking)."""
+        return encoded_outputs(self.model.signature, images)
 
     def explain(self, images: Sequence[bytes]) -> dict[str, np.ndarray]:
         """Grad-CAM of the top class (LoadedModel.explain); RuntimeError without it."""

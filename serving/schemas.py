@@ -57,12 +57,33 @@ class CaseResult(BaseModel):
     top: list[LabelScore] = Field(description="Top-k of the mean of the images' probabilities.")
 
 
+class SimilarCase(BaseModel):
+    rank: int
+    case_id: Optional[str] = Field(default=None, description="Absent when --similar-fields leaves it out.")
+    label: Optional[str] = None
+    similarity: Optional[float] = Field(default=None, description="Cosine of the case embeddings, in [-1, 1].")
+    metadata: Optional[dict[str, str]] = Field(default=None, description="The metadata columns the index kept.")
+
+
+class SimilarBlock(BaseModel):
+    k: int = Field(description="Cases returned: min(k asked, cases in the index).")
+    index_cases: int
+    num_images: int = Field(description="Images of the posted case; their mean L2-normalised embedding is the query.")
+    cases: list[SimilarCase]
+
+
 class ClassifyResponse(BaseModel):
     model_name: str
     model_version: int
     top_k: int
     images: list[ImageResult]
     case: CaseResult
+    similar: Optional[SimilarBlock] = Field(default=None, description="With similar=k only.")
+
+
+class SimilarResponse(SimilarBlock):
+    model_name: str
+    model_version: int
 
 
 # -- TF Serving REST -----------------------------------------------------------
@@ -95,6 +116,8 @@ class ModelVersionStatus(BaseModel):
     version: str
     state: str
     status: VersionStatus
+    similar_index: Optional[dict[str, Any]] = Field(
+        default=None, description="The served version's case index: state loaded / none / refused, the reason, size.")
 
 
 class ModelStatusResponse(BaseModel):

@@ -23,6 +23,7 @@ from .metrics import Metrics
 from .model import ServedModel
 from .repository import ModelRepository
 from .schemas import ErrorResponse
+from .similar import SimilarIndexes
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ SERVER_NAME = "tfmicle-serving"
 PARSE_ERRORS = (ValueError, TypeError, LookupError, ArithmeticError, RecursionError, struct.error)
 JSON_TYPES = {"", "application/json", "text/plain", "application/x-www-form-urlencoded"}  # curl -d sends the last
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 503)}
+SIMILAR_ERRORS = {**ERRORS, 409: {"model": ErrorResponse, "description": "no case index for the served version"}}
 VERSION_SEGMENT = "/versions/{version}"
 
 
@@ -41,6 +43,7 @@ class State:
     repository: ModelRepository
     metrics: Metrics
     batcher: Batcher
+    similar: SimilarIndexes | None = None  # the case index of each loaded version
     pool: ThreadPoolExecutor | None = None
 
     async def offload(self, fn: Callable, *args: Any) -> Any:

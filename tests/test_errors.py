@@ -66,7 +66,9 @@ def test_every_exception_class_is_a_usage_error_or_listed_with_why():
     "tfmicle.score.model.ScoreError", "tfmicle.data.tfds_source.TfdsError",
     "tfmicle.models.simclr_tf1.CheckpointMismatch", "tfmicle.csvfiles.CsvError",
     "tfmicle.fileio.UnsupportedPath", "data_prep.errors.UserError",
-    "data_prep.errors.StrictError", "serving.repository.NoModelError"])
+    "data_prep.errors.StrictError", "serving.repository.NoModelError",
+    "tfmicle.caseindex.store.IndexMismatchError", "tfmicle.caseindex.store.IndexMissingError",
+    "tfmicle.caseindex.store.IndexIncompleteError"])
 def test_each_tools_user_error_exits_2_with_one_line_through_cli_run(dotted, capsys):
     error = load(dotted)
 

@@ -287,6 +287,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def write_marker(path: str | os.PathLike, text: str) -> None:
+    """Writes a marker file (the last write of a published folder) so that no reader
+    sees it half-written: a temporary sibling renamed over it locally, one upload on an
+    object store (an object appears whole when its upload ends)."""
+    if not has_atomic_rename(path):
+        write_text(path, text)
+        return
+    tmp = join(dirname(path), f".{basename(path)}.tmp")
+    write_text(tmp, text)
+    replace(tmp, path)
+
+
 def text_stream(path: str | os.PathLike, encoding: str = "utf-8") -> io.StringIO:
     """The whole file as a StringIO (for csv readers; newlines kept as in the file)."""
     return io.StringIO(read_text(path, encoding), newline="")
@@ -350,5 +362,5 @@ def copy(src: str | os.PathLike, dst: str | os.PathLike, overwrite: bool = True)
 __all__ = ["scheme", "is_url", "has_atomic_rename", "is_process_local", "join", "normpath",
            "basename", "dirname", "abspath", "realpath", "relpath", "isabs", "exists", "isdir",
            "isfile", "listdir", "getsize", "getmtime_ns", "stat_ns", "walk", "glob", "open", "read_bytes",
-           "read_text", "write_bytes", "write_text", "text_stream", "makedirs", "remove",
+           "read_text", "write_bytes", "write_text", "write_marker", "text_stream", "makedirs", "remove",
            "rmtree", "rmdir_if_empty", "replace", "copy"]

@@ -54,6 +54,7 @@ ASSETS_DIR = "assets"
 LABELS_FILE = ASSETS_DIR + "/labels.txt"
 METADATA_FILE = ASSETS_DIR + "/metadata.json"
 PUBLISHED_FILE = "published.json"  # the publish marker, written last
+CASE_INDEX_DIR = "similar"  # <version>/similar/: its case index (tfmicle.caseindex), published by its own marker
 VARIABLES_DIR = "variables"
 VARIABLES_INDEX = "variables.index"
 _SHARD = re.compile(r"variables\.data-(\d{5})-of-(\d{5})")  # TensorFlow's checkpoint shard names
@@ -162,9 +163,12 @@ def resolve_version(path: str) -> tuple[str, int | None]:
 # --------------------------------------------------------------------------- publishing
 
 def _files(version_dir: str | os.PathLike) -> dict[str, int]:
-    """{relative path with '/': size} of every file in the folder but the marker."""
+    """{relative path with '/': size} of every file in the folder but the marker and the
+    case index (it has its own marker, and may be rebuilt while the model stays)."""
     out = {}
-    for root, _dirs, files in fileio.walk(version_dir):
+    for root, dirs, files in fileio.walk(version_dir):
+        if fileio.normpath(root) == fileio.normpath(version_dir) and CASE_INDEX_DIR in dirs:
+            dirs.remove(CASE_INDEX_DIR)
         for f in files:
             p = fileio.join(root, f)
             rel = fileio.relpath(p, version_dir).replace(os.sep, "/")
@@ -181,13 +185,7 @@ def publish(version_dir: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{version_dir} has no {SAVED_MODEL_FILE}: nothing to publish")
     marker = {"format": FORMAT, "format_version": FORMAT_VERSION, "files": _files(version_dir)}
     path = fileio.join(version_dir, PUBLISHED_FILE)
-    text = json.dumps(marker, indent=1)
-    if not fileio.has_atomic_rename(path):
-        fileio.write_text(path, text)  # an object appears whole when its upload ends
-        return path
-    tmp = fileio.join(version_dir, f".{PUBLISHED_FILE}.tmp")
-    fileio.write_text(tmp, text)
-    fileio.replace(tmp, path)  # the marker itself is never seen half-written
+    fileio.write_marker(path, json.dumps(marker, indent=1))  # never seen half-written
     return path
 
 
@@ -303,7 +301,7 @@ def probe_images() -> list[bytes]:
     return out
 
 
-__all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
+__all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "CASE_INDEX_DIR", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "SIGNATURE", "PIXELS_SIGNATURE", "PREPROCESSED_FUNCTION", "IMAGES_INPUT",
            "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_uint",
            "EXPLAIN_SIGNATURE", "CLASSES_INPUT", "HEATMAP_OUTPUT", "EXPLAINED_CLASS_OUTPUT",

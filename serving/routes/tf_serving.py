@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from .. import payloads
 from ..errors import ApiError, excerpt
 from ..schemas import ModelMetadataResponse, ModelStatusResponse, PredictResponse
+from ..similar import describe_for_status
 from ..state import ERRORS, State, Target, get_state, json_body, require_json, requested_version, resolve_model, versioned
 
 router = APIRouter(tags=["TF Serving"])
@@ -25,7 +26,8 @@ def _tf_tensor(t, placeholder: str) -> dict:
     }
 
 
-@versioned(router.get, "/v1/models/{name}{v}", response_model=ModelStatusResponse, responses=ERRORS)
+@versioned(router.get, "/v1/models/{name}{v}", response_model=ModelStatusResponse, responses=ERRORS,
+           response_model_exclude_none=True)
 async def tf_model_status(name: str, request: Request, state: State = Depends(get_state)):
     # Status lists every version the server knows (refused ones too), so it does not
     # resolve to the served model.
@@ -39,7 +41,9 @@ async def tf_model_status(name: str, request: Request, state: State = Depends(ge
             raise ApiError(404, f"version {excerpt(version)} of model '{name}' not found")
     return {"model_version_status": [
         {"version": str(s.version), "state": s.state,
-         "status": {"error_code": "OK" if not s.error else "UNKNOWN", "error_message": s.error}}
+         "status": {"error_code": "OK" if not s.error else "UNKNOWN", "error_message": s.error},
+         # the served version's case index, with why it is not loaded (serving.similar)
+         "similar_index": describe_for_status(state.similar, s.version) if s.state == "AVAILABLE" else None}
         for s in states
     ]}
 
