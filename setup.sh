@@ -18,7 +18,7 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[serve,demo,dev]"
+.venv/bin/python -m pip install -q -e ".[serve,demo,dev,similar-ann]"
 # Apache Beam (data_prep --runner beam) pins protobuf < 7: its own environment.
 [ -x .venv-beam/bin/python ] || "$PY" -m venv .venv-beam
 .venv-beam/bin/python -m pip install -q --upgrade pip

@@ -1,8 +1,6 @@
-"""Small training runs shared by the fine-tuning, export and score tests.
-
-Each run is made once per test session (cached here, in a module every test file
-imports) so the test files can share them without re-training.
-"""
+"""Small training runs shared by the fine-tuning, export and score tests: the recipes.
+conftest.py makes each one once per session as a fixture (mc_records, ml_records,
+pretrained_run, finetuned_run, finetuned_ml_run, exported_model, exported_ml_model)."""
 from __future__ import annotations
 
 import math
@@ -17,29 +15,18 @@ from tfmicle.data import records
 
 CLASSES = ["a", "b", "c"]
 ML_CLASSES = ["Atelectasis", "Edema", "Effusion"]
-_cache: dict = {}
-
-
-def _once(key, make):
-    if key not in _cache:
-        _cache[key] = make()
-    return _cache[key]
-
-
 def multiclass_records(root) -> str:
     """train: 24 cases of 1-3 images; validation: 6 cases of 2; test: 9 cases of 1-2; a
     50 % label subset of train."""
-    def make():
-        d = os.path.join(str(root), "records_mc")
-        write_records(d, "train", synthetic_cases(24, lambda c: 1 + c % 3), CLASSES)
-        write_records(d, "validation", synthetic_cases(6, 2, seed=1), CLASSES)
-        write_records(d, "test", synthetic_cases(9, lambda c: 1 + c % 2, seed=2), CLASSES)
-        path = records.subset_path(d, "train", 0.5)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write("".join(f"case{c:04d}\n" for c in range(0, 24, 2)))
-        return d
-    return _once(("mc", str(root)), make)
+    d = os.path.join(str(root), "records_mc")
+    write_records(d, "train", synthetic_cases(24, lambda c: 1 + c % 3), CLASSES)
+    write_records(d, "validation", synthetic_cases(6, 2, seed=1), CLASSES)
+    write_records(d, "test", synthetic_cases(9, lambda c: 1 + c % 2, seed=2), CLASSES)
+    path = records.subset_path(d, "train", 0.5)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("".join(f"case{c:04d}\n" for c in range(0, 24, 2)))
+    return d
 
 
 def multilabel_cases(n: int, seed: int, size: int = 36) -> list[dict]:
@@ -63,36 +50,31 @@ def multilabel_cases(n: int, seed: int, size: int = 36) -> list[dict]:
 
 
 def multilabel_records(root) -> str:
-    def make():
-        d = os.path.join(str(root), "records_ml")
-        write_records(d, "train", multilabel_cases(24, 0), ML_CLASSES, task="multilabel")
-        write_records(d, "validation", multilabel_cases(10, 1), ML_CLASSES, task="multilabel")
-        write_records(d, "test", multilabel_cases(12, 2), ML_CLASSES, task="multilabel")
-        path = records.subset_path(d, "train", 0.5)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            f.write("".join(f"m{c:04d}\n" for c in range(12)))
-        return d
-    return _once(("ml", str(root)), make)
+    d = os.path.join(str(root), "records_ml")
+    write_records(d, "train", multilabel_cases(24, 0), ML_CLASSES, task="multilabel")
+    write_records(d, "validation", multilabel_cases(10, 1), ML_CLASSES, task="multilabel")
+    write_records(d, "test", multilabel_cases(12, 2), ML_CLASSES, task="multilabel")
+    path = records.subset_path(d, "train", 0.5)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("".join(f"m{c:04d}\n" for c in range(12)))
+    return d
 
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.yaml")
 FT_TINY = os.path.join(os.path.dirname(__file__), "..", "configs", "finetune_tiny.yaml")
 
 
-def pretrained(root) -> str:
+def pretrained(root, d: str) -> str:
     """A 2-step MICLe pretraining run (the foundation's pretrain()) on the multiclass
     records; returns its model dir."""
-    def make():
-        from tfmicle.train.pretrain import pretrain
-        d = multiclass_records(root)
-        model_dir = os.path.join(str(root), "pretrain")
-        cfg = load_config(TINY, [f"data.dir={d}", f"model_dir={model_dir}", "train.batch_size=8",
-                                 "train.train_steps=2", "train.checkpoint_steps=2",
-                                 "train.log_steps=2", "model.global_bn=false"])
-        pretrain(cfg, verbose=0)
-        return model_dir
-    return _once(("pre", str(root)), make)
+    from tfmicle.train.pretrain import pretrain
+    model_dir = os.path.join(str(root), "pretrain")
+    cfg = load_config(TINY, [f"data.dir={d}", f"model_dir={model_dir}", "train.batch_size=8",
+                             "train.train_steps=2", "train.checkpoint_steps=2",
+                             "train.log_steps=2", "model.global_bn=false"])
+    pretrain(cfg, verbose=0)
+    return model_dir
 
 
 class Snapshot(keras.callbacks.Callback):
@@ -111,55 +93,42 @@ def finetune_cfg(root, name: str, overrides: list[str], data_dir: str):
     return load_config(FT_TINY, [f"data.dir={data_dir}", f"model_dir={model_dir}"] + overrides)
 
 
-def finetuned(root) -> dict:
+def finetuned(root, pre: str, data: str) -> dict:
     """Full fine-tuning (fine_tune_after_block -1) from the pretraining checkpoint, 4 steps,
     validation every 2: {"result", "snapshot", "model_dir", "pretrain_dir", "data"}."""
-    def make():
-        from tfmicle.train.finetune import finetune
-        pre = pretrained(root)
-        data = multiclass_records(root)
-        cfg = finetune_cfg(root, "ft_full", [
-            "finetune.init=checkpoint", f"finetune.checkpoint={pre}",
-            "train.train_steps=4", "finetune.eval_every_steps=2", "train.checkpoint_steps=2",
-            "train.log_steps=2", "finetune.best_metric=val_auc"], data)
-        snap = Snapshot()
-        result = finetune(cfg, callbacks=[snap], verbose=0)
-        return {"result": result, "snapshot": snap.weights, "model_dir": cfg.model_dir,
-                "pretrain_dir": pre, "data": data}
-    return _once(("ft", str(root)), make)
+    from tfmicle.train.finetune import finetune
+    cfg = finetune_cfg(root, "ft_full", [
+        "finetune.init=checkpoint", f"finetune.checkpoint={pre}",
+        "train.train_steps=4", "finetune.eval_every_steps=2", "train.checkpoint_steps=2",
+        "train.log_steps=2", "finetune.best_metric=val_auc"], data)
+    snap = Snapshot()
+    result = finetune(cfg, callbacks=[snap], verbose=0)
+    return {"result": result, "snapshot": snap.weights, "model_dir": cfg.model_dir,
+            "pretrain_dir": pre, "data": data}
 
 
-def finetuned_multilabel(root) -> dict:
+def finetuned_multilabel(root, data: str) -> dict:
     """Multi-label fine-tuning from scratch on the 50 % subset with U-Ones; lr 0 so the
     validation metric never improves and early stopping (patience 1) stops at step 4."""
-    def make():
-        from tfmicle.train.finetune import finetune
-        data = multilabel_records(root)
-        cfg = finetune_cfg(root, "ft_ml", [
-            "finetune.init=scratch", "data.label_fraction=0.5", "train.train_steps=10",
-            "finetune.eval_every_steps=2", "train.checkpoint_steps=2", "train.log_steps=2",
-            "train.learning_rate=0.0", "finetune.uncertainty_policy=ones",
-            "finetune.best_metric=val_auc", "finetune.early_stopping_patience=1",
-            "finetune.auc_classes=Atelectasis,Edema", "finetune.zero_init_head=false"], data)
-        result = finetune(cfg, verbose=0)
-        return {"result": result, "model_dir": cfg.model_dir, "data": data, "cfg": cfg}
-    return _once(("ml_ft", str(root)), make)
+    from tfmicle.train.finetune import finetune
+    cfg = finetune_cfg(root, "ft_ml", [
+        "finetune.init=scratch", "data.label_fraction=0.5", "train.train_steps=10",
+        "finetune.eval_every_steps=2", "train.checkpoint_steps=2", "train.log_steps=2",
+        "train.learning_rate=0.0", "finetune.uncertainty_policy=ones",
+        "finetune.best_metric=val_auc", "finetune.early_stopping_patience=1",
+        "finetune.auc_classes=Atelectasis,Edema", "finetune.zero_init_head=false"], data)
+    result = finetune(cfg, verbose=0)
+    return {"result": result, "model_dir": cfg.model_dir, "data": data, "cfg": cfg}
 
 
-def exported(root) -> dict:
+def exported(root, run: dict) -> dict:
     """The multiclass fine-tuned run exported to <root>/models/tiny/1."""
-    def make():
-        from tfmicle.export import export
-        run = finetuned(root)
-        out = export(run["model_dir"], os.path.join(str(root), "models", "tiny"))
-        return {**out, "run": run}
-    return _once(("exp", str(root)), make)
+    from tfmicle.export import export
+    out = export(run["model_dir"], os.path.join(str(root), "models", "tiny"))
+    return {**out, "run": run}
 
 
-def exported_multilabel(root) -> dict:
-    def make():
-        from tfmicle.export import export
-        run = finetuned_multilabel(root)
-        out = export(run["model_dir"], os.path.join(str(root), "models", "cxr"))
-        return {**out, "run": run}
-    return _once(("exp_ml", str(root)), make)
+def exported_multilabel(root, run: dict) -> dict:
+    from tfmicle.export import export
+    out = export(run["model_dir"], os.path.join(str(root), "models", "cxr"))
+    return {**out, "run": run}

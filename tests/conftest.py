@@ -2,9 +2,11 @@
 CPU-only machine; must happen before TensorFlow starts) and small record fixtures."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -89,6 +91,57 @@ def tiny_records(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def root(tmp_path_factory):
+    """The one folder of the session's shared training runs (tests/_finetune_runs.py:
+    records, a pretraining run, fine-tuning runs and their exports, each made once)."""
+    p = tmp_path_factory.getbasetemp() / "ft_runs"
+    p.mkdir(exist_ok=True)
+    return p
+
+
+@pytest.fixture(scope="session")
+def mc_records(root) -> str:
+    import _finetune_runs as runs
+    return runs.multiclass_records(root)
+
+
+@pytest.fixture(scope="session")
+def ml_records(root) -> str:
+    import _finetune_runs as runs
+    return runs.multilabel_records(root)
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(root, mc_records) -> str:
+    import _finetune_runs as runs
+    return runs.pretrained(root, mc_records)
+
+
+@pytest.fixture(scope="session")
+def finetuned_run(root, pretrained_run, mc_records) -> dict:
+    import _finetune_runs as runs
+    return runs.finetuned(root, pretrained_run, mc_records)
+
+
+@pytest.fixture(scope="session")
+def finetuned_ml_run(root, ml_records) -> dict:
+    import _finetune_runs as runs
+    return runs.finetuned_multilabel(root, ml_records)
+
+
+@pytest.fixture(scope="session")
+def exported_model(root, finetuned_run) -> dict:
+    import _finetune_runs as runs
+    return runs.exported(root, finetuned_run)
+
+
+@pytest.fixture(scope="session")
+def exported_ml_model(root, finetuned_ml_run) -> dict:
+    import _finetune_runs as runs
+    return runs.exported_multilabel(root, finetuned_ml_run)
+
+
+@pytest.fixture(scope="session")
 def simclr_r50_checkpoint(tmp_path_factory) -> str:
     """The official-format r50_1x_sk0 checkpoint of ../shared/fixtures/simclrv2_tf1
     (its values rule; about 270 MB in a temp folder), written once per session."""
@@ -112,6 +165,30 @@ def shared_path(*parts: str, module: bool = False) -> str:
             pytest.fail(msg, pytrace=False)
         pytest.skip(msg, allow_module_level=module)
     return path
+
+
+def run_main(main, argv, capsys) -> tuple[int, str, str]:
+    """A CLI's main(argv) in this process, as `python -m` would run it: (exit status,
+    stdout, stderr). The CLI error cases use it; one --help per CLI stays a subprocess."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return int(code or 0), out, err
+
+
+def import_or_skip(module: str, extra: str):
+    """pytest.importorskip, except under CI (CI=true), where setup.sh installs every extra
+    and a missing one is a failure, never a silent skip."""
+    try:
+        return __import__(module)
+    except ImportError:
+        msg = f"needs {module} (pip install -e '.[{extra}]')"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")
@@ -154,3 +231,106 @@ def ham_slice(tmp_path_factory) -> str:
         w.writerows(p for p in pairs if p["lesion_id"] in keep)
     return str(out)
 
+
+
+# ----------------------------------------------------------------- the fast test loop
+# `pytest -m "not slow"` is the edit-test loop: it must stay quick. So every test that
+# starts a process, a server or Beam carries its marker (each implies slow), and an
+# unmarked test may neither start a process nor run longer than UNMARKED_BUDGET_S
+# (TFMICLE_TEST_BUDGET_S overrides it; 0 turns the time check off, e.g. on a loaded
+# machine): such a test fails with the marker to add.
+PROCESS_MARKERS = ("subprocess", "server", "beam")
+# one-line commands libraries run for themselves (matplotlib's font cache, platform's
+# CPU name): not the processes the rule is about
+LIBRARY_HELPERS = {"fc-list", "uname", "ldconfig", "nvidia-smi", "lscpu"}
+UNMARKED_BUDGET_S = float(os.environ.get("TFMICLE_TEST_BUDGET_S", "3"))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(m) for m in PROCESS_MARKERS) and \
+                not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
+def _unmarked(item) -> bool:
+    return not any(item.get_closest_marker(m) for m in ("slow",) + PROCESS_MARKERS)
+
+
+class _SpawnRefused(BaseException):
+    """Raised (not an Exception, so no `except Exception` in the code under test hides
+    it) when an unmarked test starts a process."""
+
+
+@contextlib.contextmanager
+def _no_processes(item):
+    """Within the block, starting a process (subprocess, multiprocessing) raises
+    _SpawnRefused, except the LIBRARY_HELPERS commands."""
+    import multiprocessing.process
+    import subprocess
+    saved = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+
+    def refuse(*_a, **_k):
+        raise _SpawnRefused(f"{item.nodeid} starts a process: mark it "
+                            "@pytest.mark.subprocess (or server / beam)")
+
+    def popen(self, args, *a, **k):
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else args[0]
+        if os.path.basename(str(program).split()[0]) not in LIBRARY_HELPERS:
+            refuse()
+        saved[0](self, args, *a, **k)
+    subprocess.Popen.__init__ = popen
+    multiprocessing.process.BaseProcess.start = refuse
+    try:
+        yield
+    finally:
+        subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start = saved
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    if not _unmarked(item):   # a fixture of an unmarked test must not start one either
+        yield
+        return
+    with _no_processes(item):
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    if not _unmarked(item):
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        with _no_processes(item):
+            yield
+    finally:
+        item.user_properties.append(("call_seconds", time.perf_counter() - t0))
+
+
+ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# the one kind of skip CI accepts: a test of what happens when something is absent,
+# on a machine where it is present (its twin test runs instead)
+PRESENT_HERE = "installed here"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if ON_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if PRESENT_HERE not in reason:   # .ci/run installs everything: a skip is a gap
+            report.outcome = "failed"
+            report.longrepr = f"skipped under CI ({reason}): CI must run every test"
+            return
+    if call.when != "call" or not report.passed or not _unmarked(item) or \
+            UNMARKED_BUDGET_S <= 0:
+        return
+    seconds = dict(item.user_properties).get("call_seconds", 0.0)
+    if seconds > UNMARKED_BUDGET_S:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {seconds:.1f} s, over the "
+                           f"{UNMARKED_BUDGET_S:g} s an unmarked test may take: make it "
+                           "smaller or mark it @pytest.mark.slow")

@@ -8,11 +8,13 @@ import re
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.subprocess
 def test_machine_line_names_cpu_cores_tensorflow_and_date():
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "machine.py")],
                        capture_output=True, text=True, timeout=120)

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import import_or_skip
 from tfmicle import cli, fileio
 from tfmicle.caseindex import store
 from tfmicle.caseindex.search import cosine_top_k
@@ -252,7 +253,7 @@ def clustered(rng, n, d, centres):
 
 
 def test_ivf_finds_most_exact_neighbours_and_reports_exact_similarities():
-    pytest.importorskip("faiss")  # the similar-ann extra
+    import_or_skip("faiss", "similar-ann")
     from tfmicle.caseindex.ann import IvfIndex
 
     rng = np.random.default_rng(6)

@@ -52,6 +52,7 @@ def test_probe_ignores_unlabeled_examples():
     np.testing.assert_allclose(float(ploss), expected, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_runner_stops_on_nan_loss(tmp_path):
     m = _model(num_classes=0)
     m.compile(optimizer=keras.optimizers.SGD(1e30))

@@ -428,6 +428,7 @@ def test_folders_classes_unlabeled_and_case_regex(tmp_path):
     assert len(got["Pb1_visit1"][1].images) == 2
 
 
+@pytest.mark.subprocess
 def test_parallel_workers_write_the_same_shards_as_one_process(tmp_path):
     rows, _, _ = make_ham10000(tmp_path / "ham", broken=False)
     run("ham10000", tmp_path / "ham", tmp_path / "o1", workers=1, shard_mb=0.004)
@@ -545,6 +546,7 @@ def test_cli_user_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, needle):
     assert "Traceback" not in err[0]
 
 
+@pytest.mark.subprocess
 def test_python_m_help_and_error_in_a_subprocess(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))] + sys.path))

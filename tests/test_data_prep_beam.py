@@ -70,6 +70,7 @@ def _content(out):
     return info, got, skipped, subsets
 
 
+@pytest.mark.beam
 def test_beam_and_local_runners_write_the_same_cases(tmp_path):
     manifest = _dataset(tmp_path)
     opts = FormatOptions(columns=CsvColumns(image="path", case="case", patient="patient",

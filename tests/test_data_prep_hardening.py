@@ -204,6 +204,7 @@ def test_exif_orientation_is_applied_and_dropped(tmp_path):
 
 # ------------------------------------------------------------ 5. deterministic output
 
+@pytest.mark.subprocess
 def test_two_processes_write_byte_identical_shards(tmp_path):
     make_ham10000(tmp_path / "ham", broken=False)
     outs = []

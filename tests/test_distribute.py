@@ -39,6 +39,7 @@ def _one_step(strategy, global_bn, init_weights, optimizer_fn):
     return hist.history, [np.array(w) for w in m.get_weights()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer_fn", [
     lambda: keras.optimizers.SGD(0.5),
     lambda: LARS(2.0, weight_decay=1e-3),
@@ -59,6 +60,7 @@ def test_two_replicas_match_one_device(optimizer_fn):
     assert changed > len(init) // 2  # the step really moved the weights (and BN stats)
 
 
+@pytest.mark.slow
 def test_per_replica_batch_norm_differs_from_global():
     """The same comparison without synchronized BN gives different weights: shows the
     equality above depends on global BN (and that the check can fail)."""

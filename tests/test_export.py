@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import _finetune_runs as runs
 from tfmicle import export as ex
 from tfmicle import model_format as mf
 from tfmicle.config import config_hash, load_config
@@ -23,13 +22,6 @@ pytestmark = pytest.mark.slow  # every test here needs a fine-tuned run
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    p = tmp_path_factory.getbasetemp() / "ft_runs"
-    p.mkdir(exist_ok=True)
-    return p
-
-
 def sample_images():
     rng = np.random.default_rng(11)
     arrays = [rng.integers(0, 256, s, dtype=np.uint8) for s in
@@ -39,8 +31,8 @@ def sample_images():
     return encoded
 
 
-def test_export_round_trip_matches_keras(root):
-    out = runs.exported(root)
+def test_export_round_trip_matches_keras(exported_model):
+    out = exported_model
     run = out["run"]
     path = out["path"]
     assert out["version"] == 1 and path.endswith(os.path.join("tiny", "1"))
@@ -64,8 +56,8 @@ def test_export_round_trip_matches_keras(root):
     np.testing.assert_allclose(pre["probabilities"].numpy(), want, atol=1e-4)
 
 
-def test_labels_and_metadata(root):
-    out = runs.exported(root)
+def test_labels_and_metadata(exported_model):
+    out = exported_model
     run = out["run"]
     info = json.load(open(os.path.join(run["data"], "dataset.json")))
     labels = Path(out["path"], "assets", "labels.txt").read_text().splitlines()
@@ -87,10 +79,10 @@ def test_output_versions():
         ex.resolve_out("/m/derm/0")
 
 
-def test_serving_package_loads_the_export(root):
+def test_serving_package_loads_the_export(exported_model):
     """The serving package's own contract check and smoke test accept the export."""
     from serving.model import load_version
-    out = runs.exported(root)
+    out = exported_model
     served = load_version(Path(out["path"]), "tiny", 1)
     assert served.labels == ["a", "b", "c"] and served.input.name == "images"
     images = sample_images()
@@ -99,8 +91,8 @@ def test_serving_package_loads_the_export(root):
     np.testing.assert_allclose(served.predict(images), direct, atol=1e-6)
 
 
-def test_cli_export_next_version_and_saved_model_cli(root, capsys):
-    run = runs.finetuned(root)
+def test_cli_export_next_version_and_saved_model_cli(root, capsys, finetuned_run):
+    run = finetuned_run
     base = root / "models_cli" / "derm"
     (base / "3").mkdir(parents=True)  # a taken number, even without a model in it
     rc = ex.main(["--model-dir", run["model_dir"], "--out", str(base), "--checkpoint", "latest",
@@ -126,8 +118,8 @@ def test_cli_export_next_version_and_saved_model_cli(root, capsys):
     assert "outputs['probabilities']" in text and "outputs['embedding']" in text
 
 
-def test_cli_usage_errors_are_one_line(root, capsys):
-    pre = runs.pretrained(root)
+def test_cli_usage_errors_are_one_line(root, capsys, pretrained_run):
+    pre = pretrained_run
     rc = ex.main(["--model-dir", pre, "--out", str(root / "models_err" / "x")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a fine-tuning run" in err[0]

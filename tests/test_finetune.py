@@ -20,13 +20,6 @@ from tfmicle.models.resnet import ResNetSpec, stage_of
 from tfmicle.build import contrastive_model as build_contrastive_model
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    p = tmp_path_factory.getbasetemp() / "ft_runs"
-    p.mkdir(exist_ok=True)
-    return p
-
-
 def np_multilabel_loss(targets, logits, policy):
     """Reference: mean binary cross-entropy over the entries that count."""
     total, n = 0.0, 0
@@ -89,6 +82,7 @@ def test_model_training_loss_is_the_numpy_loss():
     assert got != pytest.approx(np_multilabel_loss(TARGETS, logits, "ignore"), rel=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["lars", "momentum"])
 def test_weight_decay_term_under_lars_is_the_heads_kernel_only(optimizer):
     """SimCLR's add_weight_decay: LARS decays the encoder itself and excludes the head,
@@ -154,8 +148,8 @@ def _pretrained_encoder(pretrain_dir):
 
 
 @pytest.mark.slow
-def test_finetune_starts_from_pretrained_encoder_and_trains(root):
-    run = runs.finetuned(root)
+def test_finetune_starts_from_pretrained_encoder_and_trains(finetuned_run):
+    run = finetuned_run
     want = _pretrained_encoder(run["pretrain_dir"])
     got = run["snapshot"]
     assert set(got) == set(want) and len(want) > 20
@@ -180,12 +174,12 @@ def test_finetune_starts_from_pretrained_encoder_and_trains(root):
 
 
 @pytest.mark.slow
-def test_linear_eval_leaves_encoder_unchanged(root):
-    pre = runs.pretrained(root)
+def test_linear_eval_leaves_encoder_unchanged(root, mc_records, pretrained_run):
+    pre = pretrained_run
     cfg = runs.finetune_cfg(root, "ft_linear", [
         "finetune.init=checkpoint", f"finetune.checkpoint={pre}",
         "finetune.fine_tune_after_block=4", "train.train_steps=3", "data.eval_split=",
-        "train.learning_rate=0.5"], runs.multiclass_records(root))
+        "train.learning_rate=0.5"], mc_records)
     result = finetune(cfg, verbose=0)
     assert result["end_step"] == 3 and result["best_checkpoint"] is None
     model, *_ = load_classifier(cfg.model_dir, "auto")
@@ -196,8 +190,8 @@ def test_linear_eval_leaves_encoder_unchanged(root):
 
 
 @pytest.mark.slow
-def test_multilabel_label_fraction_early_stopping_and_resume(root):
-    run = runs.finetuned_multilabel(root)
+def test_multilabel_label_fraction_early_stopping_and_resume(finetuned_ml_run):
+    run = finetuned_ml_run
     res = run["result"]
     # Subset of 12 cases: 1-2 images each, case 7 has no targets (dropped).
     assert res["train_cases"] == 11
@@ -208,8 +202,8 @@ def test_multilabel_label_fraction_early_stopping_and_resume(root):
     assert again["end_step"] == 4 and again["start_step"] == 4
 
 
-def test_config_errors_are_one_line(root):
-    data = runs.multiclass_records(root)
+def test_config_errors_are_one_line(root, mc_records):
+    data = mc_records
     cases = [
         (["finetune.auc_classes=a,zzz"], "unknown class 'zzz'"),
         (["finetune.init=checkpoint"], "finetune.checkpoint is not set"),

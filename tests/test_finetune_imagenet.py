@@ -16,13 +16,6 @@ from tfmicle.models.classifier import (IMAGENET_ENCODER, build_imagenet_encoder,
                                        freeze_encoder)
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    p = tmp_path_factory.getbasetemp() / "ft_runs"
-    p.mkdir(exist_ok=True)
-    return p
-
-
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     """A ResNet50 (no top) weights file in the legacy HDF5 layout of the file Keras
@@ -77,13 +70,13 @@ def test_freezing_by_stage_on_the_imagenet_encoder():
 
 
 @pytest.mark.slow
-def test_linear_eval_from_imagenet_weights_trains_the_head_only(root, weights_file):
+def test_linear_eval_from_imagenet_weights_trains_the_head_only(root, weights_file, mc_records):
     path, want = weights_file
     cfg = runs.finetune_cfg(root, "ft_imagenet", [
         "finetune.init=imagenet", f"finetune.imagenet_weights={path}", "model.depth=50",
         "model.width_multiplier=1", "finetune.fine_tune_after_block=4", "train.train_steps=2",
         "train.batch_size=4", "train.checkpoint_steps=2", "train.log_steps=2",
-        "data.eval_split=", "train.learning_rate=0.5"], runs.multiclass_records(root))
+        "data.eval_split=", "train.learning_rate=0.5"], mc_records)
     result = finetune(cfg, verbose=0)
     assert result["end_step"] == 2
     # Rebuilt from the run (random ResNet50, then the checkpoint), as export does.
@@ -97,9 +90,9 @@ def test_linear_eval_from_imagenet_weights_trains_the_head_only(root, weights_fi
     assert np.abs(model.head.kernel.numpy()).sum() > 0
 
 
-def test_missing_weights_file_is_a_clear_error(root):
+def test_missing_weights_file_is_a_clear_error(root, mc_records):
     cfg = runs.finetune_cfg(root, "ft_imagenet_missing", [
         "finetune.init=imagenet", "finetune.imagenet_weights=/nowhere/w.h5", "model.depth=50",
-        "model.width_multiplier=1"], runs.multiclass_records(root))
+        "model.width_multiplier=1"], mc_records)
     with pytest.raises(FileNotFoundError, match="/nowhere/w.h5 not found"):
         finetune(cfg, verbose=0)

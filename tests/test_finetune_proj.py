@@ -16,13 +16,6 @@ from tfmicle.config import ConfigError, load_config
 pytestmark = pytest.mark.slow  # a pretraining run, a fine-tuning run and an export
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    p = tmp_path_factory.getbasetemp() / "ft_runs"  # shared with the other fine-tuning tests
-    p.mkdir(exist_ok=True)
-    return p
-
-
 class _Start(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.proj = {v.path: v.numpy().copy() for v in self.model.projection.weights}
@@ -41,12 +34,12 @@ def _pretrained_head(pretrain_dir: str) -> dict[str, np.ndarray]:
             "mean": bn.moving_mean.numpy(), "var": bn.moving_variance.numpy()}
 
 
-def test_classifier_on_the_first_projection_layer(root, capsys):
+def test_classifier_on_the_first_projection_layer(root, capsys, mc_records, pretrained_run):
     from tfmicle import export as ex
     from tfmicle.rundir import load_classifier
     from tfmicle.train.finetune import finetune
-    pre = runs.pretrained(root)  # tiny.yaml: a 2-layer head of width 128, out 32
-    data = runs.multiclass_records(root)
+    pre = pretrained_run  # tiny.yaml: a 2-layer head of width 128, out 32
+    data = mc_records
     cfg = runs.finetune_cfg(root, "ft_proj", [
         "finetune.init=checkpoint", f"finetune.checkpoint={pre}", "finetune.proj_layers=1",
         "model.num_proj_layers=2", "model.proj_out_dim=32", "finetune.fine_tune_after_block=4",
@@ -82,11 +75,11 @@ def test_classifier_on_the_first_projection_layer(root, capsys):
     np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), atol=1e-5)
 
 
-def test_proj_layers_out_of_range_is_one_line(root):
+def test_proj_layers_out_of_range_is_one_line(root, mc_records):
     from tfmicle.train.finetune import finetune
     cfg = runs.finetune_cfg(root, "ft_proj_bad", [
         "finetune.init=checkpoint", f"finetune.checkpoint={root}/pretrain",
-        "finetune.proj_layers=4", "model.num_proj_layers=2"], runs.multiclass_records(root))
+        "finetune.proj_layers=4", "model.num_proj_layers=2"], mc_records)
     with pytest.raises(ConfigError,
                        match=r"finetune.proj_layers must be 0..model.num_proj_layers \(2\), got 4"):
         finetune(cfg, verbose=0)

@@ -130,6 +130,7 @@ def test_micle_pick_without_pairs_is_the_old_draw():
             assert int(j) == (int(i0) + int(off)) % n if n >= 2 else int(j) == int(i0)
 
 
+@pytest.mark.slow
 def test_micle_batches_hold_no_same_lesion_negative(ham_records):
     from tfmicle.data.pipeline import PipelineConfig, micle_pairs
     cfg = PipelineConfig(ham_records, "train", batch_size=16, image_size=32, seed=3)
@@ -172,6 +173,7 @@ def test_shards_mix_a_label_sorted_manifest(tmp_path, caplog):
     assert ((means > 0) & (means < 1)).mean() >= 0.75, means
 
 
+@pytest.mark.slow
 def test_supervised_order_is_per_epoch_and_resumes(tiny_records):
     """Each epoch of the fine-tuning stream holds every labeled image once (a seeded
     permutation), and a stream started at step k equals the uninterrupted one from k."""

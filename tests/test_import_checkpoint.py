@@ -189,6 +189,7 @@ def _run_state(run_dir: str) -> dict[str, np.ndarray]:
                         cfg.model.num_proj_layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sk,ema", [(False, False), (True, True)])
 def test_import_writes_a_run_with_exactly_the_checkpoint_values(tmp_path, capsys, sk, ema):
     prefix, state = _tiny_checkpoint(tmp_path / "src", sk=sk, ema=ema)
@@ -216,6 +217,7 @@ def test_import_writes_a_run_with_exactly_the_checkpoint_values(tmp_path, capsys
     assert rc == 2 and "several checkpoints in" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_import_into_a_ram_run_folder(tmp_path, capsys, monkeypatch):
     """--out on an object store (ram://): the run folder lands there whole (copied back
     to disk file by file, it reads back with the checkpoint's values), nothing is
@@ -270,6 +272,7 @@ def test_mismatches_exit_2_naming_the_variables(tmp_path, capsys, edit, argv, me
 
 # --------------------------------------------------------------------------- continued pretraining
 
+@pytest.mark.slow
 def test_continued_pretraining_refuses_another_architecture(tmp_path, capsys):
     from tfmicle.train.cli import main as train_main
     prefix, _ = _tiny_checkpoint(tmp_path / "src")

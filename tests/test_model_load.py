@@ -19,6 +19,7 @@ W = np.eye(3, 4, dtype=np.float32) * 4  # the mean-colour model of serving.toy, 
 B = np.zeros(4, np.float32)
 
 
+@pytest.mark.subprocess
 def test_importing_the_loader_imports_no_tensorflow():
     code = ("import sys, tfmicle.model_load, serving.model, tfmicle.score.model; "
             "print('tensorflow' in sys.modules)")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import synthetic_cases, write_records
+from conftest import run_main, synthetic_cases, write_records
 from tfmicle.distribute import StrategyError, tf_config_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,7 +94,7 @@ def _assert_same(a: dict, b: dict, atol: float = 1e-4) -> None:
         np.testing.assert_allclose(a[k], b[k], atol=atol, err_msg=k)
 
 
-@pytest.mark.slow
+@pytest.mark.subprocess
 def test_two_workers_train_like_two_replicas_and_resume(tmp_path):
     data = write_records(str(tmp_path / "rec"), "train",
                          synthetic_cases(20, lambda c: 1 + c % 3, size=32), ["a", "b", "c"])
@@ -154,21 +154,21 @@ def test_two_workers_train_like_two_replicas_and_resume(tmp_path):
     ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
      "TF_CONFIG task.index 3 is not one of the 1 worker addresses"),
 ])
-def test_bad_tf_config_exits_2_with_one_line(tmp_path, tf_config, expect):
+def test_bad_tf_config_exits_2_with_one_line(tmp_path, tf_config, expect, monkeypatch,
+                                            capsys):
+    from tfmicle.train.cli import main
     data = write_records(str(tmp_path / "rec"), "train", synthetic_cases(4, 1, size=32),
                          ["a", "b", "c"])
-    env = dict(os.environ)
-    env.pop("TF_CONFIG", None)
+    monkeypatch.delenv("TF_CONFIG", raising=False)
     if tf_config is not None:
-        env["TF_CONFIG"] = tf_config
-    r = subprocess.run([sys.executable, "-m", "tfmicle.train", "--config", TINY,
-                        "--model-dir", str(tmp_path / "m"), "--strategy", "multiworker",
-                        "--set", "data.dir=" + data], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=TIMEOUT)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and expect in errors[0], r.stderr
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    code, _, err = run_main(main, ["--config", TINY, "--model-dir", tmp_path / "m",
+                                   "--strategy", "multiworker", "--set", "data.dir=" + data],
+                            capsys)
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expect in errors[0], err
     assert not (tmp_path / "m").exists()  # nothing written before the strategy exists
 
 

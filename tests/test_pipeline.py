@@ -87,6 +87,7 @@ def test_simclr_pairs_views_come_from_one_image_and_cover_all(id_records, unit, 
     assert seen == set(owner)
 
 
+@pytest.mark.slow
 def test_pipelines_are_reproducible_from_their_seed(tiny_records):
     aug = preset("simclr")
 
@@ -229,6 +230,7 @@ def _pairs(cases):
     return sum(n * (n - 1) // 2 for n in counts.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["micle", "simclr"])
 def test_pair_batches_never_hold_two_examples_of_one_case(many_cases, method):
     from tfmicle.data.pipeline import pretrain_dataset
@@ -256,6 +258,7 @@ def test_image_level_simclr_does_have_same_case_pairs(many_cases):
     assert total > 0
 
 
+@pytest.mark.slow
 def test_micle_epochs_are_fresh_seeded_permutations(many_cases):
     d, owner = many_cases
 
@@ -273,6 +276,7 @@ def test_micle_epochs_are_fresh_seeded_permutations(many_cases):
     assert a != epochs(1, 6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["micle", "simclr"])
 def test_resumed_stream_continues_where_it_stopped(tiny_records, method):
     """Batches from start_step k equal batches k, k+1, ... of the uninterrupted stream,

@@ -19,6 +19,7 @@ def _weights(model_dir: str, cfg) -> list[np.ndarray]:
     return [w.numpy() for w in load_encoder(cfg, model_dir).weights]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["micle", "simclr"])
 def test_resumed_run_equals_the_uninterrupted_run(tmp_path, method):
     from tfmicle.train.pretrain import pretrain

@@ -18,6 +18,7 @@ def test_parameter_counts_match_torchvision_resnets_without_fc(depth, expected):
     assert n_trainable(build_resnet(ResNetSpec(depth=depth, image_size=224))) == expected
 
 
+@pytest.mark.slow
 def test_resnet50_2x_sk_has_simclrv2s_140m_parameters():
     m = build_resnet(ResNetSpec(depth=50, width_multiplier=2, sk_ratio=0.0625, image_size=224))
     assert 139e6 < n_trainable(m) < 141e6  # SimCLRv2 Table 1: R50 (2x+SK) 140M

@@ -21,13 +21,6 @@ from tfmicle.data import records
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    p = tmp_path_factory.getbasetemp() / "ft_runs"
-    p.mkdir(exist_ok=True)
-    return p
-
-
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -38,8 +31,8 @@ def probs_of(rows, classes):
 
 
 @pytest.mark.slow
-def test_records_metrics_equal_sklearn_on_written_predictions(root, tmp_path):
-    exp = runs.exported(root)
+def test_records_metrics_equal_sklearn_on_written_predictions(tmp_path, exported_model):
+    exp = exported_model
     data = exp["run"]["data"]
     out = tmp_path / "scored"
     result = sc.score(str(Path(exp["path"]).parent), data, str(out),
@@ -103,8 +96,8 @@ def _image_folder(d: Path):
 
 
 @pytest.mark.slow
-def test_cli_folder_with_corrupt_image_compared_with_records(root, tmp_path, capsys):
-    exp = runs.exported(root)
+def test_cli_folder_with_corrupt_image_compared_with_records(tmp_path, capsys, exported_model):
+    exp = exported_model
     folder = tmp_path / "imgs"
     _image_folder(folder)
     out = tmp_path / "out"
@@ -130,8 +123,8 @@ def test_cli_folder_with_corrupt_image_compared_with_records(root, tmp_path, cap
 
 
 @pytest.mark.slow
-def test_csv_manifest_missing_file_and_user_errors(root, tmp_path, capsys):
-    exp = runs.exported(root)
+def test_csv_manifest_missing_file_and_user_errors(tmp_path, capsys, exported_model):
+    exp = exported_model
     folder = tmp_path / "imgs"
     _image_folder(folder)
     manifest = tmp_path / "m.csv"
@@ -161,8 +154,8 @@ def test_csv_manifest_missing_file_and_user_errors(root, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_multilabel_records_metrics_use_definite_labels(root, tmp_path):
-    exp = runs.exported_multilabel(root)
+def test_multilabel_records_metrics_use_definite_labels(tmp_path, exported_ml_model):
+    exp = exported_ml_model
     out = tmp_path / "ml"
     sc.score(exp["path"], exp["run"]["data"], str(out), sc.ScoreOptions(
         split="test", replicates=0, auc_classes=["Atelectasis", "Edema"]))
@@ -217,6 +210,7 @@ def test_model_without_scoring_function_goes_through_serving_default(tmp_path):
     assert model_dir.name == "1"
 
 
+@pytest.mark.slow
 def test_folder_of_dicom_and_tiff_scores_as_data_prep_reads_it(tmp_path):
     """score accepts what data_prep accepts: .dcm (and .tif) files go through
     data_prep's reader. Pixel values span 0..255, so data_prep's 8-bit scaling is the
@@ -290,6 +284,7 @@ def test_scoring_nothing_exits_2_with_the_cause(tmp_path, capsys, caplog):
     assert len(err) == 1 and "none of its 2 images could be read or decoded" in err[0], err
 
 
+@pytest.mark.subprocess
 def test_cli_progress_in_a_pipe_is_plain_lines(tmp_path):
     """stderr to a pipe: no tqdm bar (\r, ANSI codes), plain lines with the rate and ETA."""
     import subprocess
@@ -339,9 +334,9 @@ def test_help_and_bad_flag(capsys):
 
 
 @pytest.mark.slow
-def test_corrupt_image_inside_records_is_listed_and_rows_stay_aligned(root, tmp_path):
+def test_corrupt_image_inside_records_is_listed_and_rows_stay_aligned(tmp_path, exported_model):
     from conftest import synthetic_cases, write_records
-    exp = runs.exported(root)
+    exp = exported_model
     cases = synthetic_cases(5, 2, seed=3)
     cases[2]["images"][1] = b"\xff\xd8\xff truncated jpeg"
     d = write_records(str(tmp_path / "rec"), "test", cases, ["a", "b", "c"])

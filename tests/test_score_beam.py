@@ -15,12 +15,11 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import beam_python, png_bytes, synthetic_cases, write_records
+from conftest import beam_python, png_bytes, run_main, synthetic_cases, write_records
 from tfmicle import score as sc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -187,13 +186,10 @@ def test_gathered_rows_become_the_local_predictions(tmp_path):
 
 @pytest.mark.slow
 @needs_beam
-def test_beam_scores_records_and_manifest_like_local(tmp_path_factory, tmp_path):
-    import _finetune_runs as runs
+def test_beam_scores_records_and_manifest_like_local(tmp_path, exported_model):
     from tfmicle.score.subgroups import Subgroups, parse_subgroups
-    # the exported tiny ResNet of test_score.py (same folder, so one run serves both)
-    root = tmp_path_factory.getbasetemp() / "ft_runs"
-    root.mkdir(exist_ok=True)
-    model = str(os.path.dirname(runs.exported(root)["path"]))
+    # the exported tiny ResNet of test_score.py (a session fixture: one run serves both)
+    model = str(os.path.dirname(exported_model["path"]))
     data = _records(str(tmp_path / "rec"))
     manifest = _manifest(tmp_path / "csv")
     local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
@@ -286,14 +282,12 @@ def test_beam_serving_default_model_matches_numpy_reference(tmp_path):
 
 
 @pytest.mark.skipif(_has_apache_beam(), reason="apache_beam is installed here")
-def test_runner_beam_without_apache_beam_is_a_one_line_usage_error(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tfmicle.score", "--runner", "beam", "--model",
-                        str(tmp_path / "m"), "--data", str(tmp_path), "--out",
-                        str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 2
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and "pip install 'tfmicle[beam]'" in err[0], r.stderr
+def test_runner_beam_without_apache_beam_is_a_one_line_usage_error(tmp_path, capsys):
+    code, _, err = run_main(sc.main, ["--runner", "beam", "--model", tmp_path / "m", "--data",
+                                      tmp_path, "--out", tmp_path / "o"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'tfmicle[beam]'" in lines[0], err
 
 
 def test_beam_args_without_runner_beam_is_a_usage_error(tmp_path, capsys):

@@ -17,19 +17,10 @@ httpx = pytest.importorskip("httpx")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def root(tmp_path_factory):
-    # The same folder as tests/test_export.py, so one session trains the tiny run once.
-    p = tmp_path_factory.getbasetemp() / "ft_runs"
-    p.mkdir(exist_ok=True)
-    return p
-
-
-def test_server_serves_the_tfmicle_export(root):
-    runs = pytest.importorskip("_finetune_runs")
+def test_server_serves_the_tfmicle_export(exported_model):
     import tensorflow as tf
 
-    out = runs.exported(root)
+    out = exported_model
     version_dir = Path(out["path"])
     rng = np.random.default_rng(5)
     images = [encode(random_pixels(rng, 40, 52)), encode(random_pixels(rng, 64, 64), "JPEG"),

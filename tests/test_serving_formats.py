@@ -189,6 +189,7 @@ def test_exif_orientation_is_applied_and_a_broken_file_is_400():
     assert e.value.status == 400 and "truncated or corrupt TIFF" in e.value.message
 
 
+@pytest.mark.slow
 def test_a_real_chest_radiograph_scores_the_same_served_and_batch_scored(client, model_base, tmp_path):
     """pydicom-data's CR (MONOCHROME1, VOI window): the probabilities /classify returns
     are the ones tfmicle.score writes for the same file."""

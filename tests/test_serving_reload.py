@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import run_main
 from serving_harness import REPO_ROOT, ServerProcess, encode, random_pixels
 from serving.toy import expected_mean_colour, save_cnn_model, save_mean_colour_model
 from tfmicle.model_format import PUBLISHED_FILE, publish
@@ -174,6 +175,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           env=env, cwd=str(REPO_ROOT))
 
 
+@pytest.mark.subprocess
 def test_cli_help():
     r = run_cli("--help")
     assert r.returncode == 0
@@ -189,14 +191,24 @@ def one_line_error(r: subprocess.CompletedProcess, words: str) -> None:
     assert len(lines) == 1 and words in lines[0], r.stderr
 
 
-def test_cli_usage_mistakes_exit_2_with_one_line(tmp_path):
-    one_line_error(run_cli(), "--model-base-path")
-    one_line_error(run_cli("--model-base-path", str(tmp_path / "missing")), "is not a folder")
-    one_line_error(run_cli("--model-base-path", str(tmp_path)), "no integer version folders")
+def test_cli_usage_mistakes_exit_2_with_one_line(tmp_path, capsys):
+    from serving.__main__ import main
+
+    def in_process(*args) -> subprocess.CompletedProcess:
+        code, out, err = run_main(main, args, capsys)
+        return subprocess.CompletedProcess(args, code, out, err)
+    one_line_error(in_process(), "--model-base-path")
+    one_line_error(in_process("--model-base-path", str(tmp_path / "missing")), "is not a folder")
+    one_line_error(in_process("--model-base-path", str(tmp_path)), "no integer version folders")
     (tmp_path / "1").mkdir()
-    one_line_error(run_cli("--model-base-path", str(tmp_path), "--max-batch-size", "many"), "invalid int")
-    one_line_error(run_cli("--model-base-path", str(tmp_path), "--max-images", "0"), "--max-images must be >= 1")
-    one_line_error(run_cli("--model-base-path", str(tmp_path), "--no-such-flag"), "unrecognized arguments")
+    one_line_error(in_process("--model-base-path", str(tmp_path), "--max-batch-size", "many"), "invalid int")
+    one_line_error(in_process("--model-base-path", str(tmp_path), "--max-images", "0"), "--max-images must be >= 1")
+    one_line_error(in_process("--model-base-path", str(tmp_path), "--no-such-flag"), "unrecognized arguments")
+
+
+@pytest.mark.server
+def test_cli_busy_port_is_one_line_exit_2(tmp_path):
+    (tmp_path / "1").mkdir()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

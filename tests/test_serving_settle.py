@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_main
 from serving.readiness import (CHANGING, INCOMPLETE, PUBLISHED, SETTLED, SETTLING, STRICT, UNMATCHED,
                                Readiness)
 from tfmicle.model_format import PUBLISHED_FILE, incomplete_reason, publish, unpublished_reason
@@ -156,13 +157,14 @@ def test_start_up_waits_for_a_copy_in_progress_then_gives_up_on_an_incomplete_fo
 
 
 # -- python -m tfmicle.model_format publish BASE -----------------------------------------------------------
-def publish_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.run([sys.executable, "-m", "tfmicle.model_format", "publish", *args], capture_output=True,
-                          text=True, env=env, timeout=120)
+def publish_cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m tfmicle.model_format publish ARGS`, run in this process."""
+    from tfmicle.model_format import main
+    code, out, err = run_main(main, ["publish", *args], capsys)
+    return subprocess.CompletedProcess(["publish", *args], code, out, err)
 
 
-def test_publish_base_publishes_every_complete_version_and_refuses_the_rest(tmp_path):
+def test_publish_base_publishes_every_complete_version_and_refuses_the_rest(tmp_path, capsys):
     base = tmp_path / "m"
     write_files(base / "1", SAVED_MODEL_FILES)  # a TF Serving version: published
     write_files(base / "2", SAVED_MODEL_FILES)
@@ -174,7 +176,7 @@ def test_publish_base_publishes_every_complete_version_and_refuses_the_rest(tmp_
     (base / "4" / "saved_model.pb").write_bytes(b"\x08")  # marker and files disagree: not rewritten
     marker_4 = (base / "4" / PUBLISHED_FILE).read_bytes()
 
-    r = publish_cli(str(base))
+    r = publish_cli(capsys, str(base))
     assert r.returncode == 1, r.stderr
     assert r.stdout.splitlines() == [str(base / "1" / PUBLISHED_FILE), f"{base / '2'}: already published"]
     refused = r.stderr.strip().splitlines()
@@ -188,7 +190,7 @@ def test_publish_base_publishes_every_complete_version_and_refuses_the_rest(tmp_
 
     write_files(base / "3", {k: v for k, v in SAVED_MODEL_FILES.items() if k != "saved_model.pb"})
     (base / "4" / PUBLISHED_FILE).unlink()
-    r = publish_cli(str(base))
+    r = publish_cli(capsys, str(base))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert all(unpublished_reason(base / str(v)) is None for v in (1, 2, 3, 4))
 
@@ -197,8 +199,8 @@ def test_publish_base_publishes_every_complete_version_and_refuses_the_rest(tmp_
     (lambda p: p / "missing", "is not a folder"),
     (lambda p: p, "nothing to publish"),  # neither a version folder nor a base path
 ])
-def test_publish_mistakes_are_one_line_exit_2(tmp_path, make, words):
-    r = publish_cli(str(make(tmp_path)))
+def test_publish_mistakes_are_one_line_exit_2(tmp_path, make, words, capsys):
+    r = publish_cli(capsys, str(make(tmp_path)))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and words in lines[0], r.stderr
 

@@ -13,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import import_or_skip
 from serving_harness import ServerProcess, encode, random_pixels
 from test_serving_reload import one_line_error, run_cli, wait_for
 from serving.toy import expected_mean_colour, save_mean_colour_model
@@ -211,7 +212,7 @@ def test_similar_flags_are_checked_at_start(tmp_path):
 
 
 def test_a_large_index_is_searched_with_ivf_when_faiss_is_installed(tmp_path, monkeypatch):
-    pytest.importorskip("faiss")  # the similar-ann extra
+    import_or_skip("faiss", "similar-ann")
     from fastapi.testclient import TestClient
 
     from serving.app import create_app

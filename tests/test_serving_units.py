@@ -263,20 +263,15 @@ def test_publish_rule(tmp_path):
         publish(tmp_path / "empty")
 
 
-def test_publish_command(tmp_path):
-    import os
-    import subprocess
-    import sys
+def test_publish_command(tmp_path, capsys):
+    from conftest import run_main
+    from tfmicle.model_format import main, unpublished_reason
 
-    from tfmicle.model_format import unpublished_reason
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "tfmicle.model_format", "publish"]
-    r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "nothing to publish" in r.stderr
+    code, _, err = run_main(main, ["publish", tmp_path], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nothing to publish" in err
     (tmp_path / "saved_model.pb").write_bytes(b"\x08" * 10)
-    r = subprocess.run(cmd + [str(tmp_path)], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(main, ["publish", tmp_path], capsys)
+    assert code == 0, err
     assert unpublished_reason(tmp_path) is None
 
 

@@ -34,6 +34,7 @@ def readme_records(tmp_path_factory) -> dict[str, str]:
     return {"ham10000": str(root / "ham10000"), "chexpert": str(root / "chexpert")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,records,extra", [
     ("tiny", "ham10000", []),
     ("finetune_tiny", "ham10000", FINETUNE_SHRINK),

@@ -413,7 +413,7 @@ def test_csv_meta_cols_kept_per_image_and_missing_column_is_exit_2(tmp_path, cap
               [[f"img/{i}.jpg", f"c{i // 2}", "ab"[i // 2], "FM"[i % 2], f"s{i}"]
                for i in range(4)])
     base = ["--format", "csv", "--input", str(tmp_path / "m.csv"), "--no-progress",
-            "--split-fractions", "test=1"]
+            "--split-fractions", "test=1", "--workers", "1"]   # in this process
     assert main(base + ["--out", str(tmp_path / "out"), "--meta-cols", "scanner,sex"]) == 0
     info = records.load_dataset_info(str(tmp_path / "out"))
     assert info["metadata_columns"] == ["scanner", "sex"]

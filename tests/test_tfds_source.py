@@ -249,6 +249,7 @@ def test_a_prepared_tfds_dataset_on_disk_groups_cases_and_checks_splits(tmp_path
     assert info["class_names"] == ["benign", "malignant"]
 
 
+@pytest.mark.slow
 def test_each_epoch_reads_the_parts_of_a_prepared_split_in_a_new_order(tmp_path):
     """A split of 4 TFDS shards is read in 4 parts (TFDS's own even_splits, read here
     through tfds.load as the reference); with no window shuffle (buffer 1) an epoch is

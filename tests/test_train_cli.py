@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import synthetic_cases, write_records
+from conftest import run_main, synthetic_cases, write_records
 from tfmicle.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,12 +43,26 @@ def test_config_overrides_and_types(tmp_path):
      "dataset.json not found"),
     (["--config", TINY, "--bogus-flag"], "unrecognized arguments: --bogus-flag"),
 ])
-def test_cli_user_errors_exit_2_with_one_line(args, expect, tmp_path):
-    r = run_train(*[a.replace("x", str(tmp_path / "m")) if a == "x" else a for a in args])
+def test_cli_user_errors_exit_2_with_one_line(args, expect, tmp_path, capsys):
+    from tfmicle.train.cli import main
+    code, _, err = run_main(main, [str(tmp_path / "m") if a == "x" else a for a in args],
+                            capsys)
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and expect in lines[0], err
+    assert "Traceback" not in err
+
+
+@pytest.mark.subprocess
+def test_python_m_train_error_is_one_line_with_no_tensorflow_noise(tmp_path):
+    """As a user sees it: TensorFlow's start-up lines are filtered from the one line."""
+    r = run_train("--config", TINY, "--model-dir", str(tmp_path / "m"), "--set",
+                  "data.dir=/no/such/records")
     assert r.returncode == 2, r.stderr
     lines = r.stderr.splitlines()  # exactly one: no TensorFlow start-up lines either
-    assert len(lines) == 1 and expect in lines[0], r.stderr
-    assert "Traceback" not in r.stderr
+    assert len(lines) == 1 and "dataset.json not found" in lines[0], r.stderr
+    r = run_train("--help")
+    assert r.returncode == 0 and "usage: python -m tfmicle.train" in r.stdout, r.stderr
 
 
 def test_filtered_stderr_drops_only_the_noise(capfd):
@@ -62,16 +76,18 @@ def test_filtered_stderr_drops_only_the_noise(capfd):
     assert capfd.readouterr().err == "E0000 something that matters\n"
 
 
-def test_tpu_strategy_without_tpu_exits_2(tmp_path):
+def test_tpu_strategy_without_tpu_exits_2(tmp_path, capsys):
     # Real records, so the run gets past the data checks and reaches the strategy.
+    from tfmicle.train.cli import main
     data = write_records(str(tmp_path / "rec"), "train", synthetic_cases(4, 1, size=32),
                          ["a", "b", "c"])
-    r = run_train("--config", TINY, "--model-dir", str(tmp_path / "m"), "--strategy", "tpu",
-                  "--tpu", "no-such-tpu", "--set", "data.dir=" + data)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    errors = [l for l in r.stderr.splitlines() if "error:" in l]
-    assert len(errors) == 1 and "no TPU found for --tpu=no-such-tpu" in errors[0], r.stderr
+    code, _, err = run_main(main, ["--config", TINY, "--model-dir", tmp_path / "m",
+                                   "--strategy", "tpu", "--tpu", "no-such-tpu",
+                                   "--set", "data.dir=" + data], capsys)
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    errors = [l for l in err.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "no TPU found for --tpu=no-such-tpu" in errors[0], err
 
 
 @pytest.mark.slow
@@ -119,6 +135,7 @@ def test_cli_pretrains_on_two_cpu_replicas(tmp_path):
     assert "on 2 replica(s)" in r.stderr and "done: steps 0 -> 2 of 2" in r.stdout
 
 
+@pytest.mark.subprocess
 def test_progress_in_a_pipe_is_plain_lines(tmp_path):
     """stdout to a pipe (a log file, CI): no Keras progress bar (\r, ANSI colours) but one
     short line per log_steps with the step, loss, rate and ETA."""
