@@ -79,3 +79,34 @@ def test_unknown_strategy_and_missing_tpu_are_clear_errors():
         make_strategy("gpu4")
     with pytest.raises(StrategyError, match="no TPU"):
         make_strategy("tpu", tpu="no-such-tpu-here")
+
+
+@pytest.mark.parametrize("flags,fast", [
+    ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu sse2 avx2 amx_bf16 amx_tile", True),
+    ("fpu sse2 avx2 avx512f", False),
+])
+def test_cpu_bf16_is_read_from_the_cpu_flags(tmp_path, flags, fast):
+    from tfmicle.distribute import cpu_has_fast_bf16
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_fast_bf16(str(info)) is fast
+    assert cpu_has_fast_bf16(str(tmp_path / "missing")) is False
+
+
+def test_auto_strategy_and_precision_resolve_to_what_this_machine_has(tmp_path, monkeypatch):
+    """No TPU and no GPU here: auto is the default strategy, and the precision follows
+    the CPU's flags; the run's config records the resolved values."""
+    from tfmicle import distribute
+    from tfmicle.config import Config
+    from tfmicle.train import runner
+    assert not tf.config.list_physical_devices("GPU")
+    for bf16 in (True, False):
+        monkeypatch.setattr(distribute, "cpu_has_fast_bf16", lambda *a, bf16=bf16: bf16)
+        cfg = Config()
+        cfg.distribute.strategy, cfg.train.precision = "auto", "auto"
+        cfg.distribute.tpu = "no-such-tpu"      # the resolver finds none, quickly
+        strategy = runner.run_strategy(cfg)
+        assert strategy.num_replicas_in_sync == 1
+        assert cfg.distribute.strategy == "default"
+        assert cfg.train.precision == ("mixed_bfloat16" if bf16 else "float32")

@@ -301,3 +301,48 @@ def test_continued_pretraining_refuses_another_architecture(tmp_path, capsys):
                               "model.proj_out_dim=32"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "does not match the model" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_an_imported_sk1_run_continues_without_model_settings_and_its_head_loads(tmp_path,
+                                                                                capsys):
+    """The imported run folder carries its architecture: continued pretraining takes
+    depth, width, SK and the projection head from it; a model.* value given that differs
+    is refused naming both. The ImageNet head loads through rundir's public loader."""
+    from conftest import synthetic_cases, write_records
+    from tfmicle.rundir import load_pretraining_model, supervised_logits
+    from tfmicle.train.cli import main as train_main
+    prefix, state = _tiny_checkpoint(tmp_path / "src", sk=True)
+    imported = str(tmp_path / "imported")
+    assert _import(["--simclr-tf1", prefix, "--out", imported], capsys)[0] == 0
+
+    model, cfg = load_pretraining_model(imported)
+    x = np.random.default_rng(0).uniform(0, 1, (3, 64, 64, 3)).astype(np.float32)
+    feats = np.asarray(model.encoder(x, training=False), np.float64)
+    want = feats @ state["head_supervised/linear_layer/dense/kernel"] + \
+        state["head_supervised/linear_layer/dense/bias"]       # the TF1 head's values
+    got = supervised_logits(model, x).numpy()
+    assert got.shape == (3, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+    data = write_records(str(tmp_path / "rec"), "train", synthetic_cases(4, 1, size=40),
+                         ["a", "b", "c"])
+    config = tmp_path / "continue.yaml"     # no model.* at all: the checkpoint's
+    config.write_text("mode: pretrain\nmethod: simclr\npretrain:\n  init: checkpoint\n"
+                      "train:\n  batch_size: 4\n  train_steps: 1\n  checkpoint_steps: 1\n"
+                      "  log_steps: 1\n  warmup_epochs: 0\n")
+    common = ["--config", str(config), "--set", f"data.dir={data}", "--set",
+              "data.image_size=64", "--set", f"pretrain.checkpoint={imported}", "--set",
+              "model.global_bn=false", "-q"]
+    assert train_main(common + ["--model-dir", str(tmp_path / "run")]) == 0, \
+        capsys.readouterr().err[-2000:]
+    saved = load_config(os.path.join(tmp_path, "run", "config.yaml")).model
+    assert (saved.depth, saved.width_multiplier, saved.sk_ratio, saved.num_proj_layers,
+            saved.proj_out_dim) == (50, TINY_WIDTH, simclr_tf1.SK_RATIO, 3, 16)
+    capsys.readouterr()
+    rc = train_main(common + ["--model-dir", str(tmp_path / "other"), "--set",
+                              "model.sk_ratio=0"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert f"model.sk_ratio is 0.0 but the checkpoint {imported} was trained with " \
+           f"{simclr_tf1.SK_RATIO}" in err

@@ -21,6 +21,17 @@ from tfmicle.models.resnet import ResNetSpec, build_resnet
 from tfmicle.optim import EXCLUDE_DEFAULT, WarmupCosine, make_optimizer
 
 
+def precision(cfg: Config) -> str:
+    """The Keras dtype policy of the models: train.precision, with `auto` resolved for
+    the current strategy (a run resolves it when it starts: train.runner.run_strategy)."""
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    import tensorflow as tf
+
+    from tfmicle.distribute import auto_precision
+    return auto_precision(tf.distribute.get_strategy())
+
+
 def augment_config(cfg: Config) -> AugmentConfig:
     d = cfg.data
     return preset(d.augment,
@@ -66,7 +77,7 @@ def resnet_spec(cfg: Config, global_bn: bool | None = None) -> ResNetSpec:
     return ResNetSpec(depth=m.depth, width_multiplier=m.width_multiplier, sk_ratio=m.sk_ratio,
                       image_size=cfg.data.image_size, bn_momentum=m.bn_momentum,
                       global_bn=m.global_bn if global_bn is None else global_bn,
-                      dtype=cfg.train.precision)
+                      dtype=precision(cfg))
 
 
 def schedule_steps(cfg: Config, num_examples: int) -> tuple[int, int]:
@@ -108,7 +119,7 @@ def contrastive_model(cfg: Config, num_classes: int, encoder: keras.Model | None
     encoder = encoder if encoder is not None else build_resnet(resnet_spec(cfg))
     proj = projection_head(encoder.output_shape[-1], cfg.model.num_proj_layers,
                            cfg.model.proj_out_dim, cfg.model.bn_momentum, cfg.model.global_bn,
-                           dtype=cfg.train.precision)
+                           dtype=precision(cfg))
     model = ContrastiveModel(encoder, proj, num_classes=num_classes,
                              temperature=cfg.train.temperature,
                              weight_decay=cfg.train.weight_decay,
@@ -133,7 +144,7 @@ def classifier(cfg: Config, num_classes: int, task: str, for_training: bool = Tr
 
     def first_layers(width: int) -> keras.Model:  # of the pretraining run's projection head
         return projection_head(width, m.num_proj_layers, m.proj_out_dim, m.bn_momentum,
-                               spec.global_bn, dtype=cfg.train.precision, keep=f.proj_layers)
+                               spec.global_bn, dtype=precision(cfg), keep=f.proj_layers)
     projection = first_layers if f.proj_layers > 0 else None
     try:
         return build_classifier(

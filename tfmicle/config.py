@@ -87,7 +87,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_steps: int = 100           # steps per Keras "epoch" (progress bar, TensorBoard)
     eval_steps: int = 0            # 0 = whole eval split
-    precision: str = "float32"     # float32 | mixed_bfloat16
+    precision: str = "float32"     # float32 | mixed_bfloat16 | auto (bf16 where it is fast)
     jit_compile: bool = False      # XLA; slower on CPU and fails under MirroredStrategy
     seed: int = 0
 
@@ -123,7 +123,7 @@ class FinetuneConfig:
 
 @dataclass
 class DistributeConfig:
-    strategy: str = "default"      # default | one_device | mirrored | multiworker | tpu
+    strategy: str = "default"      # default | one_device | mirrored | multiworker | tpu | auto
     tpu: str = ""
     num_cpu_devices: int = 0       # mirrored on CPU: logical CPU devices (replicas)
 
@@ -149,14 +149,14 @@ CHOICES = {
     "data.simclr_unit": ("case", "image"),
     "train.optimizer": ("lars", "momentum", "sgd", "adam"),
     "train.lr_scaling": ("linear", "sqrt", "none"),
-    "train.precision": ("float32", "mixed_bfloat16"),
+    "train.precision": ("float32", "mixed_bfloat16", "auto"),
     "pretrain.init": ("scratch", "checkpoint"),
     "finetune.init": ("checkpoint", "imagenet", "scratch"),
     "finetune.uncertainty_policy": ("ones", "zeros", "ignore"),
     "finetune.class_weight": ("none", "balanced"),
     "finetune.best_metric": ("val_loss", "val_accuracy", "val_top3_accuracy", "val_auc",
                              "val_pr_auc", "val_case_accuracy", "val_case_auc"),
-    "distribute.strategy": ("default", "one_device", "mirrored", "multiworker", "tpu"),
+    "distribute.strategy": ("default", "one_device", "mirrored", "multiworker", "tpu", "auto"),
 }
 
 
@@ -187,7 +187,9 @@ def _coerce(value, typ, key: str):
     return value
 
 
-def _apply(obj, data: dict, prefix: str = "") -> None:
+def _apply(obj, data: dict, prefix: str = "", given: set | None = None) -> None:
+    """Sets data's values on the dataclass obj (strictly: known keys, coerced types,
+    CHOICES); adds each dotted key set to `given`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(type(obj))
@@ -198,12 +200,14 @@ def _apply(obj, data: dict, prefix: str = "") -> None:
             raise ConfigError(f"unknown config key '{full}' (known: {', '.join(sorted(names))})")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
-            _apply(getattr(obj, key), value, full + ".")
+            _apply(getattr(obj, key), value, full + ".", given)
         else:
             value = _coerce(value, typ, full)
             if full in CHOICES and value not in CHOICES[full]:
                 raise ConfigError(f"{full}: {value!r} is not one of {', '.join(CHOICES[full])}")
             setattr(obj, key, value)
+            if given is not None:
+                given.add(full)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -227,8 +231,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_config(path: str | None = None, overrides: list[str] | None = None,
                 extra: dict | None = None) -> Config:
-    """Config from a YAML file (optional), then `extra` (a nested dict), then --set items."""
+    """Config from a YAML file (optional), then `extra` (a nested dict), then --set items.
+    The keys they set are recorded (given_keys): a run may take the others from the
+    checkpoint it starts from (rundir.inherit_architecture)."""
     cfg = Config()
+    given: set[str] = set()
     if path:
         if not fileio.isfile(path):
             raise ConfigError(f"config file not found: {path}")
@@ -236,11 +243,18 @@ def load_config(path: str | None = None, overrides: list[str] | None = None,
             data = yaml.safe_load(fileio.read_text(path)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
-        _apply(cfg, data)
+        _apply(cfg, data, given=given)
     if extra:
-        _apply(cfg, extra)
-    _apply(cfg, parse_overrides(overrides or []))
+        _apply(cfg, extra, given=given)
+    _apply(cfg, parse_overrides(overrides or []), given=given)
+    cfg._given = frozenset(given)   # not a field: never dumped, hashed or compared
     return cfg
+
+
+def given_keys(cfg: Config) -> frozenset[str]:
+    """The dotted keys a config file, `extra` or --set gave load_config for cfg (empty
+    for a Config made otherwise)."""
+    return getattr(cfg, "_given", frozenset())
 
 
 def to_dict(cfg: Config) -> dict:

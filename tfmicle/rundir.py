@@ -186,22 +186,40 @@ def restore_encoder(encoder: keras.Model, checkpoint: str) -> str:
     return prefix
 
 
-def check_architecture(cfg: Config, pre: Config, checkpoint: str, head: bool = False) -> None:
-    """ConfigError naming the first setting in which cfg's encoder (and, with head, its
-    projection head) differs from the run `pre` that wrote `checkpoint`."""
-    keys = ("depth", "width_multiplier", "sk_ratio")
-    keys += ("num_proj_layers", "proj_out_dim") if head else ()
-    for key in keys:
+ARCHITECTURE_KEYS = ("depth", "width_multiplier", "sk_ratio")
+HEAD_KEYS = ("num_proj_layers", "proj_out_dim")
+
+
+def inherit_architecture(cfg: Config, pre: Config, checkpoint: str, head: bool = False) -> None:
+    """Takes the encoder's architecture (and, with head, its projection head's) from the
+    run `pre` that wrote `checkpoint` into cfg, for every model.* key the user did not
+    give (config.given_keys); a given value that differs is a ConfigError naming both.
+    So an imported SimCLRv2 run (r50_1x_sk1, ...) needs no model.* overrides."""
+    from tfmicle.config import given_keys
+    given = given_keys(cfg)
+    for key in ARCHITECTURE_KEYS + (HEAD_KEYS if head else ()):
         mine, theirs = getattr(cfg.model, key), getattr(pre.model, key)
-        if mine != theirs:
+        if mine == theirs:
+            continue
+        if f"model.{key}" in given:
             raise ConfigError(f"model.{key} is {mine} but the checkpoint {checkpoint} was "
-                              f"trained with {theirs}")
+                              f"trained with {theirs} (leave model.{key} unset to take it)")
+        setattr(cfg.model, key, theirs)
     from tfmicle.models.resnet import small_stem
     small = small_stem(cfg.data.image_size)
     if small != small_stem(pre.data.image_size):
         raise ConfigError(f"data.image_size {cfg.data.image_size} needs a "
                           f"{'3x3' if small else '7x7'} stem but the checkpoint was "
                           f"trained at {pre.data.image_size} px (other stem)")
+
+
+def take_architecture(cfg: Config, checkpoint: str, head: bool = False) -> None:
+    """inherit_architecture from the run a checkpoint (a run folder, its checkpoints
+    folder or a prefix) belongs to, when its config.yaml is there (a bare TF checkpoint
+    has none: then cfg's model.* must match, and the restore checks it)."""
+    pre = config_of(checkpoint)
+    if pre is not None:
+        inherit_architecture(cfg, pre, checkpoint, head)
 
 
 def restore_pretraining(model: keras.Model, checkpoint: str) -> str:
@@ -257,6 +275,39 @@ def load_encoder(cfg: Config, checkpoint: str | None, seed: int = 0) -> keras.Mo
     if checkpoint is not None:
         restore_encoder(encoder, checkpoint)
     return encoder
+
+
+def load_pretraining_model(model_dir: str) -> tuple[keras.Model, Config]:
+    """A pretraining or imported run's whole model, for inference: (ContrastiveModel,
+    its config). Encoder and projection head, and the run's supervised head when it has
+    one (`model.probe`: an imported SimCLRv2 run's ImageNet linear head, or a pretraining
+    run's online probe; None otherwise), from the latest checkpoint with every variable
+    matched; batch norm per replica. supervised_logits(model, images) runs the head."""
+    cfg_path = fileio.join(model_dir, CONFIG_FILE)
+    if not fileio.isfile(cfg_path):
+        raise FileNotFoundError(f"{model_dir} is not a training run (no {CONFIG_FILE})")
+    cfg = load_config(cfg_path)
+    prefix = latest_checkpoint(model_dir)
+    if prefix is None:
+        raise FileNotFoundError(f"no checkpoint found in {model_dir}")
+    # the head's width from the checkpoint itself: import.json's linear_head_classes
+    # for an import, the dataset's classes for an online probe
+    shapes = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
+    heads = [s for k, s in shapes.items() if k.startswith("model/probe/") and len(s) == 2]
+    cfg.model.global_bn = False
+    model = build.contrastive_model(cfg, int(heads[0][1]) if heads else 0)
+    model.build_all(cfg.data.image_size)
+    tf.train.Checkpoint(model=model).restore(prefix).expect_partial() \
+        .assert_existing_objects_matched()
+    return model, cfg
+
+
+def supervised_logits(model: keras.Model, images) -> tf.Tensor:
+    """Images [B, H, W, 3] in [0, 1] -> the run's supervised head's logits [B, classes]
+    (an imported SimCLRv2 run: ImageNet's 1000); ValueError when the run has none."""
+    if model.probe is None:
+        raise ValueError("this run has no supervised head (model.probe)")
+    return model.probe(model.encoder(images, training=False))
 
 
 # --------------------------------------------------------------------------- fine-tuning runs
@@ -315,5 +366,5 @@ __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "LOGS_DIR", "FINETUNE_JSON", "VALIDA
            "BEST_JSON", "BEST_PREFIX", "write_json", "read_json", "read_best", "prepare_model_dir",
            "config_of", "append_validation", "validation_for_step", "checkpoint_manager",
            "latest_checkpoint", "best_checkpoint", "write_best", "restore_encoder",
-           "check_architecture", "restore_pretraining", "restore_projection_layers", "IMPORT_JSON",
+           "inherit_architecture", "take_architecture", "load_pretraining_model", "supervised_logits", "restore_pretraining", "restore_projection_layers", "IMPORT_JSON",
            "run_info", "resolve_checkpoint", "load_classifier"]

@@ -26,7 +26,7 @@ from tfmicle.data.pipeline import PipelineConfig, read_cases, supervised
 from tfmicle.data.tfds_source import TfdsSource
 from tfmicle.models.classifier import EXCLUDE, IMAGENET_ENCODER, Classifier
 from tfmicle.rundir import (CONFIG_FILE, FINETUNE_JSON, best_checkpoint,
-                            check_architecture, config_of, read_best, restore_encoder,
+                            read_best, restore_encoder, take_architecture,
                             restore_projection_layers, write_json)
 from tfmicle.tasks import MULTICLASS, balanced_class_weights
 from tfmicle.train.validation import Validation, validation_batches
@@ -124,9 +124,7 @@ def build_model(cfg: Config, num_classes: int, task: str, initialise: bool = Tru
             raise FileNotFoundError(f"finetune.imagenet_weights: {f.imagenet_weights} not found")
     model = build.classifier(cfg, num_classes, task, for_training, weights)
     if initialise and f.init == "checkpoint":
-        pre = config_of(f.checkpoint)
-        if pre is not None:
-            check_architecture(cfg, pre, f.checkpoint, head=f.proj_layers > 0)
+        take_architecture(cfg, f.checkpoint, head=f.proj_layers > 0)  # refuses a conflict
         try:
             prefix = restore_encoder(model.encoder, f.checkpoint)
         except AssertionError as e:
@@ -180,6 +178,12 @@ def finetune(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
     if cfg.data.label_fraction < 1:
         case_ids = tuple(records.read_subset(cfg.data.dir, cfg.data.train_split,
                                              cfg.data.label_fraction))
+    # model.* not given: the architecture of the run this one continues (its own folder
+    # when resuming, else finetune.checkpoint's), before config.yaml is written
+    if runner.latest_checkpoint(cfg.model_dir) is not None:
+        take_architecture(cfg, cfg.model_dir, head=cfg.finetune.proj_layers > 0)
+    elif cfg.finetune.init == "checkpoint":
+        take_architecture(cfg, cfg.finetune.checkpoint, head=cfg.finetune.proj_layers > 0)
     strategy = runner.run_strategy(cfg)
     chief = runner.is_chief(strategy)  # other workers of a multi-worker run write elsewhere
     if chief:

@@ -12,7 +12,7 @@ from tfmicle.build import augment_config, data_source, schedule_steps
 from tfmicle.config import Config, ConfigError
 from tfmicle.tasks import MULTICLASS
 from tfmicle.data.pipeline import count_items, pretrain_dataset, pretrain_examples
-from tfmicle.rundir import check_architecture, config_of, restore_pretraining
+from tfmicle.rundir import restore_pretraining, take_architecture
 from tfmicle.train import runner
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,12 @@ def pretrain(cfg: Config, callbacks: list | None = None, verbose: int = 1) -> di
         raise ConfigError("pretrain.init is checkpoint but pretrain.checkpoint is not set "
                           "(a pretraining or imported run folder, or a prefix)")
     resuming = runner.latest_checkpoint(cfg.model_dir) is not None
-    if p.init == "checkpoint" and not resuming:
-        pre = config_of(p.checkpoint)
-        if pre is not None:
-            check_architecture(cfg, pre, p.checkpoint, head=True)
+    # model.* not given: the architecture of the run this one continues (its own folder
+    # when resuming, else pretrain.checkpoint's), before config.yaml is written
+    if resuming:
+        take_architecture(cfg, cfg.model_dir, head=True)
+    elif p.init == "checkpoint":
+        take_architecture(cfg, p.checkpoint, head=True)
     strategy = runner.run_strategy(cfg)
     if runner.is_chief(strategy):  # other workers of a multi-worker run write nothing here
         runner.prepare_model_dir(cfg)

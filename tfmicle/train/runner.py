@@ -93,11 +93,23 @@ class PlainProgress(keras.callbacks.Callback):
 def run_strategy(cfg: Config) -> tf.distribute.Strategy:
     """The run's tf.distribute strategy (distribute.make_strategy), checking that the
     global batch splits evenly over its replicas. Call it before any other TensorFlow
-    op: MultiWorkerMirroredStrategy must configure the runtime first."""
+    op: MultiWorkerMirroredStrategy must configure the runtime first.
+
+    `auto` settings are resolved here, in cfg, so config.yaml records what ran:
+    distribute.strategy the one picked, train.precision auto -> distribute.auto_precision."""
     from tfmicle.config import ConfigError
-    from tfmicle.distribute import make_strategy
-    strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
-                             cfg.distribute.num_cpu_devices)
+    from tfmicle.distribute import auto_precision, auto_strategy, make_strategy
+    if cfg.distribute.strategy == "auto":
+        name, picked = auto_strategy(cfg.distribute.tpu)
+        cfg.distribute.strategy = name
+        strategy = picked or make_strategy(name, cfg.distribute.tpu,
+                                           cfg.distribute.num_cpu_devices)
+    else:
+        strategy = make_strategy(cfg.distribute.strategy, cfg.distribute.tpu,
+                                 cfg.distribute.num_cpu_devices)
+    if cfg.train.precision == "auto":
+        cfg.train.precision = auto_precision(strategy)
+        log.info("train.precision auto: %s", cfg.train.precision)
     if cfg.train.batch_size % strategy.num_replicas_in_sync:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by "
                           f"{strategy.num_replicas_in_sync} replicas")
