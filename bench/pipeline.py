@@ -1,39 +1,46 @@
-"""Input-pipeline overhead of pretraining: end-to-end step rate (records -> decode ->
-augment -> model) divided by the model-only step rate on cached in-memory tensors (same
-model, batch, image size), for the SimCLR and the MICLe pipelines; and the model-only
-step rate of mixed_bfloat16 over float32. Ratios are measured side by side in one run.
+"""Input-pipeline speed, measured so it holds (bench/sides.py: each side in its own
+process, one side at a time, interleaved rounds, CPU use and interference reported).
 
-    python bench/pipeline.py [--steps 30] [--batch 64] [--size 64] [--width 0.25]
+Default: pretraining's end-to-end step rate (records -> decode -> augment -> model)
+over the model-only step rate on one cached batch (same model, batch, image size), for
+SimCLR and MICLe; and model-only mixed_bfloat16 over float32.
 
-With --pipeline-only: the input pipeline alone (no model) at 224 px from 600x450 JPEGs
-(HAM10000's size), batch 64, SimCLR and MICLe presets with colour jitter and blur: views/s
-and views/s per core, interleaved rounds. With --reference DIR (a checkout's
-google-research/simclr/tf2, the folder holding data_util.py; not part of tfmicle), the
-reference SimCLR tf.data pipeline runs on the same JPEG bytes in the same rounds: decode
-the whole image, two preprocess_for_train views (crop, flip, colour jitter strength 1),
-batch, then batch_random_blur (blur applied after batching on both sides).
+    python bench/pipeline.py [--rounds 5] [--steps 30] [--batch 64] [--size 64]
 
-    python bench/pipeline.py --pipeline-only [--reference ~/src/simclr/tf2] [--batches 20]
+--pipeline-only: the input pipeline alone (no model) at 224 px, batch 64 (x2 views), at
+the shuffle buffer training uses (data.shuffle_buffer, 10,000), with and without blur,
+SimCLR and MICLe; photo-sized inputs: HAM10000's own 600x450 JPEGs and lesions (cases)
+when ../shared/data/ham10000 is beside the clone, else synthetic 600x450 JPEGs. With
+--reference DIR (google-research/simclr's tf2 folder, holding data_util.py; not part of
+tfmicle) SimCLR's own tf.data pipeline runs on the same JPEG bytes as another side.
+
+    python bench/pipeline.py --pipeline-only [--reference ~/src/simclr/tf2] [--rounds 5]
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import json
 import os
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+import sides  # noqa: E402
 from tfmicle.config import Config  # noqa: E402
 from tfmicle.data import records  # noqa: E402
 from tfmicle.data.augment import preset  # noqa: E402
 from tfmicle.data.pipeline import PipelineConfig, pretrain_dataset  # noqa: E402
 from tfmicle.optim import LARS  # noqa: E402
 from tfmicle.build import contrastive_model as build_contrastive_model  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HAM10000 = os.path.join(HERE, "..", "..", "shared", "data", "ham10000")
+TRAINING_BUFFER = Config().data.shuffle_buffer     # what training uses, not a bench value
 
 
 def make_records(out: str, n_cases: int, size: int) -> None:
@@ -86,9 +93,11 @@ def make_jpeg_records(out: str, n_images: int, size=(600, 450)) -> list[bytes]:
     return jpegs
 
 
-def reference_pipeline(data_util, jpegs: list[bytes], batch: int, size: int):
+def reference_pipeline(data_util, jpegs: list[bytes], batch: int, size: int,
+                       blur: bool = True):
     """SimCLR's own tf2 pipeline (data.py's build_input_fn for pretraining) on these
-    JPEG bytes: TFDS would decode each image whole; here tf.io.decode_jpeg does it."""
+    JPEG bytes: TFDS would decode each image whole; here tf.io.decode_jpeg does it.
+    blur: its batch_random_blur after batching (SimCLR's pretraining default)."""
     def map_fn(encoded):
         image = tf.image.convert_image_dtype(tf.io.decode_jpeg(encoded, channels=3),
                                              tf.float32)
@@ -96,7 +105,7 @@ def reference_pipeline(data_util, jpegs: list[bytes], batch: int, size: int):
                  for _ in range(2)]
         return tf.concat(views, -1)
 
-    def blur(images):
+    def blur_batch(images):
         v1, v2 = tf.split(images, 2, axis=-1)
         return tf.concat(data_util.batch_random_blur([v1, v2], size, size), -1)
 
@@ -106,60 +115,152 @@ def reference_pipeline(data_util, jpegs: list[bytes], batch: int, size: int):
     ds = tf.data.Dataset.from_tensor_slices(jpegs).with_options(options)
     ds = ds.shuffle(batch * 10).repeat()
     ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch, drop_remainder=True)
-    return ds.map(blur, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    if blur:
+        ds = ds.map(blur_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def views_per_second(ds, batches: int, views_per_batch: int) -> float:
+def ham_records(out: str, n_images: int) -> list[bytes]:
+    """HAM10000's first lesions (metadata order) up to n_images photos, as cases (a
+    lesion's photos are one case, as data_prep groups them) in one shard; the JPEG bytes."""
+    with open(os.path.join(HAM10000, "HAM10000_metadata.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_lesion: dict[str, list[str]] = {}
+    for r in rows:
+        by_lesion.setdefault(r["lesion_id"], []).append(r["image_id"])
+    jpegs, n_cases = [], 0
+    with tf.io.TFRecordWriter(os.path.join(out, records.shard_name("train", 0, 1))) as w:
+        for lesion, ids in by_lesion.items():
+            if len(jpegs) >= n_images:
+                break
+            imgs = []
+            for i in ids:
+                for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+                    p = os.path.join(HAM10000, part, i + ".jpg")
+                    if os.path.isfile(p):
+                        imgs.append(open(p, "rb").read())
+            if imgs:
+                w.write(records.encode_case(lesion, imgs, ids[:len(imgs)], label_class=0)
+                        .SerializeToString())
+                jpegs += imgs
+                n_cases += 1
+    with open(os.path.join(out, records.DATASET_JSON), "w") as f:
+        json.dump({"schema_version": records.SCHEMA_VERSION, "task": "multiclass",
+                   "class_names": ["a"],
+                   "splits": {"train": {"cases": n_cases, "images": len(jpegs)}}}, f)
+    return jpegs
+
+
+def _next_n(ds, n: int):
+    """After a warm-up, the timed work: n more batches of ds."""
     it = iter(ds)
-    for _ in range(3):                            # warm up: tracing, first reads
+    for _ in range(3):                            # warm up: tracing, first reads, buffer
         next(it)
-    t = time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    return batches * views_per_batch / (time.perf_counter() - t)
+
+    def work() -> int:
+        for _ in range(n):
+            next(it)
+        return n
+    return work
 
 
-def pipeline_only(a) -> None:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    with tempfile.TemporaryDirectory() as d:
+def _load_reference(folder: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "simclr_data_util", os.path.join(os.path.expanduser(folder), "data_util.py"))
+    data_util = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data_util)
+    return data_util
+
+
+def side_pipeline(a) -> None:
+    """One pipeline-only side (in its own process): views/s over a.batches batches."""
+    name, blur = a.side.rsplit("-", 1)
+    if name == "reference":
+        with open(os.path.join(a.data, "jpegs.list")) as f:
+            paths = f.read().split()
+        jpegs = [open(p, "rb").read() for p in paths]
+        ds = reference_pipeline(_load_reference(a.reference), jpegs, a.batch, 224,
+                                blur == "blur")
+    else:
+        aug = preset("simclr") if blur == "blur" else dataclasses.replace(
+            preset("simclr"), blur_p=0.0)
+        pcfg = PipelineConfig(a.data, "train", a.batch, 224, shuffle_buffer=a.buffer)
+        ds = pretrain_dataset(name, pcfg, aug)
+    window = sides.timed_window(_next_n(ds, a.batches))
+    sides.emit(window["amount"] * 2 * a.batch / window["wall_s"], "views/s", window)
+
+
+def side_model(a) -> None:
+    """One training side: steps/s of end-to-end (e2e-METHOD) or model-only on one cached
+    batch (model-METHOD, model-bf16 for mixed_bfloat16)."""
+    kind, method = a.side.split("-", 1)
+    cfg = Config()
+    cfg.data.image_size = a.size
+    cfg.model.depth, cfg.model.width_multiplier = 18, a.width
+    cfg.model.num_proj_layers, cfg.model.proj_out_dim = 2, 64
+    if method == "bf16":
+        method, cfg.train.precision = "simclr", "mixed_bfloat16"
+    pcfg = PipelineConfig(a.data, "train", a.batch, a.size, shuffle_buffer=a.buffer)
+    ds = pretrain_dataset(method, pcfg, preset("simclr"))
+    if kind == "model":
+        ds = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
+    model = build_contrastive_model(cfg, num_classes=3)
+    model.compile(optimizer=LARS(0.1, weight_decay=1e-6), jit_compile=False)
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)   # trace + warm up
+
+    def work() -> int:
+        model.fit(ds, steps_per_epoch=a.steps, epochs=1, verbose=0)
+        return a.steps
+    window = sides.timed_window(work)
+    sides.emit(window["amount"] / window["wall_s"], "steps/s", window)
+
+
+def pipeline_only(a, script: str, d: str) -> None:
+    if os.path.isdir(HAM10000):
+        jpegs = ham_records(d, a.jpegs)
+        what = f"{len(jpegs)} HAM10000 photos (600x450 JPEGs, lesions as cases)"
+    else:
         jpegs = make_jpeg_records(d, a.jpegs)
-        pcfg = PipelineConfig(d, "train", a.batch, 224, shuffle_buffer=1000)
-        runs = {m: pretrain_dataset(m, pcfg, preset("simclr")) for m in ("simclr", "micle")}
-        if a.reference:
-            import importlib.util
-            spec = importlib.util.spec_from_file_location(
-                "simclr_data_util", os.path.join(os.path.expanduser(a.reference), "data_util.py"))
-            data_util = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(data_util)
-            runs["reference"] = reference_pipeline(data_util, jpegs, a.batch, 224)
-        print(f"input pipeline only: {len(jpegs)} JPEGs 600x450 -> 224 px, batch {a.batch} "
-              f"(x2 views), {a.batches} timed batches per round, {cores} cores")
-        rates: dict[str, list[float]] = {k: [] for k in runs}
-        for _ in range(a.rounds):                 # interleaved: load drift hits all alike
-            for k, ds in runs.items():
-                rates[k].append(views_per_second(ds, a.batches, 2 * a.batch))
-        for k, r in rates.items():
-            spread = (max(r) - min(r)) / np.median(r)
-            line = (f"{k:9s}: {np.median(r):7.1f} views/s, {np.median(r) / cores:6.1f} per core "
-                    f"(rounds: {', '.join(f'{v:.0f}' for v in r)}; spread {spread:.0%})")
-            if "reference" in rates and k != "reference":
-                ratio = [x / y for x, y in zip(r, rates["reference"])]
-                line += (f"; vs reference {np.median(ratio):.2f}x "
-                         f"(rounds: {', '.join(f'{v:.2f}' for v in ratio)})")
-            print(line)
+        what = f"{len(jpegs)} synthetic 600x450 JPEGs (no ../shared/data/ham10000 here)"
+    paths = []
+    for i, b in enumerate(jpegs):      # the reference reads the same bytes from files
+        paths.append(os.path.join(d, f"{i}.jpg"))
+        with open(paths[-1], "wb") as f:
+            f.write(b)
+    with open(os.path.join(d, "jpegs.list"), "w") as f:
+        f.write("\n".join(paths))
+    names = ["simclr", "micle"] + (["reference"] if a.reference else [])
+    common = ["--data", d, "--batch", str(a.batch), "--batches", str(a.batches),
+              "--buffer", str(a.buffer)] + (["--reference", a.reference] if a.reference else [])
+    runs = {f"{n}-{b}": sides.child_argv(script, "--side", f"{n}-{b}", "--pipeline-only",
+                                         *common)
+            for b in ("blur", "noblur") for n in names}
+    print(f"input pipeline only: {what} -> 224 px, batch {a.batch} (x2 views), "
+          f"shuffle buffer {a.buffer}, {a.batches} timed batches a run, {a.rounds} rounds")
+    results = sides.interleave(runs, a.rounds)
+    for k, r in results.items():
+        print(sides.summary_line(k, r))
+    if a.reference:
+        for b in ("blur", "noblur"):
+            for n in ("simclr", "micle"):
+                print(sides.ratio_line(f"{n}-{b}", f"reference-{b}", results))
 
 
-def steps_per_second(model, ds, steps: int) -> float:
-    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace + warm up
-    t = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    return steps / (time.perf_counter() - t)
-
-
-def build(cfg: Config):
-    m = build_contrastive_model(cfg, num_classes=3)
-    m.compile(optimizer=LARS(0.1, weight_decay=1e-6), jit_compile=False)
-    return m
+def model_sides(a, script: str, d: str) -> None:
+    make_records(d, a.cases, a.size)
+    common = ["--data", d, "--batch", str(a.batch), "--steps", str(a.steps), "--size",
+              str(a.size), "--width", str(a.width), "--buffer", str(a.buffer)]
+    names = ["e2e-simclr", "model-simclr", "e2e-micle", "model-micle", "model-bf16"]
+    runs = {n: sides.child_argv(script, "--side", n, *common) for n in names}
+    print(f"narrow ResNet-18 (width {a.width}), {a.size} px, batch {a.batch}, "
+          f"{a.steps} timed steps a run, shuffle buffer {a.buffer}, {a.rounds} rounds")
+    results = sides.interleave(runs, a.rounds)
+    for k, r in results.items():
+        print(sides.summary_line(k, r))
+    for m in ("simclr", "micle"):
+        print(sides.ratio_line(f"e2e-{m}", f"model-{m}", results))
+    print(sides.ratio_line("model-bf16", "model-simclr", results) + "  (bf16 / float32)")
 
 
 def main() -> None:
@@ -169,55 +270,25 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--cases", type=int, default=400)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--buffer", type=int, default=TRAINING_BUFFER,
+                    help=f"shuffle buffer (default: training's, {TRAINING_BUFFER})")
     ap.add_argument("--pipeline-only", action="store_true",
-                    help="input pipeline alone at 224 px from 600x450 JPEGs (see above)")
+                    help="input pipeline alone at 224 px from photo-sized JPEGs (see above)")
     ap.add_argument("--reference", metavar="DIR",
                     help="with --pipeline-only: google-research/simclr's tf2 folder")
     ap.add_argument("--jpegs", type=int, default=600)
     ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--side", help=argparse.SUPPRESS)      # a child: one side, one run
+    ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.side:
+        (side_pipeline if a.pipeline_only else side_model)(a)
+        return
     from machine import machine_line
     print(machine_line(), flush=True)
-    if a.pipeline_only:
-        pipeline_only(a)
-        return
-    cfg = Config()
-    cfg.data.image_size = a.size
-    cfg.model.depth, cfg.model.width_multiplier = 18, a.width
-    cfg.model.num_proj_layers, cfg.model.proj_out_dim = 2, 64
     with tempfile.TemporaryDirectory() as d:
-        make_records(d, a.cases, a.size)
-        print(f"narrow ResNet-18 (width {a.width}), {a.size} px, batch {a.batch}, "
-              f"{a.steps} timed steps, {os.cpu_count()} CPUs")
-        for method in ("simclr", "micle"):
-            pcfg = PipelineConfig(d, "train", a.batch, a.size, shuffle_buffer=1000)
-            ds = pretrain_dataset(method, pcfg, preset("simclr"))
-            cached = tf.data.Dataset.from_tensors(next(iter(ds))).repeat()
-            model = build(cfg)
-            # Interleaved rounds (model-only, end-to-end, model-only): each round's ratio
-            # uses the mean of the two model-only rates around it, so load drifting on a
-            # shared machine cancels; the median round is reported.
-            ratios, e2e_rates, mo_rates = [], [], []
-            for _ in range(a.rounds):
-                m1 = steps_per_second(model, cached, a.steps)
-                e = steps_per_second(model, ds, a.steps)
-                m2 = steps_per_second(model, cached, a.steps)
-                ratios.append(e / ((m1 + m2) / 2))
-                e2e_rates.append(e)
-                mo_rates += [m1, m2]
-            print(f"{method:6s}: end-to-end {np.median(e2e_rates):6.2f} steps/s, model-only "
-                  f"{np.median(mo_rates):6.2f} steps/s, ratio {np.median(ratios):.3f} "
-                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
-        cached_batch = next(iter(pretrain_dataset("simclr", PipelineConfig(
-            d, "train", a.batch, a.size), preset("simclr"))))
-        cached = tf.data.Dataset.from_tensors(cached_batch).repeat()
-        rates = {}
-        for precision in ("float32", "mixed_bfloat16"):
-            cfg.train.precision = precision
-            rates[precision] = steps_per_second(build(cfg), cached, a.steps)
-        print(f"precision: mixed_bfloat16 {rates['mixed_bfloat16']:.2f} steps/s vs float32 "
-              f"{rates['float32']:.2f} steps/s, ratio {rates['mixed_bfloat16'] / rates['float32']:.2f}")
+        (pipeline_only if a.pipeline_only else model_sides)(a, os.path.abspath(__file__), d)
 
 
 if __name__ == "__main__":
