@@ -19,7 +19,8 @@ def _scalars(level: dict) -> dict:
 def _heldout(metrics: dict, source: str) -> tuple[dict, list[dict]]:
     case = metrics.get("case") or {}
     ci = case.get("ci95") or {}
-    values = _scalars(case)
+    values = {k: v for k, v in _scalars(case).items()   # top-3 of three classes is always 1
+              if not ("top3" in k and len(metrics.get("class_names") or []) <= 3)}
     perf = [metric(k, v, f"held-out {source}, case level", ci.get(k)) for k, v in values.items()]
     cal = (metrics.get("calibration") or {}).get("case") or {}
     if "ece" in cal:
