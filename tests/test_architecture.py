@@ -18,7 +18,8 @@ TOOL_UNITS = ("train", "export", "import", "score", "serving", "data_prep", "rec
 # unit: (modules it holds, by exact name or as a package prefix; units it may import)
 FOUNDATION = ("tfmicle", "tfmicle.cli", "tfmicle.config", "tfmicle.tasks", "tfmicle.model_format",
               "tfmicle.model_load", "tfmicle.fileio", "tfmicle.imagefiles", "tfmicle.csvfiles",
-              "tfmicle.overlay", "tfmicle.data", "tfmicle.data.records", "tfmicle.caseindex")
+              "tfmicle.overlay", "tfmicle.data", "tfmicle.data.records", "tfmicle.caseindex",
+              "tfmicle.model_card")
 UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # names and formats everyone shares; no TensorFlow at import time except records
     "foundation": (FOUNDATION, ()),

@@ -5,7 +5,9 @@ TensorFlow Serving, ``python -m serving`` and ``tfmicle.score`` load unchanged.
 
 Layout (TF Serving's model repository, written through tfmicle.model_format):
 ``MODELS/<name>/<version>/`` with saved_model.pb, variables/, assets/labels.txt (class
-names, one per line, index order) and assets/metadata.json. Without a version, the next
+names, one per line, index order), assets/metadata.json and the model card
+(model_card.json / .md, tfmicle.model_card; not listed in the marker, so a deployer can
+complete it in place). Without a version, the next
 free integer is used. ``--out`` may be a URL (``gs://bucket/models/<name>``). A local
 version folder is written under a temporary name, published (``model_format.publish``:
 the marker ``published.json``, written last) and renamed into place; an object store has
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 
 from tfmicle import cli, fileio
 from tfmicle import model_format as mf
+from tfmicle.model_card.store import write_card
 
 log = logging.getLogger("tfmicle.export")
 
@@ -189,6 +192,22 @@ def fit_calibration(model, task: str, data_dir: str, split: str, num_classes: in
     return out
 
 
+def model_card(model_dir: str, cfg, info: dict, metadata: dict, name: str, version: int) -> dict:
+    """The version's model card (tfmicle.model_card) from metadata.json's facts, the
+    records' dataset.json and the pretraining runs the encoder came from."""
+    from tfmicle.data import records
+    from tfmicle.model_card.build import build_card
+    from tfmicle.rundir import pretraining_history
+
+    try:
+        dataset = records.load_dataset_info(info.get("data_dir") or cfg.data.dir)
+    except (OSError, ValueError):  # a TFDS source, or records moved: the card says unknown
+        dataset = None
+    history = pretraining_history(cfg.finetune.checkpoint) \
+        if cfg.finetune.init == "checkpoint" else []
+    return build_card(metadata, name, version, dataset, info, history)
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     """How export() exports a run: the CLI's flags, with its defaults."""
@@ -284,6 +303,7 @@ def export(model_dir: str, out: str, options: ExportOptions = ExportOptions()) -
             mf.EXPLAIN_SIGNATURE: module.serve_explain})
         mf.write_labels(tmp, class_names)
         mf.write_metadata(tmp, metadata)
+        write_card(tmp, model_card(model_dir, cfg, info, metadata, fileio.basename(base), version))
         if options.verify:
             probes = mf.probe_images()
             loaded = tf.saved_model.load(tmp)

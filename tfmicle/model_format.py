@@ -7,6 +7,8 @@ A model repository (TF Serving's layout)::
         saved_model.pb, variables/
         assets/labels.txt             class names, one per line, in output index order
         assets/metadata.json          FORMAT, task, class names, image size, training run...
+        model_card.json, model_card.md  the model card (tfmicle.model_card); not listed
+                                      in the marker, so a deployer may complete it in place
         published.json                the publish marker, written LAST (below)
 
 Contract of the SavedModel: signature ``serving_default`` takes ``images`` (1-D
@@ -55,6 +57,11 @@ LABELS_FILE = ASSETS_DIR + "/labels.txt"
 METADATA_FILE = ASSETS_DIR + "/metadata.json"
 PUBLISHED_FILE = "published.json"  # the publish marker, written last
 CASE_INDEX_DIR = "similar"  # <version>/similar/: its case index (tfmicle.caseindex), published by its own marker
+MODEL_CARD_JSON = "model_card.json"  # <version>/: the model card (tfmicle.model_card)
+MODEL_CARD_MD = "model_card.md"      # the same card as markdown
+# Documentation, not the model: written before the marker but not listed in it, so
+# filling in the card's placeholders never makes a served version look half-copied.
+UNLISTED_FILES = (MODEL_CARD_JSON, MODEL_CARD_MD)
 VARIABLES_DIR = "variables"
 VARIABLES_INDEX = "variables.index"
 _SHARD = re.compile(r"variables\.data-(\d{5})-of-(\d{5})")  # TensorFlow's checkpoint shard names
@@ -118,7 +125,8 @@ def incomplete_reason(version_dir: str | os.PathLike) -> str | None:
     """Why a version folder cannot hold a whole SavedModel yet (no saved_model.pb, no
     variables index, a variables shard missing), else None. What a folder without the
     marker must pass before serving's settle rule or ``publish_all`` take it; a file
-    still being written passes it (the marker's sizes or the settle window catch that)."""
+    still being written passes it (the marker's sizes or the settle window catch that).
+    A model card is never required: SavedModels from elsewhere have none."""
     if not has_saved_model(version_dir):
         return f"no {SAVED_MODEL_FILE}"
     try:
@@ -163,8 +171,9 @@ def resolve_version(path: str) -> tuple[str, int | None]:
 # --------------------------------------------------------------------------- publishing
 
 def _files(version_dir: str | os.PathLike) -> dict[str, int]:
-    """{relative path with '/': size} of every file in the folder but the marker and the
-    case index (it has its own marker, and may be rebuilt while the model stays)."""
+    """{relative path with '/': size} of every file in the folder but the marker, the
+    case index (it has its own marker, and may be rebuilt while the model stays) and the
+    model card (UNLISTED_FILES: edited in place by whoever deploys the model)."""
     out = {}
     for root, dirs, files in fileio.walk(version_dir):
         if fileio.normpath(root) == fileio.normpath(version_dir) and CASE_INDEX_DIR in dirs:
@@ -172,7 +181,8 @@ def _files(version_dir: str | os.PathLike) -> dict[str, int]:
         for f in files:
             p = fileio.join(root, f)
             rel = fileio.relpath(p, version_dir).replace(os.sep, "/")
-            if rel != PUBLISHED_FILE and not f.startswith(f".{PUBLISHED_FILE}"):
+            if rel != PUBLISHED_FILE and rel not in UNLISTED_FILES and \
+                    not f.startswith(f".{PUBLISHED_FILE}"):
                 out[rel] = fileio.getsize(p)
     return dict(sorted(out.items()))
 
@@ -301,7 +311,8 @@ def probe_images() -> list[bytes]:
     return out
 
 
-__all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "CASE_INDEX_DIR", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
+__all__ = ["SAVED_MODEL_FILE", "LABELS_FILE", "CASE_INDEX_DIR", "MODEL_CARD_JSON", "MODEL_CARD_MD",
+           "UNLISTED_FILES", "METADATA_FILE", "FORMAT", "FORMAT_VERSION",
            "SIGNATURE", "PIXELS_SIGNATURE", "PREPROCESSED_FUNCTION", "IMAGES_INPUT",
            "PROBABILITIES_OUTPUT", "EMBEDDING_OUTPUT", "PUBLISHED_FILE", "parse_uint",
            "EXPLAIN_SIGNATURE", "CLASSES_INPUT", "HEATMAP_OUTPUT", "EXPLAINED_CLASS_OUTPUT",

@@ -82,18 +82,47 @@ def prepare_model_dir(cfg: Config) -> str:
     return cfg.model_dir
 
 
-def config_of(path: str) -> Config | None:
-    """The resolved config of the run a model dir, its checkpoints folder or a
-    checkpoint prefix belongs to (None when there is none or it does not load)."""
+def run_folder_of(path: str) -> str | None:
+    """The run folder (with config.yaml) of a model dir, checkpoints folder or prefix."""
     path = fileio.abspath(path)
     for d in (path, fileio.dirname(path), fileio.dirname(fileio.dirname(path))):
-        f = fileio.join(d, CONFIG_FILE)
-        if fileio.isfile(f):
-            try:
-                return load_config(f)
-            except ConfigError:
-                return None
+        if fileio.isfile(fileio.join(d, CONFIG_FILE)):
+            return d
     return None
+
+
+def config_of(path: str) -> Config | None:
+    """The resolved config of run_folder_of(path); None when none, or it does not load."""
+    d = run_folder_of(path)
+    try:
+        return load_config(fileio.join(d, CONFIG_FILE)) if d else None
+    except ConfigError:
+        return None
+
+
+def pretraining_history(checkpoint: str, max_links: int = 4) -> list[dict]:
+    """The pretraining an encoder came from, newest first, following pretrain.checkpoint
+    (continued pretraining): per run {"path", "readable", "method", "data_dir",
+    "train_split", "tfds", "steps", "batch_size", "init", "imported" (import.json)}; a run
+    whose config.yaml cannot be read ends it as {"path", "readable": False}."""
+    out: list[dict] = []
+    while checkpoint and len(out) < max_links:
+        d, cfg = run_folder_of(checkpoint), config_of(checkpoint)
+        if d is None or cfg is None:
+            out.append({"path": fileio.abspath(checkpoint), "readable": False})
+            break
+        imported = read_json(fileio.join(d, IMPORT_JSON))
+        prefix = latest_checkpoint(checkpoint)  # the checkpoint the next run restored
+        step = imported["global_step"] if imported else (
+            int(prefix.rsplit("-", 1)[1]) if prefix and "ckpt-" in prefix else None)
+        out.append({"path": d, "readable": True, "method": cfg.method,
+                    "data_dir": cfg.data.dir, "train_split": cfg.data.train_split,
+                    "tfds": cfg.data.tfds.name if cfg.data.source == "tfds" else None,
+                    "steps": step, "batch_size": cfg.train.batch_size,
+                    "init": "import" if imported else cfg.pretrain.init,
+                    "imported": imported})
+        checkpoint = "" if imported or cfg.pretrain.init != "checkpoint" else cfg.pretrain.checkpoint
+    return out
 
 
 def append_validation(model_dir: str, row: dict) -> None:

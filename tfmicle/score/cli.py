@@ -63,6 +63,9 @@ def build_parser() -> cli.ArgumentParser:
                    help="Beam pipeline options, e.g. --beam-args=\"--runner=DataflowRunner "
                         "--project=P --region=R --temp_location=gs://B/tmp\" "
                         "(default: DirectRunner)")
+    p.add_argument("--model-card", action="store_true",
+                   help="write model_card.json / .md into --out: the model version's card "
+                        "with this held-out performance, --subgroups and --compare added")
     t = p.add_argument_group("TFDS sources (--data tfds:NAME)")
     t.add_argument("--tfds-data-dir", help="TFDS data dir (default: TFDS's)")
     t.add_argument("--image-key", help="Image feature (default: image)")
@@ -96,7 +99,8 @@ def options(args, progress_factory=None) -> ScoreOptions:
         format=args.format, batch_size=args.batch_size, replicates=args.bootstrap,
         seed=args.seed, auc_classes=auc, images_root=args.images, report=True,
         progress=progress_factory, subgroups=groups, explain=args.explain,
-        tfds_options=tfds_options(args), runner=args.runner, beam_args=beam_args)
+        tfds_options=tfds_options(args), runner=args.runner, beam_args=beam_args,
+        model_card=args.model_card)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from tfmicle import fileio
+from tfmicle.score.card import version_card, write_scored_card
 from tfmicle.score.model import ScoreError, ScoringModel, load_model
 from tfmicle.score.options import FORMATS, RUNNERS, ScoreOptions
 from tfmicle.score.predict import Predictions, predict
@@ -61,6 +62,7 @@ def score(model_path: str, data: str, out_dir: str,
           options: ScoreOptions = ScoreOptions()) -> dict:
     """The whole scoring job; returns {"runs": [...], "report": path, ...}.
     options (ScoreOptions): with subgroups, metrics per patient subgroup of each run;
+    with model_card, the version's card with these results added (card.py) into out_dir;
     with compare, the shift summary (tfmicle.score.shift) goes to DIR/shift.json and the
     report; explain N: Grad-CAM overlays of each labelled source (needs the model's
     serving_explain); runner "beam": an Apache Beam pipeline with beam_args as its
@@ -87,6 +89,7 @@ def score(model_path: str, data: str, out_dir: str,
         if declared is not None:
             _check_subgroup_columns(subgroups, declared, data)
     model = load_model(model_path)
+    card = version_card(model) if o.model_card else None  # refused before any scoring
     if o.explain and model.explain_fn is None:
         raise ScoreError(f"--explain: {model.path} was exported without the "
                          "'serving_explain' signature; re-export it with a current "
@@ -134,6 +137,10 @@ def score(model_path: str, data: str, out_dir: str,
         out["report"] = write_report(model, runs, out_dir, figures, body, groups.lead(runs),
                                      [Shift.FILE] if shift.summary else [])
         out["figures"] = figures
+    if card is not None:
+        out["model_card"] = write_scored_card(card, out_dir, runs[0].metrics,
+                                              runs[0].pred.source.spec, shift.summary,
+                                              runs[1].pred.source.spec if len(runs) > 1 else None)
     return out
 
 

@@ -36,6 +36,8 @@ class ScoreOptions:
                                         # (image_key, label_key, case_key, data_dir, manual_dir)
     runner: str = "local"               # local (this process) | beam (beam.py)
     beam_args: Sequence[str] = ()       # Beam pipeline options (runner beam only)
+    model_card: bool = False            # a copy of the version's model card with the
+                                        # held-out results added (card.py), into the output
 
 
 __all__ = ["ScoreOptions", "ProgressFactory", "FORMATS", "RUNNERS"]
