@@ -155,7 +155,7 @@ def run_demo(out: str, pretrain_steps: int, finetune_steps: int, width: float,
            ["--model-dir", ft_dir, "--out", models, "--calibrate", "validation"])
     stage("batch scoring (test split)", "tfmicle.score", [
         "--model", models, "--data", records, "--split", "test", "--out", report,
-        "--bootstrap", "200", "--explain", "2", *qa])
+        "--bootstrap", "200", "--explain", "2", "--model-card", *qa])
     metrics_path = os.path.join(report, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
     return {"out": out, "manifest": manifest, "records": records, "pretrain_dir": pre_dir,

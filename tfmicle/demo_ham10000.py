@@ -150,7 +150,8 @@ def run(data: str, out: str, pretrain_steps: int, finetune_steps: int, width: fl
            ["--model-dir", ft_dir, "--out", models, "--calibrate", "validation"])
     stage("batch scoring (test lesions, subgroups, explanations)", "tfmicle.score", [
         "--model", models, "--data", records, "--split", "test", "--out", report,
-        "--bootstrap", "200", "--explain", "2", "--subgroups", SUBGROUPS, *qa])
+        "--bootstrap", "200", "--explain", "2", "--subgroups", SUBGROUPS, "--model-card",
+        *qa])
     sample = write_sample(records, out)
     metrics_path = os.path.join(report, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
