@@ -243,7 +243,9 @@ PROCESS_MARKERS = ("subprocess", "server", "beam")
 # one-line commands libraries run for themselves (matplotlib's font cache, platform's
 # CPU name): not the processes the rule is about
 LIBRARY_HELPERS = {"fc-list", "uname", "ldconfig", "nvidia-smi", "lscpu"}
-UNMARKED_BUDGET_S = float(os.environ.get("TFMICLE_TEST_BUDGET_S", "3"))
+# measured alone; with pytest-xdist each worker shares the cores with the others
+UNMARKED_BUDGET_S = float(os.environ.get("TFMICLE_TEST_BUDGET_S", "3")) * \
+    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
 def pytest_collection_modifyitems(config, items):

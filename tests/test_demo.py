@@ -75,6 +75,10 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(summary["records"], "dataset.json"))
     assert os.path.exists(os.path.join(summary["report"], "report.md"))
     assert summary["metrics"], "score wrote no metrics.json"
+    # the model card: written at export, and scored with held-out results
+    card = json.load(open(os.path.join(summary["report"], "model_card.json")))
+    assert os.path.isfile(os.path.join(summary["models"], "1", "model_card.md"))
+    assert "held-out" in json.dumps(card).lower()
     # Calibrated at export, and the report shows calibration and explanation overlays.
     meta = json.load(open(os.path.join(summary["models"], "1", "assets", "metadata.json")))
     assert meta["calibration"]["split"] == "validation" and meta["calibration"]["temperature"] > 0
