@@ -36,6 +36,8 @@ class ScoreOptions:
                                         # (image_key, label_key, case_key, data_dir, manual_dir)
     runner: str = "local"               # local (this process) | beam (beam.py)
     beam_args: Sequence[str] = ()       # Beam pipeline options (runner beam only)
+    similar: str | None = None          # a case index: precision@k of its nearest cases (similar.py)
+    similar_k: int = 5                  # k of --similar
 
 
 __all__ = ["ScoreOptions", "ProgressFactory", "FORMATS", "RUNNERS"]
