@@ -130,13 +130,17 @@ def test_score_similar_precision_at_k_equals_numpy_nearest_neighbours(built, tmp
         assert m["chance"] == pytest.approx(np.mean(list(chance.values())), abs=1e-9)
         low, high = m["precision_at_k_ci"]
         assert low <= m["precision_at_k"] <= high
+        by_class = []
         for c in CLASSES:
             mine = [q for q, (_, y) in queries.items() if y == c]
+            by_class.append(np.mean([prec[q] for q in mine]))
             v = m["per_class"][c]
             assert v["queries"] == len(mine) and v["reference_cases"] == 8
             assert v["precision_at_k"] == pytest.approx(np.mean([prec[q] for q in mine]), abs=1e-9)
             # 8 of 24 reference cases per class, less the query's own: 7 of 23
             assert v["chance"] == pytest.approx(7 / 23)
+        assert m["precision_at_k_macro"] == pytest.approx(np.mean(by_class), abs=1e-9)
+        assert m["chance_macro"] == pytest.approx(7 / 23)
     report = (out / "report.md").read_text()
     assert f"| class | queries | reference cases | precision@{k} (95 % CI) | chance |" in report
     assert "A reference case with the query's case id is excluded" in report
@@ -220,8 +224,8 @@ def test_cli_mistakes_after_the_model_loads(built, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_csv_reference_keeps_metadata_per_case_and_counts_what_it_leaves_out(built, tmp_path,
-                                                                             capsys):
+def test_csv_reference_on_an_object_store_keeps_metadata_and_counts_what_it_leaves_out(
+        built, tmp_path, capsys):
     rng = np.random.default_rng(3)
     for name in ("p1.png", "p2.png", "p3.png", "p4.png"):
         (tmp_path / name).write_bytes(png_bytes(rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)))
@@ -233,7 +237,7 @@ def test_csv_reference_keeps_metadata_per_case_and_counts_what_it_leaves_out(bui
         w = csv.writer(f)
         w.writerow(["image", "case_id", "label", "site"])
         w.writerows(rows)
-    out = tmp_path / "idx"
+    out = f"ram://{tmp_path.name}/idx"   # an object-store path: every write through fileio
     code, stdout, err = run_main(index_cli.main, [
         "--model", built["model"], "--data", tmp_path / "ref.csv", "--out", out,
         "--meta-cols", "site", "--dtype", "float16", "-q"], capsys)

@@ -105,12 +105,16 @@ def similar_metrics(run, model: ScoringModel, index: store.CaseIndex, k: int, re
             "precision_at_k": float(np.mean(prec[m])) if m.any() else None,
             "precision_at_k_ci": ci.get(str(c), nan2) if m.any() and ci else None,
             "chance": float(np.mean(chance[m])) if m.any() else None}
+    # macro: each class present among the queries counts once, whatever its prevalence
+    macro = [c for c in per_class.values() if c["queries"]]
     return {"index": index.path, "k": k, "index_cases": index.count,
             "index_model_version": index.model_version, "queries": int(len(keep)),
             "unlabelled_queries": int(len(cases) - len(keep)),
             "excluded_same_case": int(self_found.sum()),
             "precision_at_k": float(np.mean(prec)), "precision_at_k_ci": ci.get("all"),
-            "chance": float(np.mean(chance)), "per_class": per_class}
+            "chance": float(np.mean(chance)),
+            "precision_at_k_macro": float(np.mean([c["precision_at_k"] for c in macro])),
+            "chance_macro": float(np.mean([c["chance"] for c in macro])), "per_class": per_class}
 
 
 class SimilarCases(Section):
@@ -164,7 +168,9 @@ def report_lines(m: dict, name: str = "") -> list[str]:
              f"| class | queries | reference cases | precision@{k} (95 % CI) | chance |",
              "|---|---:|---:|---:|---:|",
              f"| all | {m['queries']} | {m['index_cases']} | "
-             f"{_pct(m['precision_at_k'], m['precision_at_k_ci'])} | {_pct(m['chance'])} |"]
+             f"{_pct(m['precision_at_k'], m['precision_at_k_ci'])} | {_pct(m['chance'])} |",
+             f"| mean over classes | | | {_pct(m['precision_at_k_macro'])} | "
+             f"{_pct(m['chance_macro'])} |"]
     for c, v in m["per_class"].items():
         lines.append(f"| {c} | {v['queries']} | {v['reference_cases']} | "
                      f"{_pct(v['precision_at_k'], v['precision_at_k_ci'])} | {_pct(v['chance'])} |")
