@@ -37,7 +37,8 @@ UNITS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": (("tfmicle.train",), ("runs", "library", "foundation")),
     "export": (("tfmicle.export",), ("runs", "library", "foundation")),
     "import": (("tfmicle.import_checkpoint",), ("runs", "library", "foundation")),
-    "score": (("tfmicle.score",), ("library", "foundation")),
+    # the index tool (python -m tfmicle.index) is the same batch inference as scoring
+    "score": (("tfmicle.score", "tfmicle.index"), ("library", "foundation")),
     "serving": (("serving",), ("foundation",)),
     # the whole recipe end to end
     # (it drives the tools as a user does, through `python -m`, and imports none of them)

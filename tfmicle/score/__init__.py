@@ -29,6 +29,9 @@ and flags the largest gap at the top of report.md.
 metrics.json and report.md include calibration (ECE over 15 bins with a case-bootstrap
 CI, Brier, NLL; reliability.png). --explain N writes Grad-CAM overlays of the N most
 confident errors and correct predictions (DIR/explain/) into the report.
+--similar INDEX [--similar-k K] reports how often the K nearest cases of a case index
+(built by ``python -m tfmicle.index`` with this model version; similar.py) share each
+held-out case's class, per class and beside chance; index.py is that tool's library.
 
 Scoring preprocesses in tf.data with tfmicle's one eval preprocessing (the same
 function the exported graph runs), in parallel with the model, and calls the model's

@@ -66,6 +66,11 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--model-card", action="store_true",
                    help="write model_card.json / .md into --out: the model version's card "
                         "with this held-out performance, --subgroups and --compare added")
+    p.add_argument("--similar", metavar="INDEX",
+                   help="a case index built by this model (python -m tfmicle.index): report "
+                        "precision@k of its nearest reference cases, per class, next to chance")
+    p.add_argument("--similar-k", type=int, default=ScoreOptions.similar_k, metavar="K",
+                   help="neighbours per query case for --similar (default 5)")
     t = p.add_argument_group("TFDS sources (--data tfds:NAME)")
     t.add_argument("--tfds-data-dir", help="TFDS data dir (default: TFDS's)")
     t.add_argument("--image-key", help="Image feature (default: image)")
@@ -100,7 +105,8 @@ def options(args, progress_factory=None) -> ScoreOptions:
         seed=args.seed, auc_classes=auc, images_root=args.images, report=True,
         progress=progress_factory, subgroups=groups, explain=args.explain,
         tfds_options=tfds_options(args), runner=args.runner, beam_args=beam_args,
-        model_card=args.model_card)
+        model_card=args.model_card,
+        similar=args.similar, similar_k=args.similar_k)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from tfmicle.score.figures import write_figures, write_reliability
 from tfmicle.score.report import Scored, parquet_available, tables, write_report, write_table
 from tfmicle.score.sections import (Calibration, Explanations, Job, Metrics, Provenance, Section,
                                     Shift, SubgroupMetrics, apply)
+from tfmicle.score.similar import SimilarCases, check_index
 from tfmicle.score.sources import Source, declared_meta_columns, open_source
 from tfmicle.score.subgroups import Subgroups, resolve_column
 
@@ -27,7 +28,8 @@ log = logging.getLogger("tfmicle.score")
 
 def run_sections(job: Job) -> list[Section]:
     """The sections of one run, in the order their keys appear in its metrics.json."""
-    return [Metrics(job), Calibration(job), Provenance(job), SubgroupMetrics(job)]
+    return [Metrics(job), Calibration(job), Provenance(job), SubgroupMetrics(job),
+            SimilarCases(job)]
 
 
 def score_one(model: ScoringModel, source: Source, out_dir: str,
@@ -40,7 +42,9 @@ def score_one(model: ScoringModel, source: Source, out_dir: str,
     predictor: predict (this process) or tfmicle.score.beam.predictor(...)."""
     from tfmicle import metrics as M
     fileio.makedirs(out_dir)
-    pred = predictor(model, source, options.batch_size, progress)
+    # --similar needs each image's embedding: from the same model call (local runner only)
+    extra = {"embeddings": True} if options.similar else {}
+    pred = predictor(model, source, options.batch_size, progress, **extra)
     files = {}
     for stem, (header, rows) in tables(model, pred).items():
         fmt = "csv" if stem == "skipped" else options.format
@@ -69,8 +73,11 @@ def score(model_path: str, data: str, out_dir: str,
     options (tfmicle.score.beam); tables, metrics and report are the same code."""
     o = options
     for flag, path in (("--model", model_path), ("--data", data), ("--compare", o.compare),
-                       ("--images", o.images_root), ("--out", out_dir)):
+                       ("--images", o.images_root), ("--out", out_dir), ("--similar", o.similar)):
         fileio.check_url(path, flag)
+    if o.similar and (o.similar_k < 1 or o.runner != "local"):
+        raise ScoreError("--similar-k must be >= 1" if o.similar_k < 1 else
+                         "--similar needs --runner local (the Beam rows carry no embeddings)")
     if o.runner == "beam":
         fileio.check_shared(out_dir, "--runner beam")
     predictor = _predictor(o.runner, o.beam_args)
@@ -94,6 +101,8 @@ def score(model_path: str, data: str, out_dir: str,
         raise ScoreError(f"--explain: {model.path} was exported without the "
                          "'serving_explain' signature; re-export it with a current "
                          "tfmicle.export, or omit --explain")
+    if o.similar:   # a mismatched index is refused before anything is predicted
+        check_index(o.similar, model)
     classes = list(o.auc_classes) if o.auc_classes else list(model.class_names)
     for c in classes:
         if c not in model.class_names:
@@ -122,7 +131,7 @@ def score(model_path: str, data: str, out_dir: str,
         {"name": r.name, "source": r.pred.source.spec, "scored": int(len(r.pred.rows)),
          "skipped": len(r.pred.skipped), "files": r.files, "metrics": r.metrics}
         for r in runs]}
-    metrics, calibration, _, groups = run_sections(job)   # computed by score_one
+    metrics, calibration, _, groups, similar = run_sections(job)   # computed by score_one
     shift, explanations = Shift(job), Explanations(job)
     for section in (shift, explanations):
         apply(section.compute(runs), runs, out)
@@ -133,7 +142,7 @@ def score(model_path: str, data: str, out_dir: str,
         if reliability:
             figures["reliability"] = reliability
         body = [s.lines(runs, figures)
-                for s in (metrics, shift, groups, calibration, explanations)]
+                for s in (metrics, shift, groups, calibration, similar, explanations)]
         out["report"] = write_report(model, runs, out_dir, figures, body, groups.lead(runs),
                                      [Shift.FILE] if shift.summary else [])
         out["figures"] = figures

@@ -40,6 +40,12 @@ class ScoringModel:
         return self._loaded.signature
 
     @property
+    def has_embedding(self) -> bool:
+        """serving_default has an ``embedding`` output (similar cases need one)."""
+        outputs = getattr(self.encoded_fn, "structured_outputs", None) if self._loaded else None
+        return isinstance(outputs, dict) and mf.EMBEDDING_OUTPUT in outputs
+
+    @property
     def explain_fn(self) -> Any:
         """serving_explain (Grad-CAM) when the model was exported with it, else None."""
         return self._loaded.explain_fn

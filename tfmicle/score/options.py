@@ -38,6 +38,8 @@ class ScoreOptions:
     beam_args: Sequence[str] = ()       # Beam pipeline options (runner beam only)
     model_card: bool = False            # a copy of the version's model card with the
                                         # held-out results added (card.py), into the output
+    similar: str | None = None          # a case index: precision@k of its nearest cases (similar.py)
+    similar_k: int = 5                  # k of --similar
 
 
 __all__ = ["ScoreOptions", "ProgressFactory", "FORMATS", "RUNNERS"]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tfmicle.imagefiles import decode_error
-from tfmicle.score.model import ScoreError, ScoringModel, call_encoded
+from tfmicle.model_format import EMBEDDING_OUTPUT
+from tfmicle.score.model import ScoreError, ScoringModel, call_encoded_outputs
 from tfmicle.score.sources import Source
 
 log = logging.getLogger("tfmicle.score")
@@ -22,6 +23,8 @@ class Predictions:
     rows: object        # int [M]: indices into source rows that were scored
     probs: object       # float32 [M, K]
     skipped: list[tuple[str, str, str]]
+    embeddings: object = None   # float32 [M, D], the model's embedding of each scored
+                                # image; only when asked for (--similar, the index tool)
 
 
 def _decode_error(data: bytes) -> str:
@@ -64,25 +67,32 @@ def _flagged(source: Source, model: ScoringModel):
 
 
 def predict(model: ScoringModel, source: Source, batch_size: int = 64,
-            progress: Callable[[int], None] | None = None) -> Predictions:
+            progress: Callable[[int], None] | None = None,
+            embeddings: bool = False) -> Predictions:
     """Scores every image of source in one pass over it; unreadable / undecodable images
-    are skipped and listed (with the reason)."""
+    are skipped and listed (with the reason). embeddings: also keep the model's
+    ``embedding`` output of each scored image (Predictions.embeddings [M, D]) from the
+    same call (ScoreError when the model has none)."""
     import numpy as np
     import tensorflow as tf
 
     fn = model.preprocessed_fn
     ds = _flagged(source, model).batch(batch_size).prefetch(2)
-    rows, probs, failed = [], [], []
+    rows, probs, failed, embedded = [], [], [], []
     fields = {k: [] for k in source.row_fields}
     for batch in ds:
         ok = batch["ok"].numpy()
         index = batch["index"].numpy()
         if ok.any():
             x = batch["x"] if ok.all() else tf.boolean_mask(batch["x"], ok)
-            out = fn(x)["probabilities"].numpy() if fn is not None else \
-                call_encoded(model.encoded_fn, x)
+            out = {k: v.numpy() for k, v in fn(x).items()} if fn is not None else \
+                call_encoded_outputs(model.encoded_fn, x)
             rows.append(index[ok])
-            probs.append(out.astype(np.float32))
+            probs.append(out["probabilities"].astype(np.float32))
+            if embeddings:
+                if EMBEDDING_OUTPUT not in out:
+                    raise ScoreError(f"{model.path} has no '{EMBEDDING_OUTPUT}' output")
+                embedded.append(out[EMBEDDING_OUTPUT].astype(np.float32))
         for j in np.flatnonzero(~ok):
             reason = batch["reason"][j].numpy().decode("utf-8", "replace")
             failed.append((int(index[j]), reason or _decode_error(batch["failed"][j].numpy())))
@@ -102,7 +112,10 @@ def predict(model: ScoringModel, source: Source, batch_size: int = 64,
         skipped += [(source.image_ids[i], source.case_ids[i], why) for i, why in failed]
         log.warning("%d image(s) of %s could not be read or decoded: skipped (see "
                     "skipped.csv)", len(failed), source.spec)
-    return Predictions(source, rows, probs, skipped)
+    emb = None
+    if embeddings:
+        emb = np.concatenate(embedded) if embedded else np.zeros((0, 0), np.float32)
+    return Predictions(source, rows, probs, skipped, emb)
 
 
 __all__ = ["Predictions", "predict"]
