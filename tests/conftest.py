@@ -236,16 +236,16 @@ def ham_slice(tmp_path_factory) -> str:
 # ----------------------------------------------------------------- the fast test loop
 # `pytest -m "not slow"` is the edit-test loop: it must stay quick. So every test that
 # starts a process, a server or Beam carries its marker (each implies slow), and an
-# unmarked test may neither start a process nor run longer than UNMARKED_BUDGET_S
-# (TFMICLE_TEST_BUDGET_S overrides it; 0 turns the time check off, e.g. on a loaded
-# machine): such a test fails with the marker to add.
+# unmarked test may neither start a process nor take more than UNMARKED_BUDGET_S of CPU
+# (this process, all threads: other jobs on the machine do not inflate it) or three times
+# that of wall time (a test that waits); TFMICLE_TEST_BUDGET_S overrides it, 0 turns the
+# time check off. Such a test fails with the marker to add.
 PROCESS_MARKERS = ("subprocess", "server", "beam")
 # one-line commands libraries run for themselves (matplotlib's font cache, platform's
 # CPU name): not the processes the rule is about
 LIBRARY_HELPERS = {"fc-list", "uname", "ldconfig", "nvidia-smi", "lscpu"}
-# measured alone; with pytest-xdist each worker shares the cores with the others
-UNMARKED_BUDGET_S = float(os.environ.get("TFMICLE_TEST_BUDGET_S", "3")) * \
-    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+UNMARKED_BUDGET_S = float(os.environ.get("TFMICLE_TEST_BUDGET_S", "3"))
+WALL_FACTOR = 3 * int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -303,12 +303,13 @@ def pytest_runtest_call(item):
     if not _unmarked(item):
         yield
         return
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         with _no_processes(item):
             yield
     finally:
-        item.user_properties.append(("call_seconds", time.perf_counter() - t0))
+        item.user_properties += [("call_seconds", time.perf_counter() - t0),
+                                 ("call_cpu_seconds", time.process_time() - c0)]
 
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -330,9 +331,11 @@ def pytest_runtest_makereport(item, call):
     if call.when != "call" or not report.passed or not _unmarked(item) or \
             UNMARKED_BUDGET_S <= 0:
         return
-    seconds = dict(item.user_properties).get("call_seconds", 0.0)
-    if seconds > UNMARKED_BUDGET_S:
+    props = dict(item.user_properties)
+    wall, cpu = props.get("call_seconds", 0.0), props.get("call_cpu_seconds", 0.0)
+    if cpu > UNMARKED_BUDGET_S or wall > WALL_FACTOR * UNMARKED_BUDGET_S:
         report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid} took {seconds:.1f} s, over the "
-                           f"{UNMARKED_BUDGET_S:g} s an unmarked test may take: make it "
-                           "smaller or mark it @pytest.mark.slow")
+        report.longrepr = (f"{item.nodeid} took {cpu:.1f} s of CPU and {wall:.1f} s of wall "
+                           f"time, over the {UNMARKED_BUDGET_S:g} s (CPU) / "
+                           f"{WALL_FACTOR * UNMARKED_BUDGET_S:g} s (wall) an unmarked test "
+                           "may take: make it smaller or mark it @pytest.mark.slow")

@@ -22,6 +22,9 @@ NOT_USER_ERRORS = {
                                         "its own (serving: ModelLoadError, score: ScoreError)",
     "serving.errors.ApiError": "an HTTP 4xx answer, not a CLI exit",
     "serving.errors.BodyTooLarge": "an HTTP 413 answer",
+    "tfmicle.model_card.store.CardUnreadable": "a damaged card file: score's --model-card "
+                                               "turns it into its one-line error, serving "
+                                               "into an HTTP error for that route",
 }
 
 

@@ -457,3 +457,12 @@ def test_read_best_reads_this_release_and_earlier_run_folders(tmp_path):
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "state.json").write_text('{"step": 8, "value": 0.25}')
     assert read_best(str(tmp_path)) == {"step": 8, "value": 0.25}
+
+
+def test_best_state_is_written_before_any_best_checkpoint(tmp_path):
+    """A validation whose metric is undefined keeps no checkpoint, but its state must
+    still be written (best/ does not exist yet)."""
+    from tfmicle.rundir import BEST_JSON, read_best, write_json
+    write_json(str(tmp_path / BEST_JSON), {"evals_since_best": 1})
+    assert read_best(str(tmp_path)) == {"evals_since_best": 1}
+    assert sorted(p.name for p in (tmp_path / "best").iterdir()) == ["state.json"]

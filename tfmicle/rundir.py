@@ -54,6 +54,7 @@ def write_json(path: str, data: dict) -> None:
     and an atomic rename; on an object store in one write (an object appears whole
     when its upload ends, and a rename there would be a copy)."""
     text = json.dumps(to_json_safe(data), indent=2)
+    fileio.makedirs(fileio.dirname(path))  # best/ exists only once a best checkpoint does
     if not fileio.has_atomic_rename(path):
         fileio.write_text(path, text)
         return
