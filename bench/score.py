@@ -36,7 +36,7 @@ def make_run(root: str, depth: int, width: float, size: int, classes: list[str])
     from tfmicle.tasks import MULTICLASS
     from tfmicle.train.finetune import build_model
     run = os.path.join(root, "run")
-    cfg = load_config(None, [f"mode=finetune", f"model_dir={run}", f"model.depth={depth}",
+    cfg = load_config(None, ["mode=finetune", f"model_dir={run}", f"model.depth={depth}",
                              f"model.width_multiplier={width}", f"data.image_size={size}",
                              "finetune.init=scratch", "model.global_bn=false"])
     rundir.prepare_model_dir(cfg)
@@ -89,7 +89,6 @@ def main() -> int:
     from machine import machine_line
     print(machine_line(), flush=True)
 
-    import numpy as np
     import tensorflow as tf
 
     from tfmicle import score as sc
