@@ -130,5 +130,12 @@ def test_demo_on_a_ham10000_folder(ham_slice, tmp_path):
     assert "\r" not in text and "\x1b[" not in text
     summary = json.load(open(out / "summary.json"))
     assert summary["bought"]["micle"]["queries"] == summary["bought"]["queries"] > 0
+    # the served version carries its index of training lesions (found, hot-reloaded with
+    # it), and the report scored the test lesions' nearest ones
+    index = json.load(open(out / "models" / "ham10000" / "1" / "similar" / "index.json"))
+    assert index["count"] > 0
+    sim = json.load(open(out / "score" / "metrics.json"))["similar_cases"]
+    assert sim["queries"] > 0 and 0 <= sim["precision_at_k"] <= 1
+    assert "classify?similar=5" in text and (out / "score" / "model_card.md").is_file()
     import shutil
     shutil.rmtree(out.parent, ignore_errors=True)

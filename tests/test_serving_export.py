@@ -28,12 +28,15 @@ def test_server_serves_the_tfmicle_export(exported_model):
     direct = tf.saved_model.load(str(version_dir)).signatures["serving_default"](
         images=tf.constant(images))["probabilities"].numpy()
     labels = (version_dir / "assets" / "labels.txt").read_text().split()
-    # export published it: the marker lists every other file of the folder at its size
-    from tfmicle.model_format import PUBLISHED_FILE, unpublished_reason
+    # export published it: the marker lists every other file of the folder at its size,
+    # but the model card (the deployer completes it in place)
+    from tfmicle.model_format import MODEL_CARD_JSON, MODEL_CARD_MD, PUBLISHED_FILE, unpublished_reason
 
     listed = json.loads((version_dir / PUBLISHED_FILE).read_text())["files"]
     on_disk = {p.relative_to(version_dir).as_posix(): p.stat().st_size for p in version_dir.rglob("*") if p.is_file()}
-    assert listed == {k: v for k, v in on_disk.items() if k != PUBLISHED_FILE}
+    assert {MODEL_CARD_JSON, MODEL_CARD_MD} <= set(on_disk)
+    assert listed == {k: v for k, v in on_disk.items()
+                      if k not in (PUBLISHED_FILE, MODEL_CARD_JSON, MODEL_CARD_MD)}
     assert {"saved_model.pb", "assets/labels.txt", "assets/metadata.json"} <= set(listed)
     assert any(k.startswith("variables/") for k in listed) and unpublished_reason(version_dir) is None
 

@@ -148,15 +148,24 @@ def run(data: str, out: str, pretrain_steps: int, finetune_steps: int, width: fl
            ["--config", ft_cfg, *qa])
     stage("export (calibrated on the validation lesions)", "tfmicle.export",
            ["--model-dir", ft_dir, "--out", models, "--calibrate", "validation"])
-    stage("batch scoring (test lesions, subgroups, explanations)", "tfmicle.score", [
-        "--model", models, "--data", records, "--split", "test", "--out", report,
-        "--bootstrap", "200", "--explain", "2", "--subgroups", SUBGROUPS, "--model-card",
-        *qa])
+    # The training lesions as the reference archive of similar cases, inside the version
+    # folder so the server finds and hot-reloads it with its model.
+    from tfmicle.model_format import resolve_version
+    index = os.path.join(resolve_version(models)[0], "similar")
+    stage("similar-case index (training lesions)", "tfmicle.index", [
+        "--model", models, "--data", records, "--split", "train", "--out", index,
+        "--meta-cols", "localization", *qa])
+    stage("batch scoring (test lesions, subgroups, explanations, similar cases)",
+          "tfmicle.score", [
+              "--model", models, "--data", records, "--split", "test", "--out", report,
+              "--bootstrap", "200", "--explain", "2", "--subgroups", SUBGROUPS,
+              "--model-card", "--similar", index, *qa])
     sample = write_sample(records, out)
     metrics_path = os.path.join(report, "metrics.json")
     metrics = json.load(open(metrics_path)) if os.path.exists(metrics_path) else {}
     return {"out": out, "records": records, "pretrain_dir": pre_dir, "finetune_dir": ft_dir,
             "models": models, "report": report, "metrics": metrics, "sample": sample,
+            "index": index,
             "pretraining": {"final_contrast_loss": last_logged(pre_dir, "epoch_contrast_loss"),
                             "batch_size": BATCH,
                             "uniform_guess_loss": 2 * math.log(2 * BATCH - 1)},
@@ -196,5 +205,12 @@ def summary(res: dict, port: int) -> str:
         v = pick(m, *keys)
         if v is not None:
             lines.append(f"  {name:24s} {v:.3f}")
+    sim = m.get("similar_cases")
+    if sim:
+        lines.append(f"  similar cases: precision@{sim['k']} {sim['precision_at_k']:.3f} "
+                     f"(chance {sim['chance']:.3f}; mean over classes "
+                     f"{sim['precision_at_k_macro']:.3f}, chance {sim['chance_macro']:.3f})")
     lines += serve_lines(res["models"], res["sample"], port)
+    lines.append(f"  curl -F files=@{res['sample']} 'http://127.0.0.1:{port}/classify?similar=5'"
+                 "   # and the 5 most similar training lesions")
     return "\n".join(lines)
