@@ -253,9 +253,6 @@ def pytest_collection_modifyitems(config, items):
         if any(item.get_closest_marker(m) for m in PROCESS_MARKERS) and \
                 not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
-    # Slow tests first (a stable sort: the same order in every pytest-xdist worker): with
-    # `-n 2` the long ones start early and no worker is left with one at the end.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _unmarked(item) -> bool:

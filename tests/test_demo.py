@@ -137,5 +137,17 @@ def test_demo_on_a_ham10000_folder(ham_slice, tmp_path):
     sim = json.load(open(out / "score" / "metrics.json"))["similar_cases"]
     assert sim["queries"] > 0 and 0 <= sim["precision_at_k"] <= 1
     assert "classify?similar=5" in text and (out / "score" / "model_card.md").is_file()
+    # balanced class weights n / (K n_k) over the classes present, from the run's counts
+    import numpy as np
+    from tfmicle.data import records
+    info = json.load(open(os.path.join(summary["finetune_dir"], "finetune.json")))
+    counts = info["train_images_per_class"]
+    present = sum(1 for c in counts if c)
+    np.testing.assert_allclose(info["class_weights"],
+                               [sum(counts) / (present * c) if c else 0 for c in counts])
+    # every test photo scored
+    test_images = records.load_dataset_info(summary["records"])["splits"]["test"]["images"]
+    with open(out / "score" / "predictions_images.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == test_images
     import shutil
     shutil.rmtree(out.parent, ignore_errors=True)

@@ -96,7 +96,7 @@ def test_resume_after_kill_9_continues_the_step_counter(tmp_path):
                          synthetic_cases(20, lambda c: 1 + c % 2, size=32), ["a", "b", "c"])
     model_dir = tmp_path / "run"
     args = [sys.executable, "-m", "tfmicle.train", "--config", TINY, "--model-dir",
-            str(model_dir), "-q", "--set", f"data.dir={data}", "--set", "train.train_steps=40",
+            str(model_dir), "-q", "--set", f"data.dir={data}", "--set", "train.train_steps=24",
             "--set", "train.checkpoint_steps=4", "--set", "train.log_steps=4"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckdir = model_dir / "checkpoints"
@@ -112,16 +112,16 @@ def test_resume_after_kill_9_continues_the_step_counter(tmp_path):
     assert (model_dir / "config.yaml").exists()
     import tensorflow as tf
     last = int(tf.train.latest_checkpoint(str(ckdir)).rsplit("-", 1)[1])
-    assert 8 <= last < 40
+    assert 8 <= last < 24
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = re.search(r"done: steps (\d+) -> (\d+) of (\d+)", r.stdout)
     assert m, r.stdout
-    assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (last, 40, 40)
-    assert tf.train.latest_checkpoint(str(ckdir)).endswith("ckpt-40")
+    assert (int(m.group(1)), int(m.group(2)), int(m.group(3))) == (last, 24, 24)
+    assert tf.train.latest_checkpoint(str(ckdir)).endswith("ckpt-24")
     # A third run has nothing left to do.
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "done: steps 40 -> 40 of 40" in r.stdout
+    assert r.returncode == 0 and "done: steps 24 -> 24 of 24" in r.stdout
 
 
 @pytest.mark.slow
