@@ -65,6 +65,7 @@ def test_multiclass_loss_matches_numpy_and_masks_unlabeled():
     assert float(multiclass_loss(labels, logits)) == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_model_training_loss_is_the_numpy_loss():
     """The loss the train step reports (lr 0: weights unchanged) equals the numpy loss of
     the model's own training-mode logits under the model's policy (U-Zeros here; the

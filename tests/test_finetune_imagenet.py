@@ -90,6 +90,7 @@ def test_linear_eval_from_imagenet_weights_trains_the_head_only(root, weights_fi
     assert np.abs(model.head.kernel.numpy()).sum() > 0
 
 
+@pytest.mark.slow
 def test_missing_weights_file_is_a_clear_error(root, mc_records):
     cfg = runs.finetune_cfg(root, "ft_imagenet_missing", [
         "finetune.init=imagenet", "finetune.imagenet_weights=/nowhere/w.h5", "model.depth=50",

@@ -68,6 +68,7 @@ def test_without_the_pairs_file_no_pair_is_written(ham_slice, tmp_path):
     assert all(c.near_pairs == [] for c in _all_cases(str(tmp_path / "rec")).values())
 
 
+@pytest.mark.slow
 def test_micle_positives_are_distinct_photos_never_a_listed_pair(ham_slice, ham_records):
     """micle_pick on every real case, 64 draws each: two different images, never a listed
     near-identical pair when the first image has a partner that is not listed with it;
@@ -135,6 +136,7 @@ def test_micle_batches_hold_no_same_lesion_negative(ham_records):
         assert float(tf.reduce_sum(b["same_case"])) == 0.0
 
 
+@pytest.mark.slow
 def test_shards_mix_a_label_sorted_manifest(tmp_path, caplog):
     """200 cases listed sorted by label (HAM10000's metadata is sorted by diagnosis),
     written in 4 shards: in record order the labels change about as often as in a random

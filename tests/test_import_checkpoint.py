@@ -34,6 +34,7 @@ def _build_json(model: str) -> dict:
 
 # --------------------------------------------------------------------------- the four lists
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,depth,width,sk", [
     ("r50_1x_sk0", 50, 1, False), ("r50_1x_sk1", 50, 1, True),
     ("r101_1x_sk0", 101, 1, False),
@@ -252,6 +253,7 @@ def _drop(name):
     return lambda t: t.pop(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit,argv,message", [
     (lambda t: t.update({"base_model/extra_dense/kernel": np.zeros([2, 2], np.float32)}),
      [], "1 left over in the checkpoint: base_model/extra_dense/kernel"),

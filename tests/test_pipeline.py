@@ -55,6 +55,7 @@ def test_micle_pick_distinct_and_covering():
         assert [int(x) for x in micle_pick(tf.constant(1), tf.constant([s, 1], tf.int64))] == [0, 0]
 
 
+@pytest.mark.slow
 def test_micle_pairs_views_come_from_two_images_of_one_case(id_records):
     d, owner, sizes = id_records
     ds = micle_pairs(PipelineConfig(d, batch_size=6, image_size=16, shuffle_buffer=8, seed=3),
