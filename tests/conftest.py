@@ -3,7 +3,6 @@ CPU-only machine; must happen before TensorFlow starts) and small record fixture
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import time

@@ -295,3 +295,15 @@ def test_beam_args_without_runner_beam_is_a_usage_error(tmp_path, capsys):
                     str(tmp_path / "o"), "--beam-args=--direct_num_workers=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--beam-args needs --runner beam" in err[0]
+
+
+def test_runner_beam_on_a_tfds_split_is_a_one_line_usage_error(capsys):
+    """The Beam path has no work list for a TFDS split: a user mistake (exit 2, one
+    line), not a traceback."""
+    from tfmicle import cli
+    from tfmicle.score.source_records import TfdsSplitSource
+    src = object.__new__(TfdsSplitSource)
+    src.spec = "tfds:mnist (test)"
+    assert cli.run("tfmicle.score", src.work_lines) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a TFDS split" in err[0] and "--runner beam" in err[0]

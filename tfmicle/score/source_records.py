@@ -63,8 +63,9 @@ class TfdsSplitSource(DatasetSource):
     kind = "tfds"
 
     def work_lines(self) -> list[str]:
-        raise NotImplementedError("--runner beam scores records, image folders and CSV "
-                                  "manifests")
+        # a user mistake, not a bug: one line, exit 2 (the local runner scores TFDS)
+        raise ScoreError(f"{self.spec}: --runner beam scores records, image folders and CSV "
+                         "manifests, not a TFDS split; drop --runner beam")
 
     read_work = None    # no Beam work list (work_lines says why)
 
