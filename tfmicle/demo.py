@@ -190,6 +190,8 @@ def summary(res: dict, port: int = DEFAULT_PORT) -> str:
              f"  fine-tuned run  {res['finetune_dir']}",
              f"  SavedModel      {res['models']}",
              f"  score report    {os.path.join(res['report'], 'report.md')}",
+             f"  model card      {os.path.join(res['report'], 'model_card.md')} (with the "
+             "held-out results)",
              ""]
     pt = res["pretraining"]
     if pt["final_contrast_loss"] is not None:

@@ -190,7 +190,10 @@ def summary(res: dict, port: int) -> str:
              f"  fine-tuned run  {res['finetune_dir']}",
              f"  SavedModel      {res['models']}",
              f"  score report    {os.path.join(res['report'], 'report.md')} (subgroups: "
-             f"{SUBGROUPS})", ""]
+             f"{SUBGROUPS})",
+             f"  model card      {os.path.join(res['report'], 'model_card.md')}",
+             f"  case index      {res['index']} (training lesions, served with the model)",
+             ""]
     pt = res["pretraining"]
     if pt["final_contrast_loss"] is not None:
         lines.append(f"MICLe pretraining: last logged contrastive loss "
